@@ -1,0 +1,144 @@
+"""edgesd.export: diffusers model -> edgesd model folder (ONNX and/or OpenVINO IR + edgesd.json).
+
+Needs the `export` extra (torch, diffusers, transformers, optimum). The runtime never imports this.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from edgesd.errors import EdgesdError
+from edgesd.model_folder import FORMAT_VERSION, MAIN_FILE, MANIFEST, SUBMODELS, sha256
+
+log = logging.getLogger("edgesd")
+FORMATS = ("onnx", "openvino")
+_BACKEND_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino"}
+_FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2"}
+_PACKAGES = ("edgesd", "torch", "diffusers", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "openvino")
+
+__all__ = ["export_model", "FORMATS"]
+
+
+def export_model(source: str, output: str | Path, formats=("onnx",), overwrite: bool = False) -> Path:
+    """Export SOURCE (local diffusers folder, hub id, or random:RECIPE) into the model folder OUTPUT.
+
+    The folder is built under a temporary name beside OUTPUT and renamed when complete, so a
+    failed export never leaves a folder that looks valid.
+    """
+    output = Path(output)
+    formats = tuple(dict.fromkeys(formats))
+    if not formats or set(formats) - set(FORMATS):
+        raise EdgesdError(f"formats must be among {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
+    if output.exists() and not overwrite:
+        raise EdgesdError(f"{output} already exists; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    partial.chmod(0o755)  # mkdtemp makes it private; the model folder is not
+    try:
+        _export_into(source, partial, formats)
+        _replace(partial, output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    log.info("model folder written: %s", output)
+    return output
+
+
+def _export_into(spec: str, folder: Path, formats) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    from edgesd.export.load import load_pipeline
+    from edgesd.export.source import resolve_source
+    from edgesd.export.validate import max_deviation, reference_outputs
+
+    with tempfile.TemporaryDirectory(prefix="edgesd-source-") as scratch:
+        source = resolve_source(spec, Path(scratch))
+        pipe = load_pipeline(source.folder)
+        log.info("exporting to ONNX with optimum")
+        onnx_export_from_model(pipe, folder, do_validation=False)
+    references = reference_outputs(pipe)
+    validation = {name: {} for name in SUBMODELS}
+    if "openvino" in formats:
+        from edgesd.export.openvino import convert_to_openvino
+
+        for name in SUBMODELS:
+            log.info("converting %s to OpenVINO IR", name)
+            convert_to_openvino(folder / name / MAIN_FILE["onnx"])
+    for fmt in formats:
+        for name in SUBMODELS:
+            backend = _BACKEND_OF_FORMAT[fmt]
+            validation[name][backend] = max_deviation(name, *references[name], backend, folder / name / MAIN_FILE[fmt])
+            log.info("validated %s on %s: max deviation from torch %.2e", name, backend, validation[name][backend])
+    if "onnx" not in formats:
+        for file in folder.glob("*/model.onnx*"):
+            file.unlink()
+    _write_tokenizer_json(folder / "tokenizer")
+    manifest = _manifest(pipe, source, folder, formats, validation)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _write_tokenizer_json(folder: Path) -> None:
+    from edgesd.tokenizer import ClipTokenizer
+
+    ClipTokenizer(folder).save(folder / "tokenizer.json")
+
+
+def _files(folder: Path, fmt: str) -> dict:
+    patterns = {"onnx": ["model.onnx", "model.onnx_data"], "openvino": ["openvino_model.xml", "openvino_model.bin"]}[fmt]
+    return {
+        name: {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
+        for name in patterns
+        if (folder / name).exists()
+    }
+
+
+def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
+    vae, unet = pipe.vae.config, pipe.unet.config
+    scale_factor = 2 ** (len(vae.block_out_channels) - 1)
+    family = source.recipe.get("family") or _FAMILY_BY_CROSS_ATTENTION.get(unet.cross_attention_dim, "sd")
+    return {
+        "format_version": FORMAT_VERSION,
+        "family": family,
+        "prediction_type": pipe.scheduler.config.get("prediction_type", "epsilon"),
+        "latent_channels": vae.latent_channels,
+        "vae_scaling_factor": vae.scaling_factor,
+        "vae_scale_factor": scale_factor,
+        "sample_size": unet.sample_size * scale_factor,
+        "defaults": source.recipe.get("defaults", {}),
+        "submodels": {
+            name: {
+                "formats": {fmt: {"precision": "fp32", "files": _files(folder / name, fmt)} for fmt in formats},
+                "validation_max_abs_deviation": validation[name],
+            }
+            for name in SUBMODELS
+        },
+        "provenance": {
+            "source": source.spec,
+            "revision": source.revision,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "options": {"formats": list(formats)},
+            "packages": {p: _version(p) for p in _PACKAGES},
+        },
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _replace(partial: Path, output: Path) -> None:
+    """Move the finished folder into place; an old folder is removed only once the new one is there."""
+    if not output.exists():
+        os.replace(partial, output)
+        return
+    old = output.with_name(f".{output.name}.old-{os.getpid()}")
+    os.replace(output, old)
+    os.replace(partial, output)
+    shutil.rmtree(old, ignore_errors=True)

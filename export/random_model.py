@@ -1,0 +1,44 @@
+"""Random-weight diffusers pipelines built from a recipe, saved as released repos are.
+
+Tests and CI cannot reach a model hub, so they build small models from the configs in
+models/recipes and save them with `save_pretrained` (tokenizer as vocab.json + merges.txt, text
+encoder keys with the `text_model.` prefix); export then reads them like any downloaded repo.
+"""
+
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from edgesd.export import recipes
+from edgesd.export.tokenizer import write_clip_tokenizer
+
+
+def build_random_pipeline(recipe: dict, folder: Path) -> None:
+    """Build the recipe's pipeline with weights drawn from its fixed seed and save it to `folder`."""
+    torch.manual_seed(recipe.get("seed", 0))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**recipe["text_encoder"])).eval()
+    unet = UNet2DConditionModel(**recipe["unet"]).eval()
+    vae = AutoencoderKL(**recipe["vae"]).eval()
+    scheduler = getattr(diffusers, recipe["scheduler"]["_class_name"]).from_config(recipe["scheduler"])
+    tokenizer = write_clip_tokenizer(folder / "tokenizer", **recipe["tokenizer"])
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def random_source(spec: str, folder: Path) -> dict:
+    """`random:NAME` -> build the recipe NAME into `folder`; returns the recipe."""
+    recipe = recipes.load(spec.removeprefix("random:"))
+    build_random_pipeline(recipe, folder)
+    return recipe

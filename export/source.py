@@ -1,0 +1,61 @@
+"""Turn an export SOURCE into a local diffusers folder: a folder as is, `random:NAME` built from
+a recipe, or a hub id downloaded with huggingface_hub (its progress bars on a terminal)."""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgesd.errors import EdgesdError
+from edgesd.export import recipes
+
+log = logging.getLogger("edgesd")
+# Only what an SD img2img export reads: fp32 safetensors and configs, not fp16/ckpt/bin variants.
+_HUB_FILES = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+    "*/config.json",
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+
+
+class HubUnreachableError(EdgesdError):
+    """The hub could not be reached and the model is not in the local cache."""
+
+
+@dataclass
+class Source:
+    spec: str  # what the user passed
+    folder: Path  # a local diffusers folder
+    revision: str | None = None
+    recipe: dict = field(default_factory=dict)  # family and defaults, when known
+
+
+def resolve_source(spec: str, scratch: Path) -> Source:
+    if spec.startswith("random:"):
+        from edgesd.export.random_model import random_source
+
+        folder = scratch / "random-source"
+        return Source(spec, folder, recipe=random_source(spec, folder))
+    if Path(spec).exists():
+        return Source(spec, Path(spec))
+    return _download(spec)
+
+
+def _download(repo_id: str, revision: str | None = None) -> Source:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    log.info("downloading %s from the Hugging Face hub", repo_id)
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES))
+    except LocalEntryNotFoundError:
+        raise HubUnreachableError(
+            f"cannot reach the Hugging Face hub to download {repo_id!r} (offline?); pass a local diffusers folder "
+            "or random:RECIPE instead"
+        ) from None
+    except (HfHubHTTPError, ValueError) as e:
+        raise EdgesdError(f"cannot download {repo_id!r}: {str(e).splitlines()[0]}; check the id, or pass a local folder") from None
+    return Source(repo_id, folder, revision=folder.name, recipe=recipes.for_source(repo_id) or {})

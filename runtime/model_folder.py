@@ -1,0 +1,119 @@
+"""The model folder: what `edgesd export` writes (edgesd.json + submodel folders) or what
+optimum's exporters write (read as they are, the manifest synthesised from their configs)."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgesd.errors import ModelFolderError
+
+FORMAT_VERSION = 1
+MANIFEST = "edgesd.json"
+SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# On-disk format of each engine's files, and the file that names the model.
+FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino"}
+MAIN_FILE = {"onnx": "model.onnx", "openvino": "openvino_model.xml"}
+DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def defaults(self) -> dict:
+        return {**DIFFUSERS_DEFAULTS, **self.manifest.get("defaults", {})}
+
+    @property
+    def scheduler_config(self) -> dict:
+        return _read_json(self.path / "scheduler" / "scheduler_config.json")
+
+    def formats(self, submodel: str = "unet") -> list[str]:
+        return list(self.manifest["submodels"][submodel]["formats"])
+
+    def model_file(self, submodel: str, fmt: str) -> Path:
+        return self.path / submodel / MAIN_FILE[fmt]
+
+    def verify(self, hashes: bool = True) -> list[str]:
+        """Problems found: missing files, wrong sizes and (if `hashes`) sha256 mismatches."""
+        problems = []
+        for submodel, entry in self.manifest["submodels"].items():
+            for fmt, info in entry["formats"].items():
+                for name, meta in info.get("files", {}).items():
+                    file = self.path / submodel / name
+                    if not file.is_file():
+                        problems.append(f"{submodel}/{name}: missing")
+                    elif "bytes" in meta and file.stat().st_size != meta["bytes"]:
+                        problems.append(f"{submodel}/{name}: {file.stat().st_size} bytes, expected {meta['bytes']}")
+                    elif hashes and "sha256" in meta and sha256(file) != meta["sha256"]:
+                        problems.append(f"{submodel}/{name}: sha256 mismatch (file changed or corrupt)")
+        return problems
+
+
+def sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ModelFolderError(f"{file} is missing; re-export the model with `edgesd export`") from None
+    except (OSError, ValueError) as e:
+        raise ModelFolderError(f"{file} is unreadable ({e}); re-export the model with `edgesd export`") from None
+
+
+def open_model_folder(path: str | Path) -> ModelFolder:
+    """Open an edgesd or optimum model folder; cheap checks only (files present, sizes match)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFolderError(f"model folder {path} does not exist; create it with `edgesd export SOURCE -o {path}`")
+    if (path / MANIFEST).exists():
+        manifest = _read_json(path / MANIFEST)
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFolderError(
+                f"{path} has model-folder format {version!r}; this edgesd reads up to {FORMAT_VERSION}: upgrade edgesd"
+            )
+    else:
+        manifest = _manifest_from_optimum_folder(path)
+    folder = ModelFolder(path, manifest)
+    problems = folder.verify(hashes=False)
+    if problems:
+        raise ModelFolderError(f"{path} is incomplete or damaged: {'; '.join(problems)}; re-export it")
+    return folder
+
+
+def _manifest_from_optimum_folder(path: Path) -> dict:
+    """Synthesise a manifest for a folder written by `optimum-cli export onnx|openvino`."""
+    submodels = {}
+    for submodel in SUBMODELS:
+        formats = {fmt: {"files": {main: {}}} for fmt, main in MAIN_FILE.items() if (path / submodel / main).exists()}
+        if not formats:
+            raise ModelFolderError(
+                f"{path} is not a model folder: {submodel}/ has neither model.onnx nor openvino_model.xml "
+                f"(and there is no {MANIFEST}); export it with `edgesd export SOURCE -o {path}`"
+            )
+        submodels[submodel] = {"formats": formats}
+    vae = _read_json(path / "vae_decoder" / "config.json")
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    return {
+        "format_version": FORMAT_VERSION,
+        "family": "sd",
+        "prediction_type": scheduler.get("prediction_type", "epsilon"),
+        "latent_channels": vae.get("latent_channels", 4),
+        "vae_scaling_factor": vae.get("scaling_factor", 0.18215),
+        "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
+        "submodels": submodels,
+        "provenance": {"source": "optimum export (no edgesd.json)"},
+    }

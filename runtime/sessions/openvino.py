@@ -1,0 +1,67 @@
+"""OpenVINO sessions: CPU, GPU, NPU or AUTO, compiled for static shapes on first use.
+
+The model is reshaped to the shapes of the first call (resolution and batch are fixed for a
+pipeline call), which lets the CPU plugin pick faster kernels than with dynamic shapes; a new
+shape recompiles, and a compile cache folder makes later starts fast.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from edgesd.errors import BackendUnavailableError
+
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
+
+
+def _import():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailableError("OpenVINO is not installed: pip install 'edgesd[openvino]'") from None
+    return openvino
+
+
+def resolve_device(device: str) -> str:
+    ov = _import()
+    if device not in _DEVICES:
+        raise BackendUnavailableError(f"OpenVINO runs on cpu, gpu, npu or auto, not {device!r}; use --backend onnxruntime for cuda")
+    available = ov.Core().available_devices
+    if device == "auto":
+        return "GPU" if any(d.startswith("GPU") for d in available) else "CPU"
+    if not any(d.startswith(_DEVICES[device]) for d in available):
+        raise BackendUnavailableError(f"OpenVINO sees no {_DEVICES[device]} device here (it sees: {', '.join(available)})")
+    return _DEVICES[device]
+
+
+class OpenVINOSession:
+    backend = "openvino"
+
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", cache_dir: Path | None = None):
+        ov = _import()
+        if precision not in ("auto", *_HINTS):
+            raise BackendUnavailableError(f"unknown inference precision {precision!r}; use auto, fp32, bf16 or fp16")
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(path))
+        self.device = resolve_device(device)
+        self._config = {}
+        if precision != "auto":
+            self._config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+        if cache_dir is not None:
+            self._config["CACHE_DIR"] = str(cache_dir)
+        self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in self._model.inputs}
+        self._shapes = None
+        self._request = None
+
+    def _compile(self, shapes: dict[str, tuple]) -> None:
+        self._model.reshape(shapes)
+        self._request = self._core.compile_model(self._model, self.device, self._config).create_infer_request()
+        self._shapes = shapes
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        shapes = {name: tuple(array.shape) for name, array in feeds.items()}
+        if shapes != self._shapes:
+            self._compile(shapes)
+        result = self._request.infer(feeds, share_inputs=True)
+        return [result[i] for i in range(len(result))]
