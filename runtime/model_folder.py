@@ -27,6 +27,12 @@ class ModelFolder:
         return self.path.name
 
     @property
+    def manifest_sha256(self) -> str:
+        """Identifies the exact model (its manifest holds every file's hash)."""
+        manifest = self.path / MANIFEST
+        return sha256(manifest) if manifest.exists() else ""
+
+    @property
     def defaults(self) -> dict:
         return {**DIFFUSERS_DEFAULTS, **self.manifest.get("defaults", {})}
 

@@ -22,7 +22,7 @@ _CJK = r"[\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
-def clip_tokenizer_from_bpe_files(folder: Path, bos: str, eos: str, unk: str) -> Tokenizer:
+def clip_tokenizer_from_bpe_files(folder: Path, bos: str, eos: str, pad: str, unk: str) -> Tokenizer:
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
@@ -48,7 +48,9 @@ def clip_tokenizer_from_bpe_files(folder: Path, bos: str, eos: str, unk: str) ->
     tokenizer.post_processor = processors.RobertaProcessing(
         sep=(eos, vocab[eos]), cls=(bos, vocab[bos]), add_prefix_space=False, trim_offsets=False
     )
-    tokenizer.add_special_tokens([bos, eos])
+    # Special tokens are matched in the text itself, as transformers does (SD2 pads with "!", so a
+    # "!" in a prompt is the pad token there too).
+    tokenizer.add_special_tokens(list(dict.fromkeys([bos, eos, pad, unk])))
     return tokenizer
 
 
@@ -69,7 +71,7 @@ class ClipTokenizer:
         if (folder / "tokenizer.json").exists():
             self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
-            self._tokenizer = clip_tokenizer_from_bpe_files(folder, bos, eos, _token(config.get("unk_token", eos)))
+            self._tokenizer = clip_tokenizer_from_bpe_files(folder, bos, eos, pad, _token(config.get("unk_token", eos)))
         else:
             raise ModelFolderError(f"{folder} has no tokenizer.json nor vocab.json + merges.txt; re-export the model")
         pad_id = self._tokenizer.token_to_id(pad)

@@ -8,6 +8,8 @@ scheduler), its model family and recommended img2img defaults, and for real mode
 import json
 from importlib import resources
 
+from edgesd.errors import EdgesdError
+
 
 def names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".json"))
@@ -15,7 +17,7 @@ def names() -> list[str]:
 
 def load(name: str) -> dict:
     if name not in names():
-        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(names())}")
+        raise EdgesdError(f"unknown recipe {name!r}; known recipes: {', '.join(names())}")
     return json.loads(resources.files(__name__).joinpath(f"{name}.json").read_text())
 
 

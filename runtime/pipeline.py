@@ -1,0 +1,184 @@
+"""Img2ImgPipeline: Stable Diffusion image-to-image on onnxruntime or OpenVINO, torch-free.
+
+Follows diffusers' StableDiffusionImg2ImgPipeline step for step (same preprocessing, same
+random draws in the same order, same guidance rule), so an fp32 export reproduces diffusers'
+CPU output for the same seed. The denoising loop is written here by hand because the runtime
+must not depend on torch.
+"""
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from edgesd import schedulers
+from edgesd.errors import InvalidInputError
+from edgesd.generator import TorchGenerator
+from edgesd.image import load_image, postprocess, preprocess
+from edgesd.model_folder import FORMAT_OF_BACKEND, ModelFolder, open_model_folder
+from edgesd.sessions import choose_backend, open_session
+from edgesd.tokenizer import ClipTokenizer
+
+log = logging.getLogger("edgesd")
+Callback = Callable[[int, int, np.ndarray], bool | None]
+
+
+@dataclass
+class Img2ImgResult:
+    images: list[Image.Image]
+    seed: int
+    settings: dict  # the values actually used (defaults resolved)
+    timings: dict = field(default_factory=dict)  # seconds: text, encode, steps (list), decode, total
+    cancelled: bool = False
+
+
+class Img2ImgPipeline:
+    def __init__(self, folder: ModelFolder, sessions: dict, backend: str):
+        self.folder = folder
+        self.backend = backend
+        self.sessions = sessions
+        self.tokenizer = ClipTokenizer(folder.path / "tokenizer")
+        manifest = folder.manifest
+        self.vae_scale_factor = manifest["vae_scale_factor"]
+        self.vae_scaling_factor = manifest["vae_scaling_factor"]
+        self.latent_channels = manifest["latent_channels"]
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        backend: str = "auto",
+        device: str = "auto",
+        inference_precision: str = "auto",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> "Img2ImgPipeline":
+        """Open a model folder and compile its four submodels on the chosen engine and device."""
+        folder = open_model_folder(path)
+        formats = [f for f in folder.formats("unet") if all(f in folder.formats(s) for s in folder.manifest["submodels"])]
+        backend = choose_backend(backend, device, formats)
+        fmt = FORMAT_OF_BACKEND[backend]
+        options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
+        sessions = {
+            name: open_session(backend, folder.model_file(name, fmt), device, inference_precision, **options)
+            for name in ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+        }
+        return cls(folder, sessions, backend)
+
+    def __call__(
+        self,
+        image,
+        prompt: str,
+        negative_prompt: str | None = None,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        num_images: int = 1,
+        scheduler: str | None = None,
+        callback: Callback | None = None,
+    ) -> Img2ImgResult:
+        start = time.perf_counter()
+        timings = {}
+        # 1. Check inputs; None means the model folder's recommended default.
+        defaults = self.folder.defaults
+        strength = defaults["strength"] if strength is None else strength
+        steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        seed = secrets.randbelow(2**63) if seed is None else seed
+        _check(strength, steps, guidance_scale, num_images, seed, prompt, negative_prompt)
+        plan = schedulers.from_config(self.folder.scheduler_config, scheduler).plan(steps, strength)
+        if strength > 0 and len(plan.timesteps) == 0:
+            raise InvalidInputError(
+                f"strength {strength} with {steps} steps leaves no denoising step (int(steps * strength) = 0); "
+                "increase strength or num_inference_steps"
+            )
+        settings = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
+                        guidance_scale=guidance_scale, seed=seed, num_images=num_images,
+                        scheduler=scheduler or self.folder.scheduler_config["_class_name"])
+        generator = TorchGenerator(seed)
+        # 2. Encode the prompt (and the negative prompt when guidance applies, as diffusers: scale > 1).
+        do_guidance = guidance_scale > 1
+        t0 = time.perf_counter()
+        embeddings = self._encode_prompt(prompt, negative_prompt if do_guidance else None, do_guidance, num_images)
+        timings["text"] = time.perf_counter() - t0
+        # 3. Preprocess the image and encode it to latents (sampled from the latent distribution).
+        t0 = time.perf_counter()
+        pixels = preprocess(load_image(image), self.vae_scale_factor)
+        latents = self._encode_image(pixels, generator)
+        latents = np.repeat(latents, num_images, axis=0) if num_images > 1 else latents
+        timings["encode"] = time.perf_counter() - t0
+        # 4. Noise the latents to the strength's start timestep.
+        if len(plan.timesteps):
+            latents = plan.add_noise(latents, generator.randn(latents.shape))
+        # 5. Denoising loop.
+        latents, cancelled, timings["steps"] = self._denoise(latents, embeddings, plan, guidance_scale, do_guidance, generator, callback)
+        if cancelled:
+            return Img2ImgResult([], seed, settings, timings, cancelled=True)
+        # 6. Decode and postprocess.
+        t0 = time.perf_counter()
+        decoded = self.sessions["vae_decoder"].run({"latent_sample": latents / np.float32(self.vae_scaling_factor)})[0]
+        images = postprocess(decoded)
+        timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+        return Img2ImgResult(images, seed, settings, timings)
+
+    def _encode_prompt(self, prompt, negative_prompt, do_guidance: bool, num_images: int) -> np.ndarray:
+        prompts = [negative_prompt or "", prompt] if do_guidance else [prompt]
+        session = self.sessions["text_encoder"]
+        ids = self.tokenizer(prompts).astype(session.input_types["input_ids"])
+        hidden = session.run({"input_ids": ids})[0]
+        # Each prompt's embedding repeated num_images times; [negatives..., positives...] under guidance.
+        return np.repeat(hidden, num_images, axis=0)
+
+    def _encode_image(self, pixels: np.ndarray, generator: TorchGenerator) -> np.ndarray:
+        moments = self.sessions["vae_encoder"].run({"sample": pixels})[0]
+        mean, logvar = np.split(moments, 2, axis=1)
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        sample = mean + std * generator.randn(mean.shape)
+        return (np.float32(self.vae_scaling_factor) * sample).astype(np.float32)
+
+    def _denoise(self, latents, embeddings, plan, guidance_scale, do_guidance, generator, callback):
+        unet = self.sessions["unet"]
+        timestep_type = unet.input_types["timestep"]
+        state = plan.initial_state()
+        step_times = []
+        total = len(plan.timesteps)
+        doubled = np.empty((2 * len(latents), *latents.shape[1:]), np.float32) if do_guidance else None
+        for i, t in enumerate(plan.timesteps):
+            t0 = time.perf_counter()
+            if do_guidance:  # one batched UNet call: [unconditional, conditional]
+                doubled[: len(latents)] = latents
+                doubled[len(latents) :] = latents
+            model_input = plan.scale_model_input(doubled if do_guidance else latents, i)
+            feeds = {"sample": model_input, "timestep": np.asarray(t, dtype=timestep_type),
+                     "encoder_hidden_states": embeddings}
+            noise_pred = unet.run(feeds)[0]
+            if do_guidance:
+                uncond, text = np.split(noise_pred, 2)
+                noise_pred = uncond + np.float32(guidance_scale) * (text - uncond)
+            latents, state = plan.step(noise_pred, i, latents, state, generator)
+            step_times.append(time.perf_counter() - t0)
+            if callback is not None and callback(i + 1, total, latents) is False:
+                return latents, True, step_times
+        return latents, False, step_times
+
+
+def _check(strength, steps, guidance_scale, num_images, seed, prompt, negative_prompt):
+    if not isinstance(prompt, str) or (negative_prompt is not None and not isinstance(negative_prompt, str)):
+        raise InvalidInputError("prompt and negative_prompt must be strings")
+    if not 0 <= strength <= 1:
+        raise InvalidInputError(f"strength must be between 0 and 1, got {strength}")
+    if int(steps) != steps or steps < 1:
+        raise InvalidInputError(f"num_inference_steps must be a positive integer, got {steps}")
+    if guidance_scale < 0:
+        raise InvalidInputError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if int(num_images) != num_images or num_images < 1:
+        raise InvalidInputError(f"num_images must be a positive integer, got {num_images}")
+    if int(seed) != seed or not 0 <= seed < 2**64:
+        raise InvalidInputError(f"seed must be an integer in [0, 2**64), got {seed}")

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random-weight diffusers models, built once per session and exported."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")  # the export side; torch-free tests live in test_torch_free.py
+
+
+@pytest.fixture(scope="session")
+def diffusers_folders(tmp_path_factory) -> dict[str, Path]:
+    """recipe name -> a diffusers folder saved as released repos are."""
+    from edgesd.export import recipes
+    from edgesd.export.random_model import build_random_pipeline
+
+    root = tmp_path_factory.mktemp("diffusers")
+    folders = {}
+    for name in ("tiny-sd1", "tiny-sd2"):
+        build_random_pipeline(recipes.load(name), root / name)
+        folders[name] = root / name
+    return folders
+
+
+@pytest.fixture(scope="session")
+def exported(diffusers_folders, tmp_path_factory) -> dict[str, Path]:
+    """recipe name -> an edgesd model folder with both ONNX and OpenVINO IR."""
+    from edgesd.export import export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    logging.getLogger("edgesd").setLevel(logging.WARNING)
+    return {
+        name: export_model(str(folder), root / name, formats=("onnx", "openvino"))
+        for name, folder in diffusers_folders.items()
+    }
