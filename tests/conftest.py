@@ -24,12 +24,13 @@ def diffusers_folders(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def exported(diffusers_folders, tmp_path_factory) -> dict[str, Path]:
-    """recipe name -> an edgesd model folder with both ONNX and OpenVINO IR."""
+    """recipe name -> an edgesd model folder with both ONNX and OpenVINO IR, exported from
+    `random:NAME` (same seed, so the same weights as `diffusers_folders[NAME]`)."""
     from edgesd.export import export_model
 
     root = tmp_path_factory.mktemp("exported")
     logging.getLogger("edgesd").setLevel(logging.WARNING)
     return {
-        name: export_model(str(folder), root / name, formats=("onnx", "openvino"))
-        for name, folder in diffusers_folders.items()
+        name: export_model(f"random:{name}", root / name, formats=("onnx", "openvino"))
+        for name in diffusers_folders
     }
