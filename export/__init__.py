@@ -3,6 +3,7 @@
 Needs the `export` extra (torch, diffusers, transformers, optimum). The runtime never imports this.
 """
 
+import importlib.util
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ def export_model(source: str, output: str | Path, formats=("onnx",), overwrite: 
     The folder is built under a temporary name beside OUTPUT and renamed when complete, so a
     failed export never leaves a folder that looks valid.
     """
+    _require_export_extra(formats)
     output = Path(output)
     formats = tuple(dict.fromkeys(formats))
     if not formats or set(formats) - set(FORMATS):
@@ -46,6 +48,13 @@ def export_model(source: str, output: str | Path, formats=("onnx",), overwrite: 
         shutil.rmtree(partial, ignore_errors=True)
     log.info("model folder written: %s", output)
     return output
+
+
+def _require_export_extra(formats) -> None:
+    needed = ["torch", "diffusers", "transformers", "optimum", "onnx", *(["openvino"] if "openvino" in formats else [])]
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EdgesdError(f"edgesd export needs the export extra ({', '.join(missing)} missing): pip install 'edgesd[export]'")
 
 
 def _export_into(spec: str, folder: Path, formats) -> None:

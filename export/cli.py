@@ -24,9 +24,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (only once the new export is complete)."),
     ):
         """Export a diffusers SD model to an edgesd model folder, validated against torch."""
-        try:
-            from edgesd.export import export_model
-        except ImportError as e:
-            raise typer.BadParameter(f"edgesd export needs the export extra ({e.name} is missing): pip install 'edgesd[export]'")
+        from edgesd.export import export_model
+
         formats = ("onnx", "openvino") if format is Format.both else (format.value,)
         run_guarded(export_model, source, output, formats=formats, overwrite=overwrite)
