@@ -38,74 +38,111 @@ def run_guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except EdgesdError as e:
-        if _debug:
-            raise
-        fail(str(e))
+        exit_with(e)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
 
 
+def exit_with(error: EdgesdError) -> None:
+    if _debug:
+        raise error
+    fail(str(error))
+
+
 @app.command()
 def img2img(
     model: Path = typer.Argument(..., help="Model folder written by `edgesd export` (or by optimum's exporters)."),
-    image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, ...)."),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens)."),
-    output: Path = typer.Option(Path("out.png"), "--output", "-o", help="Output file; with --num-images N: OUT-0.png ..."),
+    image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, ...), or a folder of them (batch)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default out.png; with --num-images N: OUT-0.png ...), or folder for a batch (default IMAGE/edgesd-out)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", "-n", help="What to steer away from (needs guidance > 1)."),
     strength: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="0 keeps the input, 1 ignores it. Default: the model's."),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps before strength (int(steps*strength) run). Default: the model's."),
     guidance: Optional[float] = typer.Option(None, min=0.0, help="Classifier-free guidance scale; <= 1 turns it off. Default: the model's."),
-    seed: Optional[int] = typer.Option(None, min=0, help="Seed; same seed, same image (and diffusers' torch CPU noise). Default: random, printed."),
+    seed: Optional[int] = typer.Option(None, min=0, help="Seed: same seed, same images (diffusers' torch CPU noise). Default: random, printed. A batch uses it for every input."),
     scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name, e.g. EulerDiscreteScheduler. Default: the model's."),
-    num_images: int = typer.Option(1, "--num-images", min=1, help="Images from one prompt and seed (one batch)."),
+    num_images: Optional[int] = typer.Option(None, "--num-images", min=1, help="Images per input from one prompt and seed, in one batch (image k of N depends on N). Default 1."),
+    replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in a PNG edgesd wrote (with the same --image, the same image)."),
     backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: str = typer.Option("auto", "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores)."),
-    overwrite: bool = typer.Option(False, help="Replace existing output files."),
+    low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded (less memory, slower)."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs (a batch otherwise skips inputs already done)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ):
     """Transform IMAGE with PROMPT using the model folder MODEL."""
-    from edgesd.outputs import check_writable, output_paths, save_image
+    from edgesd.jobs import plan_jobs, read_parameters
+    from edgesd.outputs import save_image
     from edgesd.pipeline import Img2ImgPipeline
 
-    paths = output_paths(output, num_images)
-    run_guarded(check_writable, paths, overwrite)
+    given = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
+                 guidance_scale=guidance, seed=seed, scheduler=scheduler, num_images=num_images)
+    stored = run_guarded(read_parameters, replay) if replay else {}
+    settings = {k: v if v is not None else stored.get(k) for k, v in given.items()}
+    settings["num_images"] = settings["num_images"] or 1
+    if settings["prompt"] is None:
+        fail("--prompt is required (or --replay a PNG written by edgesd)")
+    # A replay regenerates the stored batch and keeps the stored image of it.
+    jobs, skipped = run_guarded(plan_jobs, image, output, 1 if replay else settings["num_images"], overwrite)
+    for path in skipped:
+        typer.echo(f"skipped {path}: its output exists (--overwrite to redo)", err=True)
     t0 = time.perf_counter()
-    pipe = run_guarded(Img2ImgPipeline.load, model, backend=backend, device=device, inference_precision=precision, threads=threads)
+    pipe = run_guarded(Img2ImgPipeline.load, model, backend=backend, device=device, inference_precision=precision,
+                       threads=threads, low_memory=low_memory)
+    if stored and stored.get("manifest_sha256") not in (None, pipe.folder.manifest_sha256):
+        typer.echo(f"warning: {replay} was made with another model ({stored.get('model')}); the image will differ", err=True)
     load_time = time.perf_counter() - t0
-    with _progress(enabled=not quiet and sys.stderr.isatty()) as callback:
-        result = run_guarded(pipe, image, prompt, negative_prompt=negative_prompt, strength=strength,
-                             num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                             num_images=num_images, scheduler=scheduler, callback=callback)
-    parameters = {**result.settings, "model": pipe.folder.name, "manifest_sha256": pipe.folder.manifest_sha256,
-                  "edgesd_version": _version()}
-    for im, path in zip(result.images, paths):
-        save_image(im, path, parameters)
-    timings = {"load": load_time, **result.timings}
+    done, failures = [], []
+    show = not quiet and sys.stderr.isatty()
+    for n, job in enumerate(jobs, 1):
+        label = f"[{n}/{len(jobs)}] {job.image.name}" if len(jobs) > 1 else "denoising"
+        try:
+            with _progress(show, label) as callback:
+                result = pipe(job.image, callback=callback, **settings)
+        except EdgesdError as e:
+            if len(jobs) == 1:
+                exit_with(e)
+            failures.append({"image": str(job.image), "error": str(e)})
+            typer.echo(f"failed {job.image}: {e}", err=True)
+            continue
+        images = [result.images[stored.get("index", 0)]] if replay else result.images
+        for index, (im, path) in enumerate(zip(images, job.outputs)):
+            save_image(im, path, {**result.settings, "index": stored["index"] if replay else index, "model": pipe.folder.name,
+                                  "manifest_sha256": pipe.folder.manifest_sha256, "edgesd_version": _version()})
+        done.append({"image": str(job.image), "outputs": [str(p) for p in job.outputs[: len(images)]],
+                     "seed": result.seed, "timings": result.timings})
+        if not quiet and not as_json:
+            steps_run = result.timings["steps"]
+            per_step = statistics.median(steps_run) if steps_run else 0.0
+            typer.echo(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
+                       f"{per_step:.3f}s, total {result.timings['total']:.2f}s)", err=True)
     if as_json:
-        typer.echo(json.dumps({"outputs": [str(p) for p in paths], "seed": result.seed, "backend": pipe.backend,
-                               "settings": result.settings, "timings": timings}))
+        typer.echo(json.dumps({"results": done, "failures": failures, "skipped": [str(p) for p in skipped],
+                               "backend": pipe.backend, "load_seconds": load_time,
+                               **({"outputs": done[0]["outputs"], "seed": done[0]["seed"]} if len(done) == 1 else {})}))
     elif not quiet:
-        per_step = statistics.median(timings["steps"]) if timings["steps"] else 0.0
-        typer.echo(f"wrote {', '.join(map(str, paths))} (seed {result.seed}, {pipe.backend})", err=True)
-        typer.echo(f"load {load_time:.2f}s, {len(timings['steps'])} steps at {per_step:.3f}s, total {timings['total']:.2f}s", err=True)
+        typer.echo(f"{pipe.backend}, load {load_time:.2f}s", err=True)
+    if failures:
+        typer.echo(f"error: {len(failures)} of {len(jobs)} inputs failed", err=True)
+        raise typer.Exit(1)
 
 
 class _progress:
     """A rich progress bar on a terminal; a no-op callback otherwise."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, label: str = "denoising"):
         self.enabled = enabled
+        self.label = label
 
     def __enter__(self):
         if not self.enabled:
             return None
         from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
-        self.bar = Progress("denoising", BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), transient=True)
+        self.bar = Progress(self.label, BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), transient=True)
         self.bar.start()
         self.task = self.bar.add_task("steps", total=None)
         return lambda step, total, latents: self.bar.update(self.task, completed=step, total=total)
@@ -143,6 +180,38 @@ def info(
         if problems:
             fail(f"{folder.path} failed verification: {'; '.join(problems)}")
         typer.echo("verified: every file matches its sha256")
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="Model folder to benchmark."),
+    backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
+    device: str = typer.Option("auto", help="cpu, gpu, cuda, npu or auto."),
+    precision: str = typer.Option("auto", "--precision", help="Inference precision: auto, fp32, bf16, fp16."),
+    resolution: int = typer.Option(512, min=8, help="Square input side in pixels."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps (default: the model's)."),
+    strength: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Strength (default: the model's)."),
+    guidance: Optional[float] = typer.Option(None, min=0.0, help="Guidance scale (default: the model's)."),
+    repeat: int = typer.Option(3, min=1, help="Timed warm runs."),
+    warmup: int = typer.Option(1, min=0, help="Untimed runs after the cold start."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this file."),
+):
+    """Measure cold start, per-stage warm latency (median, min, max), peak memory and model size."""
+    from edgesd.bench import run_benchmark
+
+    result = run_guarded(run_benchmark, model, backend=backend, device=device, precision=precision, resolution=resolution,
+                         steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads)
+    typer.echo(f"{result['model']} on {result['backend']} ({result['device']}), {resolution}x{resolution}, "
+               f"{result['unet_steps']} UNet steps, precision {precision}")
+    typer.echo(f"cold start: load {result['cold_start']['load']:.2f}s, first run {result['cold_start']['first_run']:.2f}s")
+    for stage, s in result["warm"].items():
+        typer.echo(f"  {stage:<7} median {s['median'] * 1000:9.1f} ms   [{s['min'] * 1000:.1f} .. {s['max'] * 1000:.1f}]  n={s['n']}")
+    typer.echo(f"peak memory {result['peak_rss_mib']:.0f} MiB, model folder {result['model_folder_mib']:.1f} MiB")
+    if json_file:
+        from edgesd.outputs import write_text_atomic
+
+        write_text_atomic(json_file, json.dumps(result, indent=2))
 
 
 def _version() -> str:

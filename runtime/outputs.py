@@ -9,7 +9,6 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from edgesd.errors import InvalidInputError
 
 PARAMETERS_KEY = "edgesd"
 
@@ -21,24 +20,29 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
 
 
-def check_writable(paths: list[Path], overwrite: bool) -> None:
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise InvalidInputError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
-
-
-def save_image(image: Image.Image, path: Path, parameters: dict) -> None:
+def _write_atomic(path: Path, write) -> None:
+    """write(file object) into a temp file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    info.add_text(PARAMETERS_KEY, json.dumps(parameters))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            if path.suffix.lower() == ".png":
-                image.save(f, format="PNG", pnginfo=info)
-            else:
-                image.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_image(image: Image.Image, path: Path, parameters: dict) -> None:
+    """PNG with the parameters in an `edgesd` text chunk; other suffixes in their own format."""
+    if path.suffix.lower() == ".png":
+        info = PngInfo()
+        info.add_text(PARAMETERS_KEY, json.dumps(parameters))
+        _write_atomic(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+    else:
+        fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+        _write_atomic(path, lambda f: image.save(f, format=fmt))

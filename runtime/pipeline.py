@@ -20,8 +20,8 @@ from edgesd import schedulers
 from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
 from edgesd.image import load_image, postprocess, preprocess
-from edgesd.model_folder import FORMAT_OF_BACKEND, ModelFolder, open_model_folder
-from edgesd.sessions import choose_backend, open_session
+from edgesd.model_folder import FORMAT_OF_BACKEND, SUBMODELS, ModelFolder, open_model_folder
+from edgesd.sessions import Session, choose_backend, open_session
 from edgesd.tokenizer import ClipTokenizer
 
 log = logging.getLogger("edgesd")
@@ -38,10 +38,14 @@ class Img2ImgResult:
 
 
 class Img2ImgPipeline:
-    def __init__(self, folder: ModelFolder, sessions: dict, backend: str):
+    def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False):
+        """Use `load`. `open_submodel(name)` compiles a submodel; with `low_memory` only the one in
+        use stays loaded (slower: each call recompiles, from the engine's cache where it has one)."""
         self.folder = folder
         self.backend = backend
-        self.sessions = sessions
+        self.low_memory = low_memory
+        self._open_submodel = open_submodel
+        self.sessions = {} if low_memory else {name: open_submodel(name) for name in SUBMODELS}
         self.tokenizer = ClipTokenizer(folder.path / "tokenizer")
         manifest = folder.manifest
         self.vae_scale_factor = manifest["vae_scale_factor"]
@@ -57,6 +61,7 @@ class Img2ImgPipeline:
         inference_precision: str = "auto",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        low_memory: bool = False,
     ) -> "Img2ImgPipeline":
         """Open a model folder and compile its four submodels on the chosen engine and device."""
         folder = open_model_folder(path)
@@ -64,11 +69,15 @@ class Img2ImgPipeline:
         backend = choose_backend(backend, device, formats)
         fmt = FORMAT_OF_BACKEND[backend]
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
-        sessions = {
-            name: open_session(backend, folder.model_file(name, fmt), device, inference_precision, **options)
-            for name in ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-        }
-        return cls(folder, sessions, backend)
+
+        def open_submodel(name: str) -> Session:
+            return open_session(backend, folder.model_file(name, fmt), device, inference_precision, **options)
+
+        return cls(folder, open_submodel, backend, low_memory)
+
+    def _submodel(self, name: str) -> Session:
+        """The compiled submodel; in low-memory mode opened here, and freed when the stage using it returns."""
+        return self.sessions.get(name) or self._open_submodel(name)
 
     def __call__(
         self,
@@ -122,7 +131,7 @@ class Img2ImgPipeline:
             return Img2ImgResult([], seed, settings, timings, cancelled=True)
         # 6. Decode and postprocess.
         t0 = time.perf_counter()
-        decoded = self.sessions["vae_decoder"].run({"latent_sample": latents / np.float32(self.vae_scaling_factor)})[0]
+        decoded = self._submodel("vae_decoder").run({"latent_sample": latents / np.float32(self.vae_scaling_factor)})[0]
         images = postprocess(decoded)
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
@@ -130,21 +139,25 @@ class Img2ImgPipeline:
 
     def _encode_prompt(self, prompt, negative_prompt, do_guidance: bool, num_images: int) -> np.ndarray:
         prompts = [negative_prompt or "", prompt] if do_guidance else [prompt]
-        session = self.sessions["text_encoder"]
+        session = self._submodel("text_encoder")
         ids = self.tokenizer(prompts).astype(session.input_types["input_ids"])
         hidden = session.run({"input_ids": ids})[0]
         # Each prompt's embedding repeated num_images times; [negatives..., positives...] under guidance.
         return np.repeat(hidden, num_images, axis=0)
 
     def _encode_image(self, pixels: np.ndarray, generator: TorchGenerator) -> np.ndarray:
-        moments = self.sessions["vae_encoder"].run({"sample": pixels})[0]
+        moments = self._submodel("vae_encoder").run({"sample": pixels})[0]
         mean, logvar = np.split(moments, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         sample = mean + std * generator.randn(mean.shape)
         return (np.float32(self.vae_scaling_factor) * sample).astype(np.float32)
 
     def _denoise(self, latents, embeddings, plan, guidance_scale, do_guidance, generator, callback):
-        unet = self.sessions["unet"]
+        if len(plan.timesteps) == 0:
+            return latents, False, []
+        return self._loop(self._submodel("unet"), latents, embeddings, plan, guidance_scale, do_guidance, generator, callback)
+
+    def _loop(self, unet, latents, embeddings, plan, guidance_scale, do_guidance, generator, callback):
         timestep_type = unet.input_types["timestep"]
         state = plan.initial_state()
         step_times = []

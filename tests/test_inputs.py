@@ -1,0 +1,99 @@
+"""Bad and unusual input images: a clean InvalidInputError or a conversion as diffusers' load_image does."""
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from edgesd.errors import InvalidInputError
+from edgesd.image import load_image, preprocess
+
+
+def save(tmp_path, image: Image.Image, name: str, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_not_an_image(tmp_path):
+    (tmp_path / "a.png").write_text("hello")
+    with pytest.raises(InvalidInputError, match="cannot read image"):
+        load_image(tmp_path / "a.png")
+
+
+def test_truncated_file(tmp_path):
+    path = save(tmp_path, Image.new("RGB", (64, 64), "red"), "t.jpg", quality=95)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InvalidInputError, match="cannot read image"):
+        load_image(path)
+
+
+def test_too_small_for_the_vae():
+    with pytest.raises(InvalidInputError, match="smaller than 8 pixels"):
+        preprocess(load_image(np.zeros((1, 1, 3), np.uint8)), 8)
+
+
+def test_pixel_limit_and_override(tmp_path):
+    path = save(tmp_path, Image.new("RGB", (300, 200)), "big.png")
+    with pytest.raises(InvalidInputError, match="over the limit of 50000 pixels"):
+        load_image(path, max_pixels=50_000)
+    assert load_image(path, max_pixels=60_000).size == (300, 200)
+
+
+def test_bad_array():
+    with pytest.raises(InvalidInputError, match="HxWx3 uint8"):
+        load_image(np.zeros((4, 4), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "I;16", "CMYK", "RGBA", "LA", "1"])
+def test_modes_are_converted_as_diffusers_does(tmp_path, mode):
+    diffusers_utils = pytest.importorskip("diffusers.utils")
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    image = rgb.convert(mode) if mode != "I;16" else Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16))
+    fmt = "TIFF" if mode == "CMYK" else "PNG"
+    path = save(tmp_path, image, f"in.{fmt.lower()}", format=fmt)
+    ours = load_image(path)
+    assert ours.mode == "RGB"
+    assert np.array_equal(np.asarray(ours), np.asarray(diffusers_utils.load_image(str(path))))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), "blue")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90
+    path = save(tmp_path, image, "o.jpg", exif=exif)
+    assert load_image(path).size == (20, 40)
+
+
+def _seed_files() -> list[bytes]:
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    out = []
+    for fmt in ("PNG", "JPEG", "WEBP", "GIF"):
+        buffer = io.BytesIO()
+        rgb.save(buffer, format=fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed_index=st.integers(0, 3), edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       cut=st.integers(0, 10_000))
+def test_fuzzed_bytes_give_an_image_or_a_clean_error(tmp_path, seed_index, edits, cut):
+    data = bytearray(_seed_files()[seed_index])
+    for position, value in edits:
+        data[position % len(data)] = value
+    path = tmp_path / "fuzz.img"
+    path.write_bytes(bytes(data[: max(1, len(data) - cut % len(data))]))
+    try:
+        image = load_image(path)
+    except InvalidInputError:
+        return
+    assert image.mode == "RGB" and image.size[0] > 0

@@ -1,0 +1,152 @@
+"""Img2ImgPipeline against diffusers' StableDiffusionImg2ImgPipeline, by seed, on random test models.
+
+Tolerance on the uint8 output images: at most 2 levels anywhere, and at least 99% of values
+within 1 level. fp32 exports match torch to ~1e-6 (see the manifests' validation figures); the
+few-step loops here amplify that to well under one level, while each deliberate break at the end
+(off-by-one start timestep, a wrong VAE scaling factor, swapped guidance halves) moves images by
+far more, and those tests show the comparison fails for them.
+"""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesd import Img2ImgPipeline
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+SCHEDULERS = [
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler", "LCMScheduler",
+]
+STRENGTHS = [0.3, 0.75, 1.0]
+STEPS = 4
+PROMPT, NEGATIVE = "a red house by a lake", "blurry, grey"
+
+
+def test_image() -> Image.Image:
+    """77x53: not square, sides not multiples of 8 (nor of the tiny VAE's factor 2)."""
+    y, x = np.mgrid[0:53, 0:77]
+    rgb = np.stack([(x * 3) % 256, (y * 5) % 256, ((x + y) * 7) % 256], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+test_image.__test__ = False
+
+
+def assert_images_close(ours: list[Image.Image], reference: list[Image.Image]) -> None:
+    assert len(ours) == len(reference)
+    for a, b in zip(ours, reference):
+        assert a.size == b.size
+        diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+        assert diff.max() <= 2, f"max difference {diff.max()} levels"
+        assert (diff <= 1).mean() >= 0.99, f"only {(diff <= 1).mean():.2%} of values within 1 level"
+
+
+@pytest.fixture(scope="module")
+def reference_pipes(diffusers_folders):
+    return {
+        name: diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+        for name, folder in diffusers_folders.items()
+    }
+
+
+_cache = {}
+
+
+def reference(pipes, model, scheduler, strength, guidance, steps=STEPS, seed=7, num_images=2):
+    key = (model, scheduler, strength, guidance, steps, seed, num_images)
+    if key not in _cache:
+        pipe = pipes[model]
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+        _cache[key] = pipe(
+            prompt=PROMPT, negative_prompt=NEGATIVE if guidance > 1 else None, image=test_image(), strength=strength,
+            num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=num_images,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images
+    return _cache[key]
+
+
+@pytest.fixture(scope="module")
+def pipes(exported):
+    return {
+        (model, backend): Img2ImgPipeline.load(folder, backend=backend, device="cpu", inference_precision="fp32")
+        for model, folder in exported.items()
+        for backend in ("onnxruntime", "openvino")
+    }
+
+
+def ours(pipe, scheduler, strength, guidance, steps=STEPS, seed=7, num_images=2):
+    return pipe(test_image(), PROMPT, negative_prompt=NEGATIVE if guidance > 1 else None, strength=strength,
+                num_inference_steps=steps, guidance_scale=guidance, seed=seed, num_images=num_images,
+                scheduler=scheduler).images
+
+
+CASES = [
+    (model, backend, scheduler, STRENGTHS[i % 3], [0.0, 6.0][(i // 3 + j) % 2])
+    for j, (model, backend) in enumerate([(m, b) for m in ("tiny-sd1", "tiny-sd2") for b in ("onnxruntime", "openvino")])
+    for i, scheduler in enumerate(SCHEDULERS)
+]
+
+
+@pytest.mark.parametrize("model,backend,scheduler,strength,guidance", CASES)
+def test_matches_diffusers(pipes, reference_pipes, model, backend, scheduler, strength, guidance):
+    assert_images_close(
+        ours(pipes[model, backend], scheduler, strength, guidance),
+        reference(reference_pipes, model, scheduler, strength, guidance),
+    )
+
+
+@pytest.mark.parametrize("strength", [0.1, 0.3, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sd2"])
+def test_every_strength_with_the_models_scheduler(pipes, reference_pipes, exported, model, strength):
+    from edgesd.model_folder import open_model_folder
+
+    scheduler = open_model_folder(exported[model]).scheduler_config["_class_name"]
+    assert_images_close(
+        ours(pipes[model, "onnxruntime"], scheduler, strength, 6.0, steps=10, num_images=1),
+        reference(reference_pipes, model, scheduler, strength, 6.0, steps=10, num_images=1),
+    )
+
+
+# Each deliberate break must be caught by assert_images_close.
+
+def test_catches_an_off_by_one_start_timestep(pipes, reference_pipes):
+    # steps 10: strength 0.5 runs 5 steps from timesteps[5]; 0.6 is what an off-by-one would run.
+    broken = ours(pipes["tiny-sd1", "onnxruntime"], "DDIMScheduler", 0.6, 6.0, steps=10, num_images=1)
+    with pytest.raises(AssertionError):
+        assert_images_close(broken, reference(reference_pipes, "tiny-sd1", "DDIMScheduler", 0.5, 6.0, steps=10, num_images=1))
+
+
+def test_catches_a_wrong_vae_scaling_factor(pipes, reference_pipes, monkeypatch):
+    pipe = pipes["tiny-sd1", "onnxruntime"]
+    monkeypatch.setattr(pipe, "vae_scaling_factor", 0.2)  # the model's is 0.18215
+    with pytest.raises(AssertionError):
+        assert_images_close(ours(pipe, "EulerDiscreteScheduler", 0.75, 6.0),
+                            reference(reference_pipes, "tiny-sd1", "EulerDiscreteScheduler", 0.75, 6.0))
+
+
+def test_catches_swapped_guidance_halves(pipes, reference_pipes, monkeypatch):
+    pipe = pipes["tiny-sd1", "onnxruntime"]
+    encode = pipe._encode_prompt
+
+    def swapped(*args):
+        negative, positive = np.split(encode(*args), 2)
+        return np.concatenate([positive, negative])
+
+    monkeypatch.setattr(pipe, "_encode_prompt", swapped)
+    with pytest.raises(AssertionError):
+        assert_images_close(ours(pipe, "EulerDiscreteScheduler", 0.75, 6.0),
+                            reference(reference_pipes, "tiny-sd1", "EulerDiscreteScheduler", 0.75, 6.0))
+
+
+def test_strength_zero_returns_the_input_round_tripped(pipes, reference_pipes):
+    """diffusers refuses strength 0; edgesd returns the VAE round trip of the input (no noise, no steps)."""
+    pipe = reference_pipes["tiny-sd2"]
+    pixels = pipe.image_processor.preprocess(test_image())
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels).latent_dist.sample(torch.Generator("cpu").manual_seed(7))
+        expected = pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")
+    assert_images_close(ours(pipes["tiny-sd2", "onnxruntime"], None, 0.0, 0.0, num_images=1), expected)
