@@ -22,3 +22,7 @@ class InvalidInputError(EdgesdError, ValueError):
 
 class BackendUnavailableError(EdgesdError):
     """The requested inference engine or device cannot be used here."""
+
+
+class UnsupportedSchedulerError(EdgesdError, ValueError):
+    """The scheduler class, or one of its config values, is not supported; the message lists what is."""
