@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")  # the export side; torch-free tests live in test_torch_free.py
-
 
 @pytest.fixture(scope="session")
 def diffusers_folders(tmp_path_factory) -> dict[str, Path]:
     """recipe name -> a diffusers folder saved as released repos are."""
+    pytest.importorskip("torch")  # the export side: tests needing it skip where torch is absent
     from edgesd.export import recipes
     from edgesd.export.random_model import build_random_pipeline
 
