@@ -5,6 +5,7 @@ multiple of the VAE scale factor, Lanczos resize, [0, 255] -> [-1, 1] float32 NC
 Out: [-1, 1] -> clamp to [0, 1] -> round(x * 255) uint8 PIL images.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image, ImageOps
 
 from edgesd.errors import InvalidInputError
 
+log = logging.getLogger("edgesd")
 MAX_PIXELS = 4096 * 4096
 
 
@@ -51,11 +53,19 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise InvalidInputError(f"cannot read image {path}: {e}") from None
 
 
-def preprocess(image: Image.Image, scale_factor: int) -> np.ndarray:
-    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1], sides floored to a multiple of `scale_factor`."""
+def preprocess(image: Image.Image, scale_factor: int, unet_factor: int = 1) -> np.ndarray:
+    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1], sides floored to a multiple of `scale_factor`
+    (the VAE's, as diffusers does) and, beyond diffusers, of `scale_factor * unet_factor`: an exported
+    UNet cannot upsample odd-sized feature maps back (diffusers' torch UNet can), so such sizes are
+    floored a little further, with a warning."""
     width, height = (side - side % scale_factor for side in image.size)
+    multiple = scale_factor * unet_factor
+    if width % multiple or height % multiple:
+        log.warning("image size floored to a multiple of %d (the exported UNet needs it): %dx%d -> %dx%d",
+                    multiple, width, height, width - width % multiple, height - height % multiple)
+        width, height = width - width % multiple, height - height % multiple
     if width == 0 or height == 0:
-        raise InvalidInputError(f"image {image.size[0]}x{image.size[1]} is smaller than {scale_factor} pixels on a side")
+        raise InvalidInputError(f"image {image.size[0]}x{image.size[1]} is smaller than {multiple} pixels on a side")
     if (width, height) != image.size:
         image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / 255.0

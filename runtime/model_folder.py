@@ -37,6 +37,11 @@ class ModelFolder:
         return {**DIFFUSERS_DEFAULTS, **self.manifest.get("defaults", {})}
 
     @property
+    def unet_downsample_factor(self) -> int:
+        """How much the UNet shrinks latents (2 ** (levels - 1)); latent sides must be multiples of it."""
+        return 2 ** (len(_read_json(self.path / "unet" / "config.json")["block_out_channels"]) - 1)
+
+    @property
     def scheduler_config(self) -> dict:
         return _read_json(self.path / "scheduler" / "scheduler_config.json")
 

@@ -51,6 +51,7 @@ class Img2ImgPipeline:
         self.vae_scale_factor = manifest["vae_scale_factor"]
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
         self.latent_channels = manifest["latent_channels"]
+        self.unet_downsample_factor = folder.unet_downsample_factor
 
     @classmethod
     def load(
@@ -118,7 +119,7 @@ class Img2ImgPipeline:
         timings["text"] = time.perf_counter() - t0
         # 3. Preprocess the image and encode it to latents (sampled from the latent distribution).
         t0 = time.perf_counter()
-        pixels = preprocess(load_image(image), self.vae_scale_factor)
+        pixels = preprocess(load_image(image), self.vae_scale_factor, self.unet_downsample_factor)
         latents = self._encode_image(pixels, generator)
         latents = np.repeat(latents, num_images, axis=0) if num_images > 1 else latents
         timings["encode"] = time.perf_counter() - t0

@@ -27,8 +27,9 @@ PROMPT, NEGATIVE = "a red house by a lake", "blurry, grey"
 
 
 def test_image() -> Image.Image:
-    """77x53: not square, sides not multiples of 8 (nor of the tiny VAE's factor 2)."""
-    y, x = np.mgrid[0:53, 0:77]
+    """85x53: not square, sides not multiples of 8 (nor of tiny-sd1's VAE factor 2); floored as diffusers
+    does, each model's latents stay even, which the exported UNets need."""
+    y, x = np.mgrid[0:53, 0:85]
     rgb = np.stack([(x * 3) % 256, (y * 5) % 256, ((x + y) * 7) % 256], axis=-1).astype(np.uint8)
     return Image.fromarray(rgb)
 
@@ -118,6 +119,14 @@ def test_pndm_with_prk_steps_is_refused_clearly(pipes):
 
     with pytest.raises(UnsupportedSchedulerError, match="skip_prk_steps=False is not supported"):
         ours(pipes["tiny-sd2", "onnxruntime"], "PNDMScheduler", 0.5, 0.0)
+
+
+def test_sizes_the_exported_unet_cannot_take_are_floored_further(pipes, caplog):
+    """tiny-sd2: 77x53 -> 72x48 (VAE factor 8) -> latents 9x6, odd: floored to 64x48 with a warning."""
+    image = Image.fromarray(np.asarray(test_image())[:, :77])
+    with caplog.at_level("WARNING", logger="edgesd"):
+        result = pipes["tiny-sd2", "onnxruntime"](image, PROMPT, seed=0, num_inference_steps=2, strength=0.5)
+    assert result.images[0].size == (64, 48) and "floored to a multiple of 16" in caplog.text
 
 
 # Each deliberate break must be caught by assert_images_close.
