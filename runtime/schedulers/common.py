@@ -36,6 +36,24 @@ def sigma_bounds(in_sigmas: np.ndarray, config: Mapping) -> tuple[float, float]:
     return (float(in_sigmas[-1]) if low is None else low, float(in_sigmas[0]) if high is None else high)
 
 
+def require_one_sigma_spacing(scheduler: str, config: Mapping) -> None:
+    """Karras and exponential sigmas exclude each other (diffusers raises too)."""
+    if config["use_karras_sigmas"] and config["use_exponential_sigmas"]:
+        require(scheduler, "use_karras_sigmas with use_exponential_sigmas", True, (False,))
+
+
+def respace_sigmas(sigmas: np.ndarray, timesteps: np.ndarray, log_sigmas: np.ndarray, config: Mapping):
+    """(sigmas, timesteps) re-spaced as Karras et al. (2022) or exponentially when the config asks,
+    between `sigma_bounds`, with timesteps mapped back from the new sigmas."""
+    if config["use_karras_sigmas"]:
+        sigmas = karras_sigmas(*sigma_bounds(sigmas, config), len(timesteps))
+    elif config["use_exponential_sigmas"]:
+        sigmas = exponential_sigmas(*sigma_bounds(sigmas, config), len(timesteps))
+    else:
+        return sigmas, timesteps
+    return sigmas, sigma_to_t(sigmas, log_sigmas)
+
+
 # -- noise schedule -------------------------------------------------------------------------------
 
 

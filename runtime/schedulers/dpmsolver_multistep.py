@@ -45,8 +45,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             self.require(key, supported)
         if c["algorithm_type"] == "dpmsolver" and c["final_sigmas_type"] == "zero":
             common.require(self.name, "final_sigmas_type with algorithm_type='dpmsolver'", "zero", ("sigma_min",))
-        if bool(c["use_karras_sigmas"]) + bool(c["use_exponential_sigmas"]) > 1:
-            common.require(self.name, "use_karras_sigmas with use_exponential_sigmas", True, (False,))
+        common.require_one_sigma_spacing(self.name, c)
         self.alphas_cumprod = common.make_alphas_cumprod(c, self.name, snr_floor=True)
 
     def schedule(self, num_inference_steps):

@@ -31,8 +31,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
                                ("timestep_type", ("discrete", "continuous")),
                                ("final_sigmas_type", ("zero", "sigma_min")), ("use_beta_sigmas", (False, None))]:
             self.require(key, supported)
-        if self.config["use_karras_sigmas"] and self.config["use_exponential_sigmas"]:
-            common.require(self.name, "use_karras_sigmas with use_exponential_sigmas", True, (False,))
+        common.require_one_sigma_spacing(self.name, self.config)
         self.alphas_cumprod = common.make_alphas_cumprod(self.config, self.name, snr_floor=True)
 
     def schedule(self, num_inference_steps):
@@ -44,12 +43,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             sigmas = common.interp_sigmas(timesteps, train)
         else:  # log_linear: n + 1 sigmas, as diffusers (the last one is never reached)
             sigmas = np.exp(common.torch_linspace(log_sigmas[-1], log_sigmas[0], n + 1))
-        if c["use_karras_sigmas"]:
-            sigmas = common.karras_sigmas(*common.sigma_bounds(sigmas, c), n)
-            timesteps = common.sigma_to_t(sigmas, log_sigmas)
-        elif c["use_exponential_sigmas"]:
-            sigmas = common.exponential_sigmas(*common.sigma_bounds(sigmas, c), n)
-            timesteps = common.sigma_to_t(sigmas, log_sigmas)
+        sigmas, timesteps = common.respace_sigmas(sigmas, timesteps, log_sigmas, c)
         sigma_last = train[0] if c["final_sigmas_type"] == "sigma_min" else 0.0
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(F32)
         if c["timestep_type"] == "continuous" and c["prediction_type"] == "v_prediction":

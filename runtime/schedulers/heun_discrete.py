@@ -40,8 +40,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         self.require("prediction_type", common.PREDICTION_TYPES)
         self.require("timestep_spacing", common.SPACINGS)
         self.require("use_beta_sigmas", (False,))
-        if self.config["use_karras_sigmas"] and self.config["use_exponential_sigmas"]:
-            common.require(self.name, "use_karras_sigmas with use_exponential_sigmas", True, (False,))
+        common.require_one_sigma_spacing(self.name, self.config)
         self.alphas_cumprod = common.make_alphas_cumprod(self.config, self.name, (*common.BETA_SCHEDULES, "exp"))
 
     def schedule(self, num_inference_steps):
@@ -50,12 +49,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         train = common.train_sigmas(self.alphas_cumprod)
         log_sigmas = np.log(train)
         sigmas = common.interp_sigmas(timesteps, train)
-        if c["use_karras_sigmas"]:
-            sigmas = common.karras_sigmas(*common.sigma_bounds(sigmas, c), n)
-            timesteps = common.sigma_to_t(sigmas, log_sigmas)
-        elif c["use_exponential_sigmas"]:
-            sigmas = common.exponential_sigmas(*common.sigma_bounds(sigmas, c), n)
-            timesteps = common.sigma_to_t(sigmas, log_sigmas)
+        sigmas, timesteps = common.respace_sigmas(sigmas, timesteps, log_sigmas, c)
         sigmas = np.concatenate([sigmas, [0.0]]).astype(F32)
         sigmas = np.concatenate([sigmas[:1], sigmas[1:-1].repeat(2), sigmas[-1:]])
         timesteps = np.concatenate([timesteps[:1], timesteps[1:].repeat(2)]).astype(F32)

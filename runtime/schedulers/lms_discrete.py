@@ -31,8 +31,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         self.require("prediction_type", common.PREDICTION_TYPES)
         self.require("timestep_spacing", common.SPACINGS)
         self.require("use_beta_sigmas", (False,))
-        if self.config["use_karras_sigmas"] and self.config["use_exponential_sigmas"]:
-            common.require(self.name, "use_karras_sigmas with use_exponential_sigmas", True, (False,))
+        common.require_one_sigma_spacing(self.name, self.config)
         self.alphas_cumprod = common.make_alphas_cumprod(self.config, self.name)
 
     def schedule(self, num_inference_steps):

@@ -55,8 +55,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
             # the last step to sigma = 0 has h = inf: diffusers returns NaN there (inf * 0)
             what = "solver_type='bh1'" if c["solver_type"] == "bh1" else "predict_x0=False"
             common.require(self.name, f"final_sigmas_type with {what}", "zero", ("sigma_min",))
-        if bool(c["use_karras_sigmas"]) + bool(c["use_exponential_sigmas"]) > 1:
-            common.require(self.name, "use_karras_sigmas with use_exponential_sigmas", True, (False,))
+        common.require_one_sigma_spacing(self.name, c)
         self.alphas_cumprod = common.make_alphas_cumprod(c, self.name, snr_floor=True)
 
     def schedule(self, num_inference_steps):
