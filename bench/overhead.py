@@ -10,6 +10,7 @@ run gives the UNet call time to set against one scheduler step (issue 3: under 1
 import argparse
 import json
 import statistics
+import sys
 import time
 
 from edgesd import Img2ImgPipeline
@@ -60,7 +61,7 @@ def main():
     summary["loop_share_of_unet"] = summary["step_minus_unet"] / summary["unet_call"]
     print(json.dumps({"model": args.model, "backend": pipe.backend, **vars(args), **summary}, indent=2))
     print(f"overhead {summary['overhead_share']:.2%} of total; per step, edgesd's loop adds "
-          f"{summary['loop_share_of_unet']:.2%} of a UNet call")
+          f"{summary['loop_share_of_unet']:.2%} of a UNet call", file=sys.stderr)
 
 
 if __name__ == "__main__":

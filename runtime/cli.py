@@ -52,7 +52,7 @@ def exit_with(error: EdgesdError) -> None:
 
 @app.command()
 def img2img(
-    model: Path = typer.Argument(..., help="Model folder written by `edgesd export` (or by optimum's exporters)."),
+    model: Optional[Path] = typer.Argument(None, help="Model folder written by `edgesd export` (or by optimum's exporters); with --replay, default: the one stored in the PNG."),
     image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, ...), or a folder of them (batch)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default out.png; with --num-images N: OUT-0.png ...), or folder for a batch (default IMAGE/edgesd-out)."),
@@ -85,6 +85,9 @@ def img2img(
     settings["num_images"] = settings["num_images"] or 1
     if settings["prompt"] is None:
         fail("--prompt is required (or --replay a PNG written by edgesd)")
+    model = model or (Path(stored["model_path"]) if stored.get("model_path") else None)
+    if model is None:
+        fail("MODEL is required: the model folder to run")
     # A replay regenerates the stored batch and keeps the stored image of it.
     jobs, skipped = run_guarded(plan_jobs, image, output, 1 if replay else settings["num_images"], overwrite)
     for path in skipped:
@@ -95,6 +98,8 @@ def img2img(
     if stored and stored.get("manifest_sha256") not in (None, pipe.folder.manifest_sha256):
         typer.echo(f"warning: {replay} was made with another model ({stored.get('model')}); the image will differ", err=True)
     load_time = time.perf_counter() - t0
+    provenance = {"model": pipe.folder.name, "model_path": str(pipe.folder.path.resolve()),
+                  "manifest_sha256": pipe.folder.manifest_sha256, "edgesd_version": _version()}
     done, failures = [], []
     show = not quiet and sys.stderr.isatty()
     for n, job in enumerate(jobs, 1):
@@ -110,8 +115,8 @@ def img2img(
             continue
         images = [result.images[stored.get("index", 0)]] if replay else result.images
         for index, (im, path) in enumerate(zip(images, job.outputs)):
-            save_image(im, path, {**result.settings, "index": stored["index"] if replay else index, "model": pipe.folder.name,
-                                  "manifest_sha256": pipe.folder.manifest_sha256, "edgesd_version": _version()})
+            index = stored.get("index", 0) if replay else index
+            save_image(im, path, {**result.settings, "index": index, **provenance})
         done.append({"image": str(job.image), "outputs": [str(p) for p in job.outputs[: len(images)]],
                      "seed": result.seed, "timings": result.timings})
         if not quiet and not as_json:

@@ -35,7 +35,7 @@ def test_writes_png_with_parameters_and_replays_it(model, tmp_path):
     assert stored["num_inference_steps"] == 2 and stored["scheduler"] == "EulerDiscreteScheduler"
     assert len(stored["manifest_sha256"]) == 64 and stored["edgesd_version"]
     replayed = tmp_path / "b.png"
-    done = edgesd("img2img", model, "-i", INPUT, "--replay", out, "-o", replayed)
+    done = edgesd("img2img", "-i", INPUT, "--replay", out, "-o", replayed)  # the model is stored too
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(replayed)))
 

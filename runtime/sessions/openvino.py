@@ -5,11 +5,19 @@ pipeline call), which lets the CPU plugin pick faster kernels than with dynamic 
 shape recompiles, and a compile cache folder makes later starts fast.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from edgesd.errors import BackendUnavailableError
+
+def default_cache_dir() -> Path:
+    """Where compiled models are cached between runs ($EDGESD_CACHE, else the user's cache folder)."""
+    if "EDGESD_CACHE" in os.environ:
+        return Path(os.environ["EDGESD_CACHE"]) / "openvino"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesd" / "openvino"
+
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
@@ -48,8 +56,7 @@ class OpenVINOSession:
         self._config = {}
         if precision != "auto":
             self._config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
-        if cache_dir is not None:
-            self._config["CACHE_DIR"] = str(cache_dir)
+        self._config["CACHE_DIR"] = str(cache_dir or default_cache_dir())
         self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in self._model.inputs}
         self._shapes = None
         self._request = None
