@@ -37,6 +37,12 @@ class ModelFolder:
         return {**DIFFUSERS_DEFAULTS, **self.manifest.get("defaults", {})}
 
     @property
+    def vae_sample_size(self) -> int:
+        """The VAE's native image size (the tile size when tiling)."""
+        size = _read_json(self.path / "vae_decoder" / "config.json").get("sample_size", 512)
+        return size[0] if isinstance(size, list) else size
+
+    @property
     def unet_downsample_factor(self) -> int:
         """How much the UNet shrinks latents (2 ** (levels - 1)); latent sides must be multiples of it."""
         return 2 ** (len(_read_json(self.path / "unet" / "config.json")["block_out_channels"]) - 1)

@@ -23,6 +23,7 @@ from edgesd.image import load_image, postprocess, preprocess
 from edgesd.model_folder import FORMAT_OF_BACKEND, SUBMODELS, ModelFolder, open_model_folder
 from edgesd.sessions import Session, choose_backend, open_session
 from edgesd.tokenizer import ClipTokenizer
+from edgesd.vae_tiling import tiled
 
 log = logging.getLogger("edgesd")
 Callback = Callable[[int, int, np.ndarray], bool | None]
@@ -39,8 +40,9 @@ class Img2ImgResult:
 
 class Img2ImgPipeline:
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False):
-        """Use `load`. `open_submodel(name)` compiles a submodel; with `low_memory` only the one in
-        use stays loaded (slower: each call recompiles, from the engine's cache where it has one)."""
+        """Use `load`. `open_submodel(name)` compiles a submodel. With `low_memory` only the one in
+        use stays loaded (slower: each call recompiles, from the engine's cache where it has one),
+        and images larger than the VAE's native size are encoded and decoded in blended tiles."""
         self.folder = folder
         self.backend = backend
         self.low_memory = low_memory
@@ -52,6 +54,7 @@ class Img2ImgPipeline:
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
         self.latent_channels = manifest["latent_channels"]
         self.unet_downsample_factor = folder.unet_downsample_factor
+        self.vae_tile = folder.vae_sample_size  # low-memory mode tiles larger images, as diffusers' enable_vae_tiling
 
     @classmethod
     def load(
@@ -132,11 +135,18 @@ class Img2ImgPipeline:
             return Img2ImgResult([], seed, settings, timings, cancelled=True)
         # 6. Decode and postprocess.
         t0 = time.perf_counter()
-        decoded = self._submodel("vae_decoder").run({"latent_sample": latents / np.float32(self.vae_scaling_factor)})[0]
+        decoder = self._submodel("vae_decoder")
+        decoded = self._vae(lambda z: decoder.run({"latent_sample": z})[0], latents / np.float32(self.vae_scaling_factor),
+                            self.vae_tile // self.vae_scale_factor, self.vae_tile)
         images = postprocess(decoded)
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         return Img2ImgResult(images, seed, settings, timings)
+
+    def _vae(self, run, x: np.ndarray, in_tile: int, out_tile: int) -> np.ndarray:
+        if self.low_memory and max(x.shape[2:]) > in_tile:
+            return tiled(run, x, in_tile, out_tile)
+        return run(x)
 
     def _encode_prompt(self, prompt, negative_prompt, do_guidance: bool, num_images: int) -> np.ndarray:
         prompts = [negative_prompt or "", prompt] if do_guidance else [prompt]
@@ -147,7 +157,8 @@ class Img2ImgPipeline:
         return np.repeat(hidden, num_images, axis=0)
 
     def _encode_image(self, pixels: np.ndarray, generator: TorchGenerator) -> np.ndarray:
-        moments = self._submodel("vae_encoder").run({"sample": pixels})[0]
+        encoder = self._submodel("vae_encoder")
+        moments = self._vae(lambda x: encoder.run({"sample": x})[0], pixels, self.vae_tile, self.vae_tile // self.vae_scale_factor)
         mean, logvar = np.split(moments, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         sample = mean + std * generator.randn(mean.shape)

@@ -129,6 +129,25 @@ def test_sizes_the_exported_unet_cannot_take_are_floored_further(pipes, caplog):
     assert result.images[0].size == (64, 48) and "floored to a multiple of 16" in caplog.text
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_low_memory_tiles_the_vae_as_diffusers_enable_vae_tiling(exported, pipes, reference_pipes, backend):
+    """172x100 is larger than tiny-sd1's 64 px VAE: 3x4 encoder tiles with partial edge tiles."""
+    image = Image.fromarray(np.tile(np.asarray(test_image()), (2, 3, 1))[:100, :172])
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32", low_memory=True)
+    reference_pipe = reference_pipes["tiny-sd1"]
+    reference_pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(reference_pipe.scheduler.config)
+    reference_pipe.vae.enable_tiling()
+    try:
+        expected = reference_pipe(prompt=PROMPT, image=image, strength=0.5, num_inference_steps=4, guidance_scale=0,
+                                  generator=torch.Generator("cpu").manual_seed(3)).images
+    finally:
+        reference_pipe.vae.disable_tiling()
+    settings = dict(strength=0.5, num_inference_steps=4, guidance_scale=0, seed=3, scheduler="EulerDiscreteScheduler")
+    assert_images_close(pipe(image, PROMPT, **settings).images, expected)
+    with pytest.raises(AssertionError):  # tiling really changes the result: the test above is not vacuous
+        assert_images_close(pipes["tiny-sd1", backend](image, PROMPT, **settings).images, expected)
+
+
 # Each deliberate break must be caught by assert_images_close.
 
 def test_catches_an_off_by_one_start_timestep(pipes, reference_pipes):

@@ -1,8 +1,8 @@
 """OpenVINO sessions: CPU, GPU, NPU or AUTO, compiled for static shapes on first use.
 
-The model is reshaped to the shapes of the first call (resolution and batch are fixed for a
-pipeline call), which lets the CPU plugin pick faster kernels than with dynamic shapes; a new
-shape recompiles, and a compile cache folder makes later starts fast.
+The model is reshaped to the shapes of each call (resolution and batch are fixed within a
+pipeline call), which lets the CPU plugin pick faster kernels than with dynamic shapes; the last
+few shapes stay compiled, a new one compiles, and a compile cache folder makes later starts fast.
 """
 
 import os
@@ -19,6 +19,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesd" / "openvino"
 
 
+_COMPILED_SHAPES = 4  # enough for a tiled VAE's full, right, bottom and corner tiles
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 
@@ -58,17 +59,19 @@ class OpenVINOSession:
             self._config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
         self._config["CACHE_DIR"] = str(cache_dir or default_cache_dir())
         self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in self._model.inputs}
-        self._shapes = None
-        self._request = None
+        self._requests = {}  # input shapes -> infer request, the most recently used last
 
-    def _compile(self, shapes: dict[str, tuple]) -> None:
-        self._model.reshape(shapes)
-        self._request = self._core.compile_model(self._model, self.device, self._config).create_infer_request()
-        self._shapes = shapes
+    def _request_for(self, shapes: tuple):
+        if shapes in self._requests:
+            self._requests[shapes] = self._requests.pop(shapes)
+        else:
+            if len(self._requests) == _COMPILED_SHAPES:
+                self._requests.pop(next(iter(self._requests)))
+            self._model.reshape(dict(shapes))
+            self._requests[shapes] = self._core.compile_model(self._model, self.device, self._config).create_infer_request()
+        return self._requests[shapes]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        shapes = {name: tuple(array.shape) for name, array in feeds.items()}
-        if shapes != self._shapes:
-            self._compile(shapes)
-        result = self._request.infer(feeds, share_inputs=True)
+        request = self._request_for(tuple((name, tuple(array.shape)) for name, array in feeds.items()))
+        result = request.infer(feeds, share_inputs=True)
         return [result[i] for i in range(len(result))]
