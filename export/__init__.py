@@ -25,13 +25,33 @@ _PACKAGES = ("edgesd", "torch", "diffusers", "transformers", "optimum", "optimum
 __all__ = ["export_model", "FORMATS"]
 
 
-def export_model(source: str, output: str | Path, formats=("onnx",), overwrite: bool = False) -> Path:
+def export_model(
+    source: str,
+    output: str | Path,
+    formats=("onnx",),
+    overwrite: bool = False,
+    precision: str = "fp32",
+    calibration_images: str | Path | None = None,
+    calibration_samples: int = 32,
+) -> Path:
     """Export SOURCE (local diffusers folder, hub id, or random:RECIPE) into the model folder OUTPUT.
+
+    `precision`: a spec as `edgesd export --precision` takes (see edgesd.export.precision), e.g.
+    "int8" or "unet=int8,vae_decoder=fp16". The fp32 export is validated first; non-fp32
+    submodels are then converted from it (the UNet's int8 calibrated on `calibration_samples`
+    inputs recorded from the fp32 pipeline, on built-in images or those in `calibration_images`).
 
     The folder is built under a temporary name beside OUTPUT and renamed when complete, so a
     failed export never leaves a folder that looks valid.
     """
-    _require_export_extra(formats)
+    from edgesd.export.calibration import check_calibration_options
+    from edgesd.export.precision import parse_precision
+
+    plan = parse_precision(precision)
+    if plan.needs_calibration:  # fail before the long export, not after it
+        check_calibration_options(calibration_images, calibration_samples)
+    quantization = None if plan.is_fp32 else (plan, calibration_images and Path(calibration_images), calibration_samples)
+    _require_export_extra(formats, plan)
     output = Path(output)
     formats = tuple(dict.fromkeys(formats))
     if not formats or set(formats) - set(FORMATS):
@@ -42,7 +62,7 @@ def export_model(source: str, output: str | Path, formats=("onnx",), overwrite: 
     partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     partial.chmod(0o755)  # mkdtemp makes it private; the model folder is not
     try:
-        _export_into(source, partial, formats)
+        _export_into(source, partial, formats, quantization)
         _replace(partial, output)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -50,14 +70,16 @@ def export_model(source: str, output: str | Path, formats=("onnx",), overwrite: 
     return output
 
 
-def _require_export_extra(formats) -> None:
+def _require_export_extra(formats, plan=None) -> None:
     needed = ["torch", "diffusers", "transformers", "optimum", "onnx", *(["openvino"] if "openvino" in formats else [])]
+    if plan is not None and not plan.is_fp32 and "openvino" in formats:
+        needed.append("nncf")
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise EdgesdError(f"edgesd export needs the export extra ({', '.join(missing)} missing): pip install 'edgesd[export]'")
 
 
-def _export_into(spec: str, folder: Path, formats) -> None:
+def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
     from optimum.exporters.onnx import onnx_export_from_model
 
     from edgesd.export.load import load_pipeline
@@ -88,6 +110,11 @@ def _export_into(spec: str, folder: Path, formats) -> None:
     _write_tokenizer_json(folder / "tokenizer")
     manifest = _manifest(pipe, source, folder, formats, validation)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if quantization:  # precision: the fp32 folder above is complete and validated; calibrate on it, then convert
+        from edgesd.export.quantize import quantize_folder
+
+        plan, calibration_images, calibration_samples = quantization
+        quantize_folder(folder, formats, plan, references, calibration_images, calibration_samples)
 
 
 def _write_tokenizer_json(folder: Path) -> None:
