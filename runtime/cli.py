@@ -171,13 +171,16 @@ def info(
     typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
                f"scaling factor {m['vae_scaling_factor']}; sample size {m.get('sample_size', '?')}")
     typer.echo("defaults: " + ", ".join(f"{k}={v}" for k, v in folder.defaults.items()))
-    typer.echo(f"{'submodel':<14}{'format':<10}{'precision':<11}{'size':>10}  max |export - torch|")
+    typer.echo(f"{'submodel':<14}{'format':<10}{'precision':<14}{'size':>10}  max |export - torch|  (quantized: vs fp32)")
     for name, entry in m["submodels"].items():
         for fmt, spec in entry["formats"].items():
             size = sum(f.get("bytes", 0) for f in spec.get("files", {}).values())
-            dev = entry.get("validation_max_abs_deviation", {}).get({"onnx": "onnxruntime"}.get(fmt, fmt))
-            typer.echo(f"{name:<14}{fmt:<10}{spec.get('precision', '?'):<11}{size / 2**20:>8.1f}MB  "
-                       + ("-" if dev is None else f"{dev:.2e}"))
+            backend = {"onnx": "onnxruntime"}.get(fmt, fmt)
+            dev = entry.get("validation_max_abs_deviation", {}).get(backend)
+            quantized = entry.get("quantized_max_abs_deviation", {}).get(backend)
+            typer.echo(f"{name:<14}{fmt:<10}{spec.get('precision', '?'):<14}{size / 2**20:>8.1f}MB  "
+                       + ("-" if dev is None else f"{dev:.2e}")
+                       + ("" if quantized is None else f"  ({quantized:.2e}; {spec.get('method', '')})"))
     prov = m.get("provenance", {})
     typer.echo(f"source: {prov.get('source')} (revision {prov.get('revision')}), created {prov.get('created')}")
     if verify:

@@ -3,9 +3,11 @@ optimum's exporters write (read as they are, the manifest synthesised from their
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgesd.cache import cache_root
 from edgesd.errors import ModelFolderError
 
 FORMAT_VERSION = 1
@@ -57,20 +59,55 @@ class ModelFolder:
     def model_file(self, submodel: str, fmt: str) -> Path:
         return self.path / submodel / MAIN_FILE[fmt]
 
-    def verify(self, hashes: bool = True) -> list[str]:
-        """Problems found: missing files, wrong sizes and (if `hashes`) sha256 mismatches."""
+    def verify(self, hashes: bool = True, formats: list[str] | None = None, stamps: dict | None = None) -> list[str]:
+        """Problems found: missing files, wrong sizes and (if `hashes`) sha256 mismatches, for all
+        formats or only `formats`. With `stamps` ({path: [size, mtime_ns, sha256]}, updated here),
+        a file already verified and unchanged since is not hashed again."""
         problems = []
         for submodel, entry in self.manifest["submodels"].items():
             for fmt, info in entry["formats"].items():
+                if formats is not None and fmt not in formats:
+                    continue
                 for name, meta in info.get("files", {}).items():
                     file = self.path / submodel / name
                     if not file.is_file():
                         problems.append(f"{submodel}/{name}: missing")
                     elif "bytes" in meta and file.stat().st_size != meta["bytes"]:
                         problems.append(f"{submodel}/{name}: {file.stat().st_size} bytes, expected {meta['bytes']}")
-                    elif hashes and "sha256" in meta and sha256(file) != meta["sha256"]:
+                    elif hashes and "sha256" in meta and not _hash_matches(file, meta["sha256"], stamps):
                         problems.append(f"{submodel}/{name}: sha256 mismatch (file changed or corrupt)")
         return problems
+
+    def verify_once(self, formats: list[str]) -> None:
+        """Hash the files of `formats` the first time they are used (and after they change); raise on a mismatch."""
+        stamps_file = cache_root() / "verified.json"
+        try:
+            stamps = json.loads(stamps_file.read_text())
+        except (OSError, ValueError):
+            stamps = {}
+        problems = self.verify(hashes=True, formats=formats, stamps=stamps)
+        if problems:
+            raise ModelFolderError(f"{self.path} is damaged: {'; '.join(problems)}; re-export it")
+        try:
+            stamps_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stamps_file.with_name(f".verified.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stamps))
+            os.replace(tmp, stamps_file)
+        except OSError:  # a read-only cache only costs re-hashing next time
+            pass
+
+
+def _hash_matches(file: Path, expected: str, stamps: dict | None) -> bool:
+    stat = file.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns, expected]
+    key = str(file.resolve())
+    if stamps is not None and stamps.get(key) == stamp:
+        return True
+    if sha256(file) != expected:
+        return False
+    if stamps is not None:
+        stamps[key] = stamp
+    return True
 
 
 def sha256(file: Path) -> str:

@@ -72,6 +72,7 @@ class Img2ImgPipeline:
         formats = [f for f in folder.formats("unet") if all(f in folder.formats(s) for s in folder.manifest["submodels"])]
         backend = choose_backend(backend, device, formats)
         fmt = FORMAT_OF_BACKEND[backend]
+        folder.verify_once([fmt])
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
 
         def open_submodel(name: str) -> Session:

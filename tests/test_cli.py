@@ -121,7 +121,18 @@ BAD = {
     "unknown device": (lambda m, t: ["--device", "tpu"], "unknown device 'tpu'"),
     "strength too small for steps": (lambda m, t: ["--strength", 0.1, "--steps", 2], "increase strength"),
 }
+def _hash_mismatched(model: Path, tmp: Path) -> Path:
+    folder = tmp / "flipped"
+    shutil.copytree(model, folder)
+    for weights in (folder / "unet" / "model.onnx", folder / "unet" / "openvino_model.bin"):
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF  # same size, one bit pattern changed
+        weights.write_bytes(bytes(data))
+    return folder
+
+
 BAD_MODELS = {
+    "hash mismatch": (_hash_mismatched, "sha256 mismatch"),
     "missing folder": (lambda m, t: t / "nothing", "does not exist"),
     "half-exported": (_half_exported, "unet"),
     "newer format": (_newer_format, "upgrade edgesd"),

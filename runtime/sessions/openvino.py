@@ -5,19 +5,12 @@ pipeline call), which lets the CPU plugin pick faster kernels than with dynamic 
 few shapes stay compiled, a new one compiles, and a compile cache folder makes later starts fast.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from edgesd.cache import cache_root
 from edgesd.errors import BackendUnavailableError
-
-def default_cache_dir() -> Path:
-    """Where compiled models are cached between runs ($EDGESD_CACHE, else the user's cache folder)."""
-    if "EDGESD_CACHE" in os.environ:
-        return Path(os.environ["EDGESD_CACHE"]) / "openvino"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesd" / "openvino"
-
 
 _COMPILED_SHAPES = 4  # enough for a tiled VAE's full, right, bottom and corner tiles
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -57,7 +50,7 @@ class OpenVINOSession:
         self._config = {}
         if precision != "auto":
             self._config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
-        self._config["CACHE_DIR"] = str(cache_dir or default_cache_dir())
+        self._config["CACHE_DIR"] = str(cache_dir or cache_root() / "openvino")
         self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in self._model.inputs}
         self._requests = {}  # input shapes -> infer request, the most recently used last
 

@@ -1,0 +1,11 @@
+"""Where edgesd keeps what it can recompute: compiled models and file-verification stamps."""
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """$EDGESD_CACHE, else the user's cache folder ($XDG_CACHE_HOME or ~/.cache) / edgesd."""
+    if "EDGESD_CACHE" in os.environ:
+        return Path(os.environ["EDGESD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesd"
