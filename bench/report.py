@@ -1,0 +1,366 @@
+"""Render benchmark JSON results into bench/REPORT.md and one chart (per-stage latency per system).
+
+    python bench/report.py bench/results/*.json [-o bench/REPORT.md] [--chart bench/report.png]
+
+Reads what bench/compare.py writes (and, in a table of their own, `edgesd bench --json` files).
+The chart needs matplotlib (`pip install 'edgesd[bench]'`); without it the report is written all
+the same and says the chart is missing.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+STAGES = ("text", "encode", "unet", "decode", "other")
+STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (all calls)", "decode": "VAE decode",
+                "other": "other (scheduler, pre/post, overhead)"}
+COMPARE_SCHEMA = "edgesd-bench-compare/1"
+
+
+def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
+    compares, benches, skipped = [], [], []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            skipped.append(f"{path}: {e}")
+            continue
+        data["_file"] = str(path)
+        if data.get("schema") == COMPARE_SCHEMA:
+            compares.append(data)
+        elif "cold_start" in data and "warm" in data:
+            benches.append(data)
+        else:
+            skipped.append(f"{path}: not a bench/compare.py or `edgesd bench --json` result")
+    order = {"sd15": 0, "sd-turbo": 1}
+    compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
+                                 order.get(d.get("name") or "", 9), d.get("name") or ""))
+    return compares, benches, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+
+
+def _s(x, digits=2):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _ms(x):
+    return "–" if x is None else f"{x * 1e3:.0f}" if x >= 0.1 else f"{x * 1e3:.1f}"
+
+
+def _ratio(x):
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _mib(x):
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines
+
+
+def _title(d: dict) -> str:
+    s = d["settings"]
+    model = d.get("name") or Path(d["models"]["edgesd"]["path"]).name
+    return f"{model}, {s['resolution']}x{s['resolution']}"
+
+
+def _anchor(text: str) -> str:
+    return "".join(c for c in text.lower().replace(" ", "-") if c.isalnum() or c in "-_")
+
+
+def _counterpart(d: dict, key: str) -> tuple[str | None, float | None]:
+    """The edgesd configuration this system is compared with, and edgesd time / this time."""
+    for name, row in d.get("ratios", {}).items():
+        if row["other"] == key:
+            return row["edgesd"], row["time"]
+    return None, None
+
+
+def _output_cell(entry: dict) -> str:
+    o = entry.get("output_vs_reference")
+    if not o:
+        return "–"
+    if "mean_abs" not in o:
+        return f"shape {o.get('shape')} vs {o.get('reference_shape')}"
+    if o["max_abs"] == 0:
+        return "identical"
+    return f"{o['mean_abs']:.2f} / {o['max_abs']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def machine_section(compares: list[dict], benches: list[dict]) -> list[str]:
+    lines = ["## Machine", ""]
+    seen = {}
+    for d in compares:
+        m = d.get("machine", {})
+        seen.setdefault((m.get("cpu_model"), m.get("logical_cpus")), m)
+    if not seen:
+        return lines + ["(no comparison results)", ""]
+    for m in seen.values():
+        lines += [
+            f"- CPU: **{m.get('cpu_model')}** ({m.get('vendor')}, family {m.get('cpu_family')} model "
+            f"{m.get('model_number')}), {m.get('physical_cores')} physical cores / {m.get('logical_cpus')} logical CPUs "
+            f"usable, {_s(m.get('clock_ghz'))} GHz ({m.get('clock_source')}), {m.get('isa')}",
+            f"- Memory: {_s(m.get('memory_gib'), 1)} GiB; {m.get('platform')}",
+            f"- Peak fp32: **{_s(m.get('peak_gflops'), 0)} GFLOP/s** = {m.get('physical_cores')} cores x "
+            f"{_s(m.get('clock_ghz'))} GHz x {m.get('flops_per_cycle_per_core')} flops/cycle ({m.get('fp32_lanes')} "
+            f"lanes x {m.get('fma_units')} FMA units x 2)" + (f"; {m['note']}" if m.get("note") else "") +
+            (f" (flags alone would say {_s(m.get('peak_gflops_nominal'), 0)})"
+             if m.get("peak_gflops_nominal") != m.get("peak_gflops") else ""),
+        ]
+    precisions = {d.get("openvino_cpu_default_precision") for d in compares} - {None}
+    if precisions:
+        lines.append(f"- OpenVINO's default CPU inference precision here: {', '.join(sorted(precisions))} "
+                     "(what `auto` and the other OpenVINO systems' defaults compute in)")
+    return lines + [""]
+
+
+def headline_section(compares: list[dict]) -> list[str]:
+    lines = ["## Headline: edgesd against each alternative", "",
+             "Ratio = edgesd's time (or peak memory) / the other system's, same run, same settings: "
+             "**below 1 means edgesd is faster (smaller)**. Peak memory is each system's whole-process peak "
+             "(load included) in its own process.", ""]
+    rows = []
+    for d in compares:
+        for name, r in d.get("ratios", {}).items():
+            rows.append([_title(d), f"`{r['edgesd']}` / `{r['other']}`", _ratio(r["time"]), _ratio(r["unet_call"]),
+                         _ratio(r.get("peak_rss_mib"))])
+    if not rows:
+        return lines + ["(no system besides edgesd ran)", ""]
+    lines += _table(["run", "edgesd / other", "total time", "UNet call", "peak memory"], rows)
+    targets = [(d, t) for d in compares for t in d.get("targets", [])]
+    if targets:
+        lines += ["", "Targets (issue 6):", ""]
+        rows = []
+        for d, t in targets:
+            met = {True: "**met**", False: "not met", None: "–"}[t["met"]]
+            what = "time" if t["quantity"] == "time" else "peak memory"
+            rows.append([_title(d), f"`{t['edgesd']}` {what} <= {t['bound']} x `{t['other']}`", _ratio(t["ratio"]), met])
+        lines += _table(["run", "target", "ratio", ""], rows)
+    return lines + [""]
+
+
+def run_section(d: dict, chart_name: str | None) -> list[str]:
+    s = d["settings"]
+    model = d["models"]["edgesd"]
+    flops = d.get("unet_flops")
+    systems = d["systems"]
+    unet_calls = next((e["summary"].get("unet_calls_per_run") for e in systems.values() if e.get("summary")), None)
+    lines = [f"## {_title(d)}", ""]
+    unet_precision = ", ".join(f"{k} {v}" for k, v in model.get("unet_precision", {}).items())
+    size = f", {model['files_mib']:,.0f} MiB of files" if model.get("files_mib") else ""
+    calls = _s(unet_calls, 0) if unet_calls is not None else "?"
+    lines.append(
+        f"{model.get('family')} model `{model.get('path')}` (UNet {unet_precision}{size}); "
+        f"{s['resolution']}x{s['resolution']} px, {s['steps']} steps, strength {s['strength']}, guidance {s['guidance']} "
+        f"(UNet batch {s['unet_batch']}, latent {s['latent'][0]}x{s['latent'][1]}, "
+        f"{calls} UNet calls per image), seed {s['seed']}. "
+        f"{s['repeat']} rounds x {s['runs_per_turn']} timed call(s) per system, {s['warmup']} warm-up call(s) after each "
+        f"load, order rotated each round, isolation: {s['isolation']}. Recorded {d.get('created')}, "
+        f"{_s(d.get('duration_s', 0) / 60, 1)} min.")
+    if flops:
+        lines.append("")
+        by_op = ", ".join(f"{k} {v['gflop']:.1f}" for k, v in flops["by_op"].items())
+        lines.append(f"UNet work per call: **{flops['gflop']:.1f} GFLOP** "
+                     f"({by_op}; counted by "
+                     f"bench/flops.py from `{Path(flops['model']).name}`, 2 flops per MAC)."
+                     + (f" {len(flops['unresolved'])} compute nodes had unknown shapes." if flops.get("unresolved") else ""))
+    elif d.get("unet_flops_reason"):
+        lines += ["", f"UNet FLOPs not counted: {d['unet_flops_reason']}."]
+    lines.append("")
+    rows, not_run = [], []
+    for key, e in systems.items():
+        sm = e.get("summary") or {}
+        if e["status"] != "ok" or not sm:
+            not_run.append((key, e))
+            continue
+        edgesd, ratio = _counterpart(d, key)
+        total = sm["total"]
+        prec = e.get("info", {}).get("effective_precision")
+        precision = e["precision"] + (f" ({prec})" if prec and e["precision"] == "auto" else "")
+        rows.append([
+            f"`{key}`", e["label"].split(",")[0], e["engine"], precision,
+            f"**{_s(total['median'])}** ({_s(total['min'])}–{_s(total['max'])}, n={total['n']})",
+            f"{_ratio(ratio)} (`{edgesd}`)" if edgesd else "–",
+            _ms((sm.get("unet_call") or {}).get("median")),
+            (f"{sm['achieved_gflops']:.0f} ({sm['share_of_peak']:.0%})" if sm.get("achieved_gflops") and sm.get("share_of_peak")
+             else _s(sm.get("achieved_gflops"), 0)),
+            _mib(sm.get("peak_rss_mib")), _mib(sm.get("run_peak_rss_mib")),
+            _s(sm.get("load_s"), 1), _s(sm.get("first_run_s")), _output_cell(e),
+        ])
+    lines += _table(["system", "project", "engine", "precision", "total s: median (min–max)", "edgesd / this",
+                     "UNet call ms", "UNet GFLOP/s (% peak)", "peak RSS MiB", "RSS in timed calls MiB", "load s",
+                     "first call s", f"output vs {d.get('output_reference') or 'reference'} (mean / max)"], rows)
+    lines += ["", "Per stage (median seconds per image; time inside each submodel, `other` = the rest):", ""]
+    srows = []
+    for key, e in systems.items():
+        sm = e.get("summary") or {}
+        if e["status"] == "ok" and sm:
+            srows.append([f"`{key}`"] + [_s(sm["stages"][st], 3) for st in STAGES] + [_s(sm["total"]["median"], 3)])
+    lines += _table(["system", *STAGES, "total"], srows)
+    if not_run:
+        lines += ["", "Could not run here:", ""]
+        for key, e in not_run:
+            lines.append(f"- `{key}` ({e['label']}): **{e['status']}**: {e.get('reason', 'no timed run')}")
+    notes = []
+    for key, e in systems.items():
+        if e.get("adapted"):
+            notes.append(f"- `{key}` ran on a prepared copy of the folder: " + "; ".join(e["adapted"]) + ".")
+        info = e.get("info") or {}
+        if info.get("dynamic_shapes"):
+            notes.append(f"- `{key}` ran with its default dynamic shapes ({info.get('ov_config')}).")
+    if notes:
+        lines += ["", "Notes:", ""] + notes
+    lines += ["", "Reproduce (from the repository root, with the model folders built as in bench/README.md), "
+              "the whole table:", "", "```bash", d["command"], "```", "",
+              "one row alone (a ratio needs its edgesd row too: `--systems edgesd-ort,optimum-ort`):", "", "```bash"]
+    lines += [cmd for cmd in d.get("reproduce", {}).values()] + ["```", ""]
+    return lines
+
+
+def bench_section(benches: list[dict]) -> list[str]:
+    if not benches:
+        return []
+    lines = ["## `edgesd bench` (runtime alone)", ""]
+    rows = []
+    for b in benches:
+        w = b["warm"]
+        st = b.get("settings", {})
+        cmd = (f"edgesd bench {shlex.quote(b['model'])} --backend {b['backend']} --precision {b['precision']} "
+               f"--resolution {b['resolution']} --steps {st.get('num_inference_steps')} --strength {st.get('strength')} "
+               f"--guidance {st.get('guidance_scale')} --json FILE")
+        rows.append([f"`{Path(b['model']).name}`", b["backend"], b["precision"], b["resolution"],
+                     _s(b["cold_start"]["load"], 1), _s(b["cold_start"]["first_run"]),
+                     _s(w["total"]["median"]), _ms(w.get("step", {}).get("median")),
+                     _mib(b.get("peak_rss_mib")), _mib(b.get("model_folder_mib")), f"`{cmd}`"])
+    lines += _table(["model", "backend", "precision", "px", "load s", "first run s", "warm total s", "step ms",
+                     "peak RSS MiB", "folder MiB", "command"], rows)
+    return lines + [""]
+
+
+def versions_section(compares: list[dict]) -> list[str]:
+    if not compares:
+        return []
+    names = []
+    for d in compares:
+        for k in d.get("versions", {}):
+            if k not in names:
+                names.append(k)
+    lines = ["## Versions", ""]
+    header = ["package"] + [_title(d) for d in compares]
+    rows = [[n] + [str(d.get("versions", {}).get(n) or "not installed") for d in compares] for n in names]
+    if all(len({r[i] for i in range(1, len(r))}) == 1 for r in rows):
+        header, rows = ["package", "version"], [[r[0], r[1]] for r in rows]
+    return lines + _table(header, rows) + [""]
+
+
+def chart(compares: list[dict], path: Path) -> str | None:
+    """Stacked per-stage latency bars, one panel per run; returns why not, or None when written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'edgesd[bench]')"
+    panels = [d for d in compares if any(e["status"] == "ok" and e.get("summary") for e in d["systems"].values())]
+    if not panels:
+        return "no system ran"
+    colors = {"text": "#8da0cb", "encode": "#66c2a5", "unet": "#fc8d62", "decode": "#e78ac3", "other": "#b3b3b3"}
+    heights = [max(1, sum(1 for e in d["systems"].values() if e["status"] == "ok")) for d in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.2 + 0.42 * sum(heights) + 0.7 * len(panels)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, d in zip(axes[:, 0], panels):
+        keys = [k for k, e in d["systems"].items() if e["status"] == "ok" and e.get("summary")]
+        keys.sort(key=lambda k: d["systems"][k]["summary"]["total"]["median"])
+        for i, key in enumerate(keys):
+            left = 0.0
+            sm = d["systems"][key]["summary"]
+            for st in STAGES:
+                width = max(0.0, sm["stages"][st])
+                ax.barh(i, width, left=left, color=colors[st], label=STAGE_LABELS[st] if i == 0 else None,
+                        edgecolor="white", linewidth=0.5)
+                left += width
+            total = sm["total"]["median"]
+            ax.text(total, i, f" {total:.2f} s", va="center", fontsize=8)
+        ax.set_yticks(range(len(keys)), labels=keys, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds per image (median)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        s = d["settings"]
+        ax.set_title(f"{_title(d)}: {s['steps']} steps, strength {s['strength']}, guidance {s['guidance']}", fontsize=9)
+        ax.set_xlim(0, max(d["systems"][k]["summary"]["total"]["median"] for k in keys) * 1.15)
+        ax.grid(axis="x", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    top = 1 - 0.55 / fig.get_figheight()
+    fig.legend(handles, labels, loc="upper center", ncol=len(STAGES), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, top))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str]) -> str:
+    compares, benches, skipped = load(paths)
+    chart_note = None
+    if chart_path is not None:
+        chart_note = chart(compares, chart_path)
+    lines = ["# edgesd benchmarks", "",
+             f"Generated by `python bench/report.py {shlex.join(argv)}` from {len(compares) + len(benches)} result "
+             f"file(s) on {time.strftime('%Y-%m-%d')}; edit the scripts, not this file. How the numbers are taken: "
+             "bench/README.md.", ""]
+    if compares:
+        lines.append("Runs: " + ", ".join(f"[{_title(d)}](#{_anchor(_title(d))})" for d in compares) + ".")
+        lines.append("")
+    lines += machine_section(compares, benches)
+    lines += headline_section(compares)
+    if chart_path is not None:
+        if chart_note is None:
+            rel = os.path.relpath(chart_path, out.parent)
+            lines += [f"![Per-stage latency per system]({rel})", ""]
+        else:
+            lines += [f"(Chart not drawn: {chart_note}.)", ""]
+    for d in compares:
+        lines += run_section(d, None)
+    lines += bench_section(benches)
+    lines += versions_section(compares)
+    if skipped:
+        lines += ["## Files not used", ""] + [f"- {s}" for s in skipped] + [""]
+    text = "\n".join(lines).rstrip() + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text, chart_note
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path, help="JSON files from bench/compare.py (or edgesd bench --json)")
+    parser.add_argument("-o", "--out", type=Path, default=Path(__file__).resolve().parent / "REPORT.md")
+    parser.add_argument("--chart", type=Path, help="PNG to draw (default: report.png beside the report)")
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args(argv)
+    chart_path = None if args.no_chart else (args.chart or args.out.parent / "report.png")
+    _, chart_note = render(args.results, args.out, chart_path, argv)
+    drawn = chart_path is not None and chart_note is None
+    print(f"wrote {args.out}" + (f" and {chart_path}" if drawn else f" (no chart: {chart_note})" if chart_note else ""),
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

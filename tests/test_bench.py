@@ -1,0 +1,225 @@
+"""bench/: the comparison runner, the FLOP counter and the report, on the tiny test models.
+
+Third-party systems that are not installed here are recorded as unavailable (with the reason) by
+compare.py; the test accepts that and checks everything that did run.
+"""
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"edgesd_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+flops = _module("flops")
+compare = _module("compare")
+report = _module("report")
+
+
+def _run(*args, timeout=300):
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# flops.py
+
+
+def _synthetic_model(path: Path):
+    """Conv, ConvTranspose, batched MatMul and Gemm with a symbolic batch: FLOPs known by hand."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def init(name, *shape):
+        return numpy_helper.from_array(np.zeros(shape, np.float32), name)
+
+    nodes = [
+        # x [N,3,8,8] -> conv 3x3 pad 1, 3->16: y [N,16,8,8]; MACs = N*16*8*8 * 3*3*3
+        helper.make_node("Conv", ["sample", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        # grouped conv 16->16, groups 4, 1x1: MACs = N*16*8*8 * (16/4)
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], group=4),
+        # transposed conv 16->8, k2 s2: y [N,8,16,16]; each input pixel scatters: MACs = N*16*8*8 * 8*2*2
+        helper.make_node("ConvTranspose", ["c2", "w3"], ["c3"], strides=[2, 2]),
+        # [N,8,16,16] -> [N,8,256] ; MatMul with [256,32]: MACs = N*8*32*256
+        helper.make_node("Reshape", ["c3", "shape"], ["r"]),
+        helper.make_node("MatMul", ["r", "w4"], ["m"]),
+        # batched matmul [N,8,32] x [N,32,8]... via transpose: MACs = N*8*8*32
+        helper.make_node("Transpose", ["m"], ["mt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["m", "mt"], ["mm"]),
+        # Gemm [N,5] x B^T (B [7,5], transB): MACs = N*7*5
+        helper.make_node("Gemm", ["encoder_hidden_states", "w5"], ["g"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "synthetic",
+        [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["batch", 3, "height", "width"]),
+         helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, ["batch", 5])],
+        [helper.make_tensor_value_info("mm", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("g", TensorProto.FLOAT, None)],
+        [init("w1", 16, 3, 3, 3), init("w2", 16, 4, 1, 1), init("w3", 16, 8, 2, 2), init("w4", 256, 32), init("w5", 7, 5),
+         numpy_helper.from_array(np.array([0, 8, 256], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+
+    def expected(n):  # 2 flops per MAC
+        return 2 * n * (16 * 64 * 27 + 16 * 64 * 4 + 16 * 64 * 8 * 4 + 8 * 32 * 256 + 8 * 8 * 32 + 7 * 5)
+
+    return expected
+
+
+def test_flops_counts_a_known_graph_exactly(tmp_path):
+    expected = _synthetic_model(tmp_path / "m.onnx")
+    for batch in (1, 3):
+        result = flops.count(tmp_path / "m.onnx", batch=batch, latent=(8, 8))
+        assert result["unresolved"] == []
+        assert result["flops"] == expected(batch)
+        assert result["by_op"]["Conv"]["nodes"] == 2 and result["by_op"]["MatMul"]["nodes"] == 2
+
+
+def test_flops_of_the_exported_unet_scale_with_batch_and_latent(exported, tmp_path):
+    unet = exported["tiny-sd1"] / "unet"
+    one = flops.count(unet / "model.onnx", batch=1, latent=(32, 32))
+    two = flops.count(unet / "model.onnx", batch=2, latent=(32, 32))
+    half = flops.count(unet / "model.onnx", batch=2, latent=(16, 16))
+    assert one["unresolved"] == [] and one["flops"] > 0
+    assert set(one["by_op"]) >= {"Conv", "MatMul"}
+    assert two["flops"] == 2 * one["flops"]  # everything in the UNet runs per sample
+    # convolutions scale with the area (x4); self-attention with its square, so a bit more
+    assert 4 * half["flops"] < two["flops"] < 16 * half["flops"]
+    # every tensor in external data (as exporters may write models over 2 GB): only shapes are read
+    onnx = pytest.importorskip("onnx")
+    onnx.save_model(onnx.load(str(unet / "model.onnx")), str(tmp_path / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=0)
+    assert flops.count(tmp_path / "model.onnx", batch=2, latent=(32, 32))["flops"] == two["flops"]
+    if importlib.util.find_spec("openvino") and (unet / "openvino_model.xml").is_file():
+        # OpenVINO's own shape propagation on the IR: an independent count of the same network
+        assert flops.count(unet / "openvino_model.xml", batch=2, latent=(32, 32))["flops"] == two["flops"]
+
+
+def test_flops_cli_and_cpu_peak(exported, tmp_path):
+    pytest.importorskip("onnx")
+    out = tmp_path / "flops.json"
+    _run(BENCH / "flops.py", exported["tiny-sd1"] / "unet", "--batch", "2", "--latent", "32x32", "--unet-time", "0.01",
+         "--no-sgemm", "--json", out)
+    result = json.loads(out.read_text())
+    cpu = result["cpu"]
+    assert cpu["physical_cores"] >= 1 and cpu["clock_ghz"] > 0 and cpu["peak_gflops"] > 0
+    assert cpu["peak_gflops"] == pytest.approx(cpu["physical_cores"] * cpu["clock_ghz"] * cpu["flops_per_cycle_per_core"])
+    assert result["achieved"]["gflops"] == pytest.approx(result["gflop"] / 0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# compare.py
+
+
+@pytest.fixture(scope="module")
+def comparison(diffusers_folders, exported, tmp_path_factory) -> dict:
+    """One end-to-end run over every default system (inline: one process, so the test stays quick)."""
+    out = tmp_path_factory.mktemp("bench") / "tiny.json"
+    _run(BENCH / "compare.py", diffusers_folders["tiny-sd1"], exported["tiny-sd1"], "--resolution", "64", "--steps", "4",
+         "--strength", "0.5", "--guidance", "7.5", "--repeat", "1", "--warmup", "0", "--isolation", "inline",
+         "--out", out, timeout=600)
+    return json.loads(out.read_text())
+
+
+def test_compare_runs_every_system_or_says_why(comparison):
+    systems = comparison["systems"]
+    assert list(systems) == compare.DEFAULT_SYSTEMS
+    for key, entry in systems.items():
+        assert entry["status"] in ("ok", "unavailable", "failed"), key
+        if entry["status"] != "ok":
+            assert entry["reason"], key
+        if entry["status"] == "unavailable":
+            assert "not installed" in entry["reason"], entry["reason"]
+    for key in ("edgesd-ort", "edgesd-ov-fp32", "edgesd-ov-auto"):
+        assert systems[key]["status"] == "ok", systems[key].get("reason")
+    ran = {k: e for k, e in systems.items() if e["status"] == "ok"}
+    if importlib.util.find_spec("diffusers"):
+        assert systems["diffusers-torch"]["status"] == "ok", systems["diffusers-torch"].get("reason")
+    # every system did the same work: as many UNet calls, and (fp32) the same picture as the reference
+    assert {e["summary"]["unet_calls_per_run"] for e in ran.values()} == {3}
+    for key, entry in ran.items():
+        s = entry["summary"]
+        assert s["total"]["median"] > 0 and s["unet_call"]["median"] > 0
+        assert sum(s["stages"].values()) == pytest.approx(s["total"]["median"], rel=1e-6)
+        assert s["achieved_gflops"] > 0
+        if entry["precision"] == "fp32" and entry.get("output_vs_reference"):
+            assert entry["output_vs_reference"]["max_abs"] <= 2, (key, entry["output_vs_reference"])
+    assert comparison["unet_flops"]["flops"] > 0 and comparison["unet_flops"]["batch"] == 2
+    assert comparison["versions"]["edgesd"] and comparison["machine"]["peak_gflops"] > 0
+    for name, row in comparison["ratios"].items():
+        assert row["time"] > 0, name
+    assert any(t["other"] == "diffusers-torch" for t in comparison["targets"]) == ("diffusers-torch" in ran)
+    assert comparison["command"].startswith("python bench/compare.py ")
+
+
+def test_compare_isolates_systems_and_records_failures(exported, tmp_path):
+    """Process isolation gives each system its own memory figure; a broken system does not stop the run."""
+    out = tmp_path / "iso.json"
+    _run(BENCH / "compare.py", tmp_path / "no-such-diffusers-folder", exported["tiny-sd1"], "--resolution", "64",
+         "--steps", "2", "--strength", "1.0", "--guidance", "1.0", "--repeat", "2", "--warmup", "1", "--no-flops",
+         "--systems", "edgesd-ort,diffusers-torch", "--out", out)
+    result = json.loads(out.read_text())
+    ort, torch_ = result["systems"]["edgesd-ort"], result["systems"]["diffusers-torch"]
+    assert torch_["status"] == "failed" and "not a diffusers folder" in torch_["reason"]
+    assert ort["status"] == "ok"
+    assert [r["round"] for r in ort["runs"]] == [0, 1]
+    assert len({t["pid"] for t in ort["turns"]}) == 2  # a fresh process per turn
+    assert ort["summary"]["peak_rss_mib"] > 50
+    # PNDM (skip_prk_steps) adds one step: 2 steps at strength 1 are 3 UNet calls, here at batch 1 (no guidance)
+    assert ort["summary"]["unet_calls_per_run"] == 3 and result["settings"]["unet_batch"] == 1
+    assert result["unet_flops"] is None and "skipped" in result["unet_flops_reason"]
+
+
+def test_a_missing_package_makes_a_system_unavailable_not_a_crash(monkeypatch):
+    monkeypatch.setitem(compare.SYSTEMS["optimum-ort"], "needs", ["no_such_package_for_edgesd_tests"])
+    result = compare.worker("optimum-ort", spec={}, runs=1, warmup=0, output=None)
+    assert result["status"] == "unavailable"
+    assert "no_such_package_for_edgesd_tests is not installed" in result["reason"]
+
+
+# ---------------------------------------------------------------------------------------------
+# report.py
+
+
+def test_report_renders_results(comparison, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "tiny.json").write_text(json.dumps(comparison))
+    broken = copy.deepcopy(comparison)
+    broken["name"] = "tiny-missing"
+    broken["systems"]["optimum-ort"].update(status="unavailable", reason="optimum.onnxruntime is not installed (test)")
+    broken["systems"]["optimum-ort"]["summary"] = {}
+    (results / "tiny-missing.json").write_text(json.dumps(broken))
+    (results / "junk.json").write_text("{}")
+    out = tmp_path / "REPORT.md"
+    _run(BENCH / "report.py", *sorted(results.glob("*.json")), "-o", out)
+    text = out.read_text()
+    assert text.startswith("# edgesd benchmarks")
+    for key, entry in comparison["systems"].items():
+        assert f"`{key}`" in text
+    assert comparison["machine"]["cpu_model"] in text
+    assert comparison["command"] in text
+    assert "| run | edgesd / other | total time |" in text
+    assert "optimum.onnxruntime is not installed (test)" in text
+    assert "junk.json" in text  # listed as not used, not fatal
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "![Per-stage latency per system](report.png)" in text
+    else:
+        assert "Chart not drawn: matplotlib is not installed" in text
