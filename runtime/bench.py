@@ -35,10 +35,12 @@ def _summary(values: list[float]) -> dict:
 
 
 def run_benchmark(model: str | Path, backend="auto", device="auto", precision="auto", resolution=512,
-                  steps=None, strength=None, guidance=None, repeat=3, warmup=1, threads=None) -> dict:
+                  steps=None, strength=None, guidance=None, repeat=3, warmup=1, threads=None,
+                  low_memory=False) -> dict:
     image = bench_image(resolution)
     t0 = time.perf_counter()
-    pipe = Img2ImgPipeline.load(model, backend=backend, device=device, inference_precision=precision, threads=threads)
+    pipe = Img2ImgPipeline.load(model, backend=backend, device=device, inference_precision=precision, threads=threads,
+                                low_memory=low_memory)
     load = time.perf_counter() - t0
     kwargs = dict(strength=strength, num_inference_steps=steps, guidance_scale=guidance, seed=0)
     first = pipe(image, "a benchmark prompt", **kwargs)
@@ -54,7 +56,8 @@ def run_benchmark(model: str | Path, backend="auto", device="auto", precision="a
     return {
         "model": str(model),
         "backend": pipe.backend,
-        "device": pipe.sessions["unet"].device,
+        "device": device,
+        "low_memory": low_memory,
         "precision": precision,
         "resolution": resolution,
         "settings": {k: first.settings[k] for k in ("num_inference_steps", "strength", "guidance_scale")},

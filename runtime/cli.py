@@ -203,14 +203,16 @@ def bench(
     repeat: int = typer.Option(3, min=1, help="Timed warm runs."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs after the cold start."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime."),
+    low_memory: bool = typer.Option(False, help="Measure the low-memory mode (one submodel loaded at a time, tiled VAE)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this file."),
 ):
     """Measure cold start, per-stage warm latency (median, min, max), peak memory and model size."""
     from edgesd.bench import run_benchmark
 
     result = run_guarded(run_benchmark, model, backend=backend, device=device, precision=precision, resolution=resolution,
-                         steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads)
-    typer.echo(f"{result['model']} on {result['backend']} ({result['device']}), {resolution}x{resolution}, "
+                         steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads,
+                         low_memory=low_memory)
+    typer.echo(f"{result['model']} on {result['backend']}{' (low memory)' if low_memory else ''}, {resolution}x{resolution}, "
                f"{result['unet_steps']} UNet steps, precision {precision}")
     typer.echo(f"cold start: load {result['cold_start']['load']:.2f}s, first run {result['cold_start']['first_run']:.2f}s")
     for stage, s in result["warm"].items():

@@ -45,13 +45,14 @@ class OpenVINOSession:
         if precision not in ("auto", *_HINTS):
             raise BackendUnavailableError(f"unknown inference precision {precision!r}; use auto, fp32, bf16 or fp16")
         self._core = ov.Core()
-        self._model = self._core.read_model(str(path))
+        self._path = str(path)
+        model = self._core.read_model(self._path)
         self.device = resolve_device(device)
         self._config = {}
         if precision != "auto":
             self._config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
         self._config["CACHE_DIR"] = str(cache_dir or cache_root() / "openvino")
-        self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in self._model.inputs}
+        self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in model.inputs}
         self._requests = {}  # input shapes -> infer request, the most recently used last
 
     def _request_for(self, shapes: tuple):
@@ -60,8 +61,11 @@ class OpenVINOSession:
         else:
             if len(self._requests) == _COMPILED_SHAPES:
                 self._requests.pop(next(iter(self._requests)))
-            self._model.reshape(dict(shapes))
-            self._requests[shapes] = self._core.compile_model(self._model, self.device, self._config).create_infer_request()
+            # Read afresh (weights are memory-mapped) and let go after compiling: holding the
+            # ov.Model would keep a second copy of the weights resident beside the compiled one.
+            model = self._core.read_model(self._path)
+            model.reshape(dict(shapes))
+            self._requests[shapes] = self._core.compile_model(model, self.device, self._config).create_infer_request()
         return self._requests[shapes]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
