@@ -27,6 +27,7 @@ given as the practically reachable ceiling.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -80,10 +81,10 @@ def load_onnx_graph(path: Path, small: int = 4096):
     needed), except small ones (<= `small` elements: shape and index constants, which shape
     inference must read), loaded in case the exporter put every tensor outside."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
 
     model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
+    for tensor in _get_all_tensors(model):  # initializers and Constant nodes' tensors alike
         if uses_external_data(tensor) and math.prod(tensor.dims) <= small:
             load_external_data_for_tensor(tensor, str(path.parent))
             tensor.data_location = onnx.TensorProto.DEFAULT
@@ -110,12 +111,14 @@ def count_onnx(path: Path, batch: int, latent: tuple[int, int], sequence: int = 
     for out in graph.output:  # symbolic output dims would otherwise be merged back in
         out.type.tensor_type.ClearField("shape")
     del graph.value_info[:]
-    try:  # onnxruntime's symbolic shape inference: onnx's per-node inference plus constant/shape propagation
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    # Shape inference may read external tensors by their relative location: run it beside the model.
+    with contextlib.chdir(path.parent):
+        try:  # onnxruntime's symbolic shape inference: onnx's per-node inference plus constant/shape propagation
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inferred, method = SymbolicShapeInference.infer_shapes(model, auto_merge=True), "onnxruntime symbolic_shape_infer"
-    except ImportError:  # (it needs sympy)
-        inferred, method = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True), "onnx infer_shapes"
+            inferred, method = SymbolicShapeInference.infer_shapes(model, auto_merge=True), "onnxruntime symbolic_shape_infer"
+        except ImportError:  # (it needs sympy)
+            inferred, method = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True), "onnx infer_shapes"
 
     known = dict(initializers)
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:

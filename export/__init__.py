@@ -63,6 +63,7 @@ def export_model(
     partial.chmod(0o755)  # mkdtemp makes it private; the model folder is not
     try:
         _export_into(source, partial, formats, quantization)
+        _make_readable(partial)
         _replace(partial, output)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -167,6 +168,15 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _make_readable(folder: Path) -> None:
+    """Some exporters write private temp files (0600); a model folder is read by other users too."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(0o666 & ~mask)
 
 
 def _replace(partial: Path, output: Path) -> None:

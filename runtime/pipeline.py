@@ -155,7 +155,9 @@ class Img2ImgPipeline:
         ids = self.tokenizer(prompts).astype(session.input_types["input_ids"])
         hidden = session.run({"input_ids": ids})[0]
         # Each prompt's embedding repeated num_images times; [negatives..., positives...] under guidance.
-        return np.repeat(hidden, num_images, axis=0)
+        embeddings = np.repeat(hidden, num_images, axis=0)
+        embeddings.setflags(write=False)  # fed unchanged to every UNet call: engines may keep it on the device
+        return embeddings
 
     def _encode_image(self, pixels: np.ndarray, generator: TorchGenerator) -> np.ndarray:
         encoder = self._submodel("vae_encoder")

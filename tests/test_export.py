@@ -65,6 +65,7 @@ def test_unseen_folder_exports_and_verifies(unseen_folder, tmp_path, fmt):
     other = {"onnx": "openvino_model.xml", "openvino": "model.onnx"}[fmt]
     assert not list(out.glob(f"*/{other}"))
     assert (out / "tokenizer" / "tokenizer.json").exists()
+    assert all(f.stat().st_mode & 0o044 for f in out.rglob("*") if f.is_file())  # readable by others
     info = edgesd("info", str(out), "--verify")
     assert info.returncode == 0, info.stderr
     assert "verified" in info.stdout and "unet" in info.stdout
