@@ -50,7 +50,6 @@ IR with that input adapted (int64 [1] -> the model's scalar; the rest of the gra
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex

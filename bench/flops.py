@@ -34,7 +34,7 @@ import os
 import re
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 # op type -> index of the weight (second) operand; the first operand is the activation.

@@ -6,7 +6,6 @@ CPU output for the same seed. The denoising loop is written here by hand because
 must not depend on torch.
 """
 
-import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from edgesd.sessions import Session, choose_backend, open_session
 from edgesd.tokenizer import ClipTokenizer
 from edgesd.vae_tiling import tiled
 
-log = logging.getLogger("edgesd")
 Callback = Callable[[int, int, np.ndarray], bool | None]
 
 
@@ -52,7 +50,6 @@ class Img2ImgPipeline:
         manifest = folder.manifest
         self.vae_scale_factor = manifest["vae_scale_factor"]
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
-        self.latent_channels = manifest["latent_channels"]
         self.unet_downsample_factor = folder.unet_downsample_factor
         self.vae_tile = folder.vae_sample_size  # low-memory mode tiles larger images, as diffusers' enable_vae_tiling
 
