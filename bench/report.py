@@ -241,12 +241,13 @@ def bench_section(benches: list[dict]) -> list[str]:
         st = b.get("settings", {})
         cmd = (f"edgesd bench {shlex.quote(b['model'])} --backend {b['backend']} --precision {b['precision']} "
                f"--resolution {b['resolution']} --steps {st.get('num_inference_steps')} --strength {st.get('strength')} "
-               f"--guidance {st.get('guidance_scale')} --json FILE")
-        rows.append([f"`{Path(b['model']).name}`", b["backend"], b["precision"], b["resolution"],
+               f"--guidance {st.get('guidance_scale')}{' --low-memory' if b.get('low_memory') else ''} --json FILE")
+        rows.append([f"`{Path(b['model']).name}`", b["backend"], b["precision"], "low" if b.get("low_memory") else "normal",
+                     b["resolution"],
                      _s(b["cold_start"]["load"], 1), _s(b["cold_start"]["first_run"]),
                      _s(w["total"]["median"]), _ms(w.get("step", {}).get("median")),
                      _mib(b.get("peak_rss_mib")), _mib(b.get("model_folder_mib")), f"`{cmd}`"])
-    lines += _table(["model", "backend", "precision", "px", "load s", "first run s", "warm total s", "step ms",
+    lines += _table(["model", "backend", "precision", "memory mode", "px", "load s", "first run s", "warm total s", "step ms",
                      "peak RSS MiB", "folder MiB", "command"], rows)
     return lines + [""]
 
