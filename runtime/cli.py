@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from edgesd.errors import EdgesdError
+from edgesd.image import MAX_PIXELS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Stable Diffusion image-to-image on edge devices (ONNX Runtime / OpenVINO, no torch).")
@@ -68,7 +69,8 @@ def img2img(
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: str = typer.Option("auto", "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores)."),
-    low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded (less memory, slower)."),
+    low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded and tile the VAE for large images (less memory, slower)."),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse inputs with more pixels than this (memory grows with image size)."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (a batch otherwise skips inputs already done)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -95,6 +97,7 @@ def img2img(
     t0 = time.perf_counter()
     pipe = run_guarded(Img2ImgPipeline.load, model, backend=backend, device=device, inference_precision=precision,
                        threads=threads, low_memory=low_memory)
+    pipe.max_pixels = max_pixels
     if stored and stored.get("manifest_sha256") not in (None, pipe.folder.manifest_sha256):
         typer.echo(f"warning: {replay} was made with another model ({stored.get('model')}); the image will differ", err=True)
     load_time = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from PIL import Image
 from edgesd import schedulers
 from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
-from edgesd.image import load_image, postprocess, preprocess
+from edgesd.image import MAX_PIXELS, load_image, postprocess, preprocess
 from edgesd.model_folder import FORMAT_OF_BACKEND, SUBMODELS, ModelFolder, open_model_folder
 from edgesd.sessions import Session, choose_backend, open_session
 from edgesd.tokenizer import ClipTokenizer
@@ -51,6 +51,7 @@ class Img2ImgPipeline:
         self.vae_scale_factor = manifest["vae_scale_factor"]
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
         self.unet_downsample_factor = folder.unet_downsample_factor
+        self.max_pixels = MAX_PIXELS  # larger inputs are refused (raise it for big images: memory grows with it)
         self.vae_tile = folder.vae_sample_size  # low-memory mode tiles larger images, as diffusers' enable_vae_tiling
 
     @classmethod
@@ -120,7 +121,7 @@ class Img2ImgPipeline:
         timings["text"] = time.perf_counter() - t0
         # 3. Preprocess the image and encode it to latents (sampled from the latent distribution).
         t0 = time.perf_counter()
-        pixels = preprocess(load_image(image), self.vae_scale_factor, self.unet_downsample_factor)
+        pixels = preprocess(load_image(image, self.max_pixels), self.vae_scale_factor, self.unet_downsample_factor)
         latents = self._encode_image(pixels, generator)
         latents = np.repeat(latents, num_images, axis=0) if num_images > 1 else latents
         timings["encode"] = time.perf_counter() - t0

@@ -118,6 +118,7 @@ def _truncated_weights(model: Path, tmp: Path) -> Path:
 BAD = {
     "missing image": (lambda m, t: ["-i", t / "nope.png"], "does not exist"),
     "not an image": (lambda m, t: ["-i", ROOT / "README.md"], "cannot read image"),
+    "oversized image": (lambda m, t: ["--max-pixels", 100_000], "over the limit of 100000 pixels"),
     "strength > 1": (lambda m, t: ["--strength", 1.5], "strength"),
     "steps < 1": (lambda m, t: ["--steps", 0], "steps"),
     "unknown scheduler": (lambda m, t: ["--scheduler", "FooScheduler"], "FooScheduler"),
