@@ -317,12 +317,11 @@ def load_diffusers(key: str, spec: dict, timer: StageTimer):
     return run, lambda: {"torch_threads": torch.get_num_threads()}
 
 
-def load_optimum_ort(key: str, spec: dict, timer: StageTimer):
+def _optimum_runner(pipe, spec: dict, timer: StageTimer):
+    """A timed img2img call of an optimum (onnxruntime or OpenVINO) pipeline, per-submodel stages wrapped."""
     import numpy as np
     import torch
-    from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline
 
-    pipe = ORTStableDiffusionImg2ImgPipeline.from_pretrained(spec["edgesd"], provider="CPUExecutionProvider")
     pipe.set_progress_bar_config(disable=True)
     for part, stage in (("text_encoder", "text"), ("unet", "unet"), ("vae_encoder", "encode"), ("vae_decoder", "decode")):
         timer.wrap(getattr(pipe, part), "forward", stage)
@@ -332,25 +331,23 @@ def load_optimum_ort(key: str, spec: dict, timer: StageTimer):
         generator = torch.Generator("cpu").manual_seed(spec["seed"])
         return np.asarray(pipe(image=image, generator=generator, **_call_args(spec)).images[0])
 
-    return run, lambda: {"use_io_binding": getattr(pipe.unet, "use_io_binding", None)}
+    return run
+
+
+def load_optimum_ort(key: str, spec: dict, timer: StageTimer):
+    from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline
+
+    pipe = ORTStableDiffusionImg2ImgPipeline.from_pretrained(spec["edgesd"], provider="CPUExecutionProvider")
+    return _optimum_runner(pipe, spec, timer), lambda: {"use_io_binding": getattr(pipe.unet, "use_io_binding", None)}
 
 
 def load_optimum_intel(key: str, spec: dict, timer: StageTimer):
-    import numpy as np
-    import torch
     from optimum.intel import OVStableDiffusionImg2ImgPipeline
 
     ov_config = {"INFERENCE_PRECISION_HINT": "f32"} if SYSTEMS[key]["precision"] == "fp32" else None
     kwargs = {"ov_config": ov_config} if ov_config else {}
     pipe = OVStableDiffusionImg2ImgPipeline.from_pretrained(spec["edgesd"], device="CPU", **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    for part, stage in (("text_encoder", "text"), ("unet", "unet"), ("vae_encoder", "encode"), ("vae_decoder", "decode")):
-        timer.wrap(getattr(pipe, part), "forward", stage)
-    image = bench_image(spec["resolution"])
-
-    def run():
-        generator = torch.Generator("cpu").manual_seed(spec["seed"])
-        return np.asarray(pipe(image=image, generator=generator, **_call_args(spec)).images[0])
+    run = _optimum_runner(pipe, spec, timer)
 
     def info():
         out = {"dynamic_shapes": getattr(pipe, "is_dynamic", None), "ov_config": dict(pipe.ov_config)}
