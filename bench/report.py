@@ -19,10 +19,11 @@ STAGES = ("text", "encode", "unet", "decode", "other")
 STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (all calls)", "decode": "VAE decode",
                 "other": "other (scheduler, pre/post, overhead)"}
 COMPARE_SCHEMA = "edgesd-bench-compare/1"
+PRECISION_SCHEMA = "edgesd-bench-precision/1"
 
 
-def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
-    compares, benches, skipped = [], [], []
+def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    compares, benches, precisions, skipped = [], [], [], []
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
@@ -32,14 +33,17 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
         data["_file"] = str(path)
         if data.get("schema") == COMPARE_SCHEMA:
             compares.append(data)
+        elif data.get("schema") == PRECISION_SCHEMA:
+            precisions.append(data)
         elif "cold_start" in data and "warm" in data:
             benches.append(data)
         else:
-            skipped.append(f"{path}: not a bench/compare.py or `edgesd bench --json` result")
+            skipped.append(f"{path}: not a bench/compare.py, bench/precision.py or `edgesd bench --json` result")
     order = {"sd15": 0, "sd-turbo": 1}
     compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
                                  order.get(d.get("name") or "", 9), d.get("name") or ""))
-    return compares, benches, skipped
+    precisions.sort(key=lambda d: (d["name"], d["settings"]["resolution"]))
+    return compares, benches, precisions, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +256,47 @@ def bench_section(benches: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def precision_section(precisions: list[dict]) -> list[str]:
+    if not precisions:
+        return []
+    lines = ["## Precisions (issue 5)", "",
+             "Each precision of one model against its own fp32 export, on each backend, by `bench/precision.py` "
+             "(`edgesd bench` in a fresh process per row, rows alternating; medians over rounds). Inference "
+             "precision `auto` is the backend's default (OpenVINO: bf16 on this CPU); `f32` forces exact fp32. "
+             "Disk: that format's files. Fidelity: output PSNR/SSIM against the fp32 folder on the same backend "
+             "in exact fp32 compute, and the UNet noise prediction's cosine similarity (edgesd.export.fidelity); "
+             "with random weights these are indicative only.", ""]
+    for d in precisions:
+        s = d["settings"]
+        lines += [f"### {d['name']}, {s['resolution']}x{s['resolution']}", "",
+                  f"{s['steps']} steps, strength {s['strength']}, guidance {s['guidance']}; {s['rounds']} rounds x "
+                  f"{s['repeat']} warm run(s) after the cold one; recorded {d['created']}, "
+                  f"{_s(d['duration_s'] / 60, 1)} min.", ""]
+        rows = []
+        for key, r in d["rows"].items():
+            sm, fid = r["summary"], r.get("fidelity") or {}
+            base = d["rows"].get(f"{r['backend']}/fp32", {}).get("summary", {})
+            speed = sm.get("step_s") / base["step_s"] if sm.get("step_s") and base.get("step_s") else None
+            quality = ("fp32 reference" if r["precision"] == "fp32" else
+                       f"{_s(fid['psnr_mean'], 1)} dB / {_s(fid['ssim_mean'], 3)} / {_s(fid.get('unet_cosine_mean'), 4)}"
+                       if "psnr_mean" in fid else ("error: " + " ".join(fid["error"]) if "error" in fid else "–"))
+            rows.append([f"`{key}`", r["backend"], r["precision"], "f32" if key.endswith("/f32") else "auto",
+                         _mib(r["disk_mib"]), _mib(sm.get("peak_rss_mib")), _ms(sm.get("step_s")), _ratio(speed),
+                         _s(sm.get("total_s")), _s(sm.get("load_s"), 1), _s(sm.get("first_run_s")), quality]
+                        if "error" not in sm else [f"`{key}`", r["backend"], r["precision"], "", "", "", "", "", "", "", "",
+                                                   "failed: " + " ".join(sm["error"])])
+        lines += _table(["row", "backend", "stored", "compute", "disk MiB", "peak RSS MiB", "UNet call ms",
+                         "vs backend fp32", "warm total s", "load s", "cold first run s",
+                         "PSNR / SSIM / UNet cosine vs fp32"], rows)
+        if d.get("targets"):
+            lines += ["", "Targets:", ""]
+            lines += _table(["target", "ratio", "bound", ""],
+                            [[f"{t['what']} (`{t['row']}` / `{t['against']}`)", _ratio(t["ratio"]), t["bound"],
+                              {True: "**met**", False: "not met", None: "–"}[t["met"]]] for t in d["targets"]])
+        lines += ["", "```bash", d["command"], "```", ""]
+    return lines
+
+
 def versions_section(compares: list[dict]) -> list[str]:
     if not compares:
         return []
@@ -317,12 +362,12 @@ def chart(compares: list[dict], path: Path) -> str | None:
 
 
 def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str]) -> str:
-    compares, benches, skipped = load(paths)
+    compares, benches, precisions, skipped = load(paths)
     chart_note = None
     if chart_path is not None:
         chart_note = chart(compares, chart_path)
     lines = ["# edgesd benchmarks", "",
-             f"Generated by `python bench/report.py {shlex.join(argv)}` from {len(compares) + len(benches)} result "
+             f"Generated by `python bench/report.py {shlex.join(argv)}` from {len(compares) + len(benches) + len(precisions)} result "
              f"file(s) on {time.strftime('%Y-%m-%d')}; edit the scripts, not this file. How the numbers are taken: "
              "bench/README.md.", ""]
     if compares:
@@ -339,6 +384,7 @@ def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str
     for d in compares:
         lines += run_section(d, None)
     lines += bench_section(benches)
+    lines += precision_section(precisions)
     lines += versions_section(compares)
     if skipped:
         lines += ["## Files not used", ""] + [f"- {s}" for s in skipped] + [""]

@@ -116,9 +116,12 @@ def main(argv=None) -> None:
     parser.add_argument("reference", help="fp32 model folder of the same model")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"))
     parser.add_argument("--steps", type=int, default=None, help="inference steps (default: the model's)")
+    parser.add_argument("--strength", type=float, default=None, help="img2img strength (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--size", type=int, default=None, help="square image side (default: the model's)")
     args = parser.parse_args(argv)
-    result = measure(args.quantized, args.reference, args.backend, num_inference_steps=args.steps, size=args.size)
+    result = measure(args.quantized, args.reference, args.backend, num_inference_steps=args.steps, strength=args.strength,
+                     guidance_scale=args.guidance, size=args.size)
     print(json.dumps(result, indent=2))
 
 

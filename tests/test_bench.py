@@ -223,3 +223,39 @@ def test_report_renders_results(comparison, tmp_path):
         assert "![Per-stage latency per system](report.png)" in text
     else:
         assert "Chart not drawn: matplotlib is not installed" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# precision.py
+
+
+def test_precision_table_builds_runs_and_reports(exported, tmp_path):
+    fp32 = exported["tiny-sd1"]
+    variant = tmp_path / "int8-weights"
+    _run(BENCH / "precision.py", "build", fp32, "-o", variant, "--precision", "int8-weights")
+    manifest = json.loads((variant / "edgesd.json").read_text())
+    assert {f["precision"] for f in manifest["submodels"]["unet"]["formats"].values()} == {"int8-weights"}
+    assert json.loads((fp32 / "edgesd.json").read_text())["submodels"]["unet"]["formats"]["onnx"]["precision"] == "fp32"
+
+    out = tmp_path / "precision.json"
+    _run(BENCH / "precision.py", "run", fp32, f"int8-weights={variant}", "--resolution", 64, "--steps", 2,
+         "--rounds", 1, "--fidelity", "--out", out, timeout=600)
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert set(rows) == {"onnxruntime/fp32", "onnxruntime/int8-weights", "openvino/fp32", "openvino/fp32/f32",
+                         "openvino/int8-weights"}
+    for key, row in rows.items():
+        assert "error" not in row["summary"], (key, row["summary"])
+        assert row["summary"]["step_s"] > 0 and row["summary"]["peak_rss_mib"] > 0
+    for backend in ("onnxruntime", "openvino"):
+        assert rows[f"{backend}/int8-weights"]["disk_mib"] < 0.7 * rows[f"{backend}/fp32"]["disk_mib"]
+        fidelity = rows[f"{backend}/int8-weights"]["fidelity"]
+        assert 30 < fidelity["psnr_mean"] < float("inf") and fidelity["unet_cosine_min"] > 0.99
+    sizes = {t["what"]: t for t in data["targets"]}
+    assert sizes["int8-weights folder size, ONNX"]["ratio"] == pytest.approx(
+        rows["onnxruntime/int8-weights"]["disk_mib"] / rows["onnxruntime/fp32"]["disk_mib"])
+
+    report_file = tmp_path / "REPORT.md"
+    _run(BENCH / "report.py", out, "-o", report_file, "--no-chart")
+    text = report_file.read_text()
+    assert "## Precisions (issue 5)" in text and "`openvino/int8-weights`" in text and data["command"] in text
