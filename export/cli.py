@@ -22,13 +22,16 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (must not exist unless --overwrite)."),
         format: Format = typer.Option(Format.onnx, "--format", "-f", help="onnx, openvino or both."),
         overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (only once the new export is complete)."),
-        precision: str = typer.Option(
-            "fp32", "--precision", "-p",
+        precision: str | None = typer.Option(
+            None, "--precision", "-p",
             help="fp32, fp16, int8-weights (int8 weights, float compute: smaller) or int8 (UNet weights and activations, "
                  "calibrated: faster on CPU; text encoder and VAE get int8-weights), optionally per submodel "
                  "(text_encoder, unet, vae_encoder, vae_decoder), e.g. 'unet=int8,vae_decoder=fp16' or "
-                 "'int8-weights,vae_decoder=fp32'. Suggested: int8 for CPUs, fp16 for CUDA/iGPU.",
+                 "'int8-weights,vae_decoder=fp32'. Default: --target's, else fp32.",
         ),
+        target: str | None = typer.Option(
+            None, "--target", help="The device the model is for, which picks the default --precision: "
+                                   "cpu (int8), gpu (fp16, OpenVINO iGPU) or cuda (fp16)."),
         calibration_images: Path | None = typer.Option(
             None, "--calibration-images", help="Folder of images to calibrate int8 on (default: built-in procedural images)."),
         calibration_samples: int = typer.Option(
@@ -36,7 +39,11 @@ def register(app: typer.Typer) -> None:
     ):
         """Export a diffusers SD model to an edgesd model folder, validated against torch, optionally quantized."""
         from edgesd.export import export_model
+        from edgesd.export.precision import precision_for
 
+        spec = run_guarded(precision_for, precision, target)
+        if precision is None and target:
+            typer.echo(f"--target {target}: exporting with --precision {spec}", err=True)
         formats = ("onnx", "openvino") if format is Format.both else (format.value,)
-        run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=precision,
+        run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=spec,
                     calibration_images=calibration_images, calibration_samples=calibration_samples)

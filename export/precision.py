@@ -13,6 +13,9 @@ A spec is a global value, per-submodel overrides, or both, comma-separated:
 
 Activation (static) int8 needs calibration data, which edgesd gathers for the UNet only (the
 UNet is >85% of the compute), so `int8` on another submodel by name is refused.
+
+Without `--precision`, `--target DEVICE` picks the precision measured best for that kind of device
+(TARGET_PRECISION; the evidence is the precision table in bench/REPORT.md); with neither, fp32.
 """
 
 from dataclasses import dataclass
@@ -22,6 +25,11 @@ from edgesd.model_folder import SUBMODELS
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
 CALIBRATED = "int8"  # the one precision that needs calibration data (activation ranges)
+TARGET_PRECISION = {  # the device an export is meant for -> its default precision
+    "cpu": "int8",  # int8 UNet: the fastest UNet call on onnxruntime here; smallest folder
+    "gpu": "fp16",  # OpenVINO iGPU computes in fp16 anyway: half the disk, no loss
+    "cuda": "fp16",  # tensor cores; onnxruntime-gpu's fp16 kernels
+}
 _GLOBAL_INT8 = {name: "int8" if name == "unet" else "int8-weights" for name in SUBMODELS}
 
 
@@ -50,6 +58,15 @@ class PrecisionPlan:
     def quantized(self) -> list[str]:
         """Submodels that get something other than fp32, in SUBMODELS order."""
         return [name for name in SUBMODELS if self.per_submodel[name] != "fp32"]
+
+
+def precision_for(spec: str | None, target: str | None) -> str:
+    """The precision spec an export gets: `spec` when given, else `target`'s default, else fp32."""
+    if target is not None and target not in TARGET_PRECISION:
+        raise InvalidInputError(f"--target {target!r}: choose {', '.join(TARGET_PRECISION)}")
+    if spec is not None:
+        return spec
+    return TARGET_PRECISION[target] if target else "fp32"
 
 
 def parse_precision(spec: "str | PrecisionPlan | None") -> PrecisionPlan:

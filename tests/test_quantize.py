@@ -22,7 +22,7 @@ from onnx import TensorProto, numpy_helper
 from PIL import Image
 
 from edgesd.errors import EdgesdError, InvalidInputError
-from edgesd.export.precision import PRECISIONS, parse_precision
+from edgesd.export.precision import PRECISIONS, TARGET_PRECISION, parse_precision, precision_for
 from edgesd.model_folder import SUBMODELS, open_model_folder
 
 FORMATS = ("onnx", "openvino")
@@ -76,6 +76,26 @@ def test_every_precision_is_named_in_the_cli_help():
     done = edgesd("export", "--help")
     assert done.returncode == 0
     assert all(p in done.stdout for p in PRECISIONS) and "--calibration-images" in done.stdout
+
+
+def test_target_device_picks_the_default_precision():
+    assert precision_for(None, None) == "fp32"
+    assert precision_for(None, "cuda") == "fp16" and precision_for(None, "gpu") == "fp16"
+    assert precision_for(None, "cpu") == TARGET_PRECISION["cpu"]
+    assert parse_precision(TARGET_PRECISION["cpu"]).needs_calibration  # an int8 UNet
+    assert precision_for("unet=int8-weights", "cuda") == "unet=int8-weights"  # an explicit spec wins
+    with pytest.raises(InvalidInputError, match="choose cpu, gpu, cuda"):
+        precision_for(None, "tpu")
+
+
+def test_cli_export_for_a_target_device(tmp_path):
+    done = edgesd("export", "random:tiny-sd1", "-o", str(tmp_path / "m"), "--target", "cuda")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--target cuda: exporting with --precision fp16" in done.stderr
+    manifest = json.loads((tmp_path / "m" / "edgesd.json").read_text())
+    assert {sub["formats"]["onnx"]["precision"] for sub in manifest["submodels"].values()} == {"fp16"}
+    done = edgesd("export", "random:tiny-sd1", "-o", str(tmp_path / "n"), "--target", "tpu")
+    assert done.returncode == 2 and "choose cpu, gpu, cuda" in done.stderr and not (tmp_path / "n").exists()
 
 
 def test_cli_refuses_bad_options_before_exporting(tmp_path):
