@@ -42,23 +42,28 @@ def build(args) -> None:
     """Hard-link the fp32 folder (the converters replace files, never write into them), then convert."""
     from edgesd.export.precision import parse_precision
     from edgesd.export.quantize import quantize_folder
-    from edgesd.model_folder import MANIFEST
 
     src, dst = Path(args.fp32), Path(args.output)
     if dst.exists():
         sys.exit(f"{dst} exists; remove it first")
-    manifest = json.loads((src / MANIFEST).read_text())
+    manifest = json.loads((src / "edgesd.json").read_text())
     formats = [f for f in ("onnx", "openvino") if f in manifest["submodels"]["unet"]["formats"]]
     scratch = dst.with_name(f".{dst.name}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(src, scratch, copy_function=os.link)
-    (scratch / MANIFEST).unlink()  # rewritten in place by quantize_folder: a real copy
-    shutil.copy2(src / MANIFEST, scratch / MANIFEST)
+    shutil.copytree(src, scratch, copy_function=_link_or_copy)
     t0 = time.perf_counter()
     quantize_folder(scratch, formats, parse_precision(args.precision), calibration_images=args.calibration_images,
                     calibration_samples=args.calibration_samples)
     scratch.rename(dst)
     print(f"{dst}: {args.precision} ({', '.join(formats)}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # The manifest is rewritten in place, and onnx refuses external data with several links.
+    if src.endswith(("edgesd.json", ".onnx_data")):
+        shutil.copy2(src, dst)
+    else:
+        os.link(src, dst)
 
 
 def disk_mib(folder: Path, fmt: str) -> float:
