@@ -1,6 +1,7 @@
 """Session details the pipeline relies on, beyond what parity tests cover."""
 
 import numpy as np
+import pytest
 
 from edgesd.sessions.onnxruntime import OnnxRuntimeSession
 
@@ -20,3 +21,18 @@ def test_io_binding_gives_the_same_outputs_and_keeps_unchanged_inputs(exported):
             resident = bound._resident["encoder_hidden_states"][1]
     assert bound._resident["encoder_hidden_states"][1] is resident  # not uploaded again
     assert bound._resident["sample"][0] is feeds["sample"]  # writeable inputs are re-bound each call
+
+
+def test_openvino_compile_cache_only_when_asked_for_on_cpu(exported, tmp_path, monkeypatch):
+    """On the CPU the cache costs more memory than the compile time it saves (see the module docstring)."""
+    pytest.importorskip("openvino")
+    from edgesd.sessions.openvino import OpenVINOSession
+
+    monkeypatch.setenv("EDGESD_CACHE", str(tmp_path / "default-cache"))
+    path = exported["tiny-sd1"] / "vae_decoder" / "openvino_model.xml"
+    latents = {"latent_sample": np.zeros((1, 4, 8, 8), np.float32)}
+    plain = OpenVINOSession(path, "cpu")
+    cached = OpenVINOSession(path, "cpu", cache_dir=tmp_path / "asked")
+    np.testing.assert_array_equal(plain.run(latents)[0], cached.run(latents)[0])
+    assert not (tmp_path / "default-cache").exists()
+    assert list((tmp_path / "asked").glob("*.blob"))
