@@ -1,5 +1,8 @@
 """Session details the pipeline relies on, beyond what parity tests cover."""
 
+import contextlib
+import sys
+
 import numpy as np
 import pytest
 
@@ -36,3 +39,43 @@ def test_openvino_compile_cache_only_when_asked_for_on_cpu(exported, tmp_path, m
     np.testing.assert_array_equal(plain.run(latents)[0], cached.run(latents)[0])
     assert not (tmp_path / "default-cache").exists()
     assert list((tmp_path / "asked").glob("*.blob"))
+
+
+def test_openvino_gives_back_the_mapped_weights_and_computes_the_same(exported):
+    """The mapped .bin's pages are dropped after compiling; what the engine reads after that still comes
+    from the file, so outputs equal those of a session that keeps them, call after call."""
+    pytest.importorskip("openvino")
+    from edgesd.sessions import mapped_weights
+    from edgesd.sessions.openvino import OpenVINOSession
+
+    path = exported["tiny-sd1"] / "unet" / "openvino_model.xml"
+    rng = np.random.default_rng(0)
+    feeds = {"sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32), "timestep": np.asarray(500, np.float32),
+             "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32)}
+    released = OpenVINOSession(path, "cpu", precision="fp32")
+    first = released.run(feeds)[0]
+    kept = OpenVINOSession(path, "cpu", precision="fp32")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(mapped_weights, "release", lambda path: 0)
+        m.setattr(mapped_weights, "released_while", lambda path: contextlib.nullcontext())
+        reference = kept.run(feeds)[0]
+    np.testing.assert_array_equal(first, reference)
+    assert mapped_weights.release(path.with_suffix(".bin")) > 0  # the file is mapped, and its pages were given back
+    np.testing.assert_array_equal(released.run(feeds)[0], reference)
+
+
+def test_releasing_pages_of_a_mapped_file_keeps_its_contents(tmp_path):
+    import mmap
+
+    from edgesd.sessions import mapped_weights
+
+    data = np.random.default_rng(1).integers(0, 255, 1 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "w.bin").write_bytes(data)
+    with open(tmp_path / "w.bin", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        assert view[:] == data
+        with mapped_weights.released_while(tmp_path / "w.bin"):
+            assert view[::4096] == data[::4096]
+        released = mapped_weights.release(tmp_path / "w.bin")
+        assert view[:] == data
+    assert released >= len(data) or not sys.platform.startswith("linux")
+    assert mapped_weights.release(tmp_path / "not-mapped.bin") == 0

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgesd.cache import cache_root
 from edgesd.errors import BackendUnavailableError
+from edgesd.sessions import mapped_weights
 
 _COMPILED_SHAPES = 4  # enough for a tiled VAE's full, right, bottom and corner tiles
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -52,6 +53,7 @@ class OpenVINOSession:
             raise BackendUnavailableError(f"unknown inference precision {precision!r}; use auto, fp32, bf16 or fp16")
         self._core = ov.Core()
         self._path = str(path)
+        self._weights = Path(path).with_suffix(".bin")
         model = self._core.read_model(self._path)
         self.device = resolve_device(device)
         self._config = {}
@@ -63,19 +65,24 @@ class OpenVINOSession:
         self._requests = {}  # input shapes -> infer request, the most recently used last
 
     def _request_for(self, shapes: tuple):
+        """The infer request compiled for `shapes` (compiling it if need be), and whether it is new."""
         if shapes in self._requests:
             self._requests[shapes] = self._requests.pop(shapes)
-        else:
-            if len(self._requests) == _COMPILED_SHAPES:
-                self._requests.pop(next(iter(self._requests)))
-            # Read afresh (weights are memory-mapped) and let go after compiling: holding the
-            # ov.Model would keep a second copy of the weights resident beside the compiled one.
-            model = self._core.read_model(self._path)
-            model.reshape(dict(shapes))
+            return self._requests[shapes], False
+        if len(self._requests) == _COMPILED_SHAPES:
+            self._requests.pop(next(iter(self._requests)))
+        # Read afresh (weights are memory-mapped) and let go after compiling, giving back the mapped
+        # pages as the engine copies them: the compiled model keeps its own copy (mapped_weights).
+        model = self._core.read_model(self._path)
+        model.reshape(dict(shapes))
+        with mapped_weights.released_while(self._weights):
             self._requests[shapes] = self._core.compile_model(model, self.device, self._config).create_infer_request()
-        return self._requests[shapes]
+            del model
+        return self._requests[shapes], True
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        request = self._request_for(tuple((name, tuple(array.shape)) for name, array in feeds.items()))
+        request, fresh = self._request_for(tuple((name, tuple(array.shape)) for name, array in feeds.items()))
         result = request.infer(feeds, share_inputs=True)
+        if fresh:  # in case the first inference repacked more weights
+            mapped_weights.release(self._weights)
         return [result[i] for i in range(len(result))]
