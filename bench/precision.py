@@ -53,7 +53,7 @@ def build(args) -> None:
     shutil.copytree(src, scratch, copy_function=_link_or_copy)
     t0 = time.perf_counter()
     quantize_folder(scratch, formats, parse_precision(args.precision), calibration_images=args.calibration_images,
-                    calibration_samples=args.calibration_samples)
+                    calibration_samples=args.calibration_samples, calibration_size=args.calibration_size)
     scratch.rename(dst)
     print(f"{dst}: {args.precision} ({', '.join(formats)}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
@@ -202,6 +202,7 @@ def main(argv=None):
     b.add_argument("--precision", required=True, help="as `edgesd export --precision`")
     b.add_argument("--calibration-images", type=Path)
     b.add_argument("--calibration-samples", type=int, default=32)
+    b.add_argument("--calibration-size", type=int, help="square image side to calibrate at (default: the model's)")
     r = sub.add_parser("run", help="benchmark the precisions side by side")
     r.add_argument("fp32", help="fp32 edgesd model folder (the reference)")
     r.add_argument("variants", nargs="*", help="NAME=FOLDER for each other precision, NAME as in --precision")

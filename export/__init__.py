@@ -33,13 +33,15 @@ def export_model(
     precision: str = "fp32",
     calibration_images: str | Path | None = None,
     calibration_samples: int = 32,
+    calibration_size: int | None = None,
 ) -> Path:
     """Export SOURCE (local diffusers folder, hub id, or random:RECIPE) into the model folder OUTPUT.
 
     `precision`: a spec as `edgesd export --precision` takes (see edgesd.export.precision), e.g.
     "int8" or "unet=int8,vae_decoder=fp16". The fp32 export is validated first; non-fp32
     submodels are then converted from it (the UNet's int8 calibrated on `calibration_samples`
-    inputs recorded from the fp32 pipeline, on built-in images or those in `calibration_images`).
+    inputs recorded from the fp32 pipeline, on built-in images or those in `calibration_images`,
+    `calibration_size` pixels square: default the model's native size).
 
     The folder is built under a temporary name beside OUTPUT and renamed when complete, so a
     failed export never leaves a folder that looks valid.
@@ -49,8 +51,9 @@ def export_model(
 
     plan = parse_precision(precision)
     if plan.needs_calibration:  # fail before the long export, not after it
-        check_calibration_options(calibration_images, calibration_samples)
-    quantization = None if plan.is_fp32 else (plan, calibration_images and Path(calibration_images), calibration_samples)
+        check_calibration_options(calibration_images, calibration_samples, calibration_size)
+    quantization = None if plan.is_fp32 else (plan, calibration_images and Path(calibration_images), calibration_samples,
+                                              calibration_size)
     _require_export_extra(formats, plan)
     output = Path(output)
     formats = tuple(dict.fromkeys(formats))
@@ -114,8 +117,8 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
     if quantization:  # precision: the fp32 folder above is complete and validated; calibrate on it, then convert
         from edgesd.export.quantize import quantize_folder
 
-        plan, calibration_images, calibration_samples = quantization
-        quantize_folder(folder, formats, plan, references, calibration_images, calibration_samples)
+        plan, images, samples, size = quantization
+        quantize_folder(folder, formats, plan, references, images, samples, size)
 
 
 def _write_tokenizer_json(folder: Path) -> None:

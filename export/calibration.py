@@ -81,7 +81,7 @@ def collect_unet_calibration(
     `size`: the square image side (default: the model's native sample size); `images_dir`: use
     these images (cycled) instead of the built-in procedural ones.
     """
-    check_calibration_options(images_dir, num_samples)
+    check_calibration_options(images_dir, num_samples, size)
     pipe = load_pipeline(folder, backend)
     defaults = pipe.folder.defaults
     size = size or pipe.folder.manifest.get("sample_size") or 512
@@ -100,10 +100,12 @@ def collect_unet_calibration(
     return evenly_spaced(by_timestep, num_samples)
 
 
-def check_calibration_options(images_dir: Path | None, num_samples: int) -> None:
+def check_calibration_options(images_dir: Path | None, num_samples: int, size: int | None = None) -> None:
     """Refuse unusable options up front (an export takes minutes before calibration starts)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise InvalidInputError(f"the calibration sample count must be a positive integer, got {num_samples!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 64):
+        raise InvalidInputError(f"the calibration image size must be an integer of at least 64 (pixels), got {size!r}")
     if images_dir is not None:
         _image_files(Path(images_dir))
 

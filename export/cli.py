@@ -36,6 +36,10 @@ def register(app: typer.Typer) -> None:
             None, "--calibration-images", help="Folder of images to calibrate int8 on (default: built-in procedural images)."),
         calibration_samples: int = typer.Option(
             32, "--calibration-samples", help="UNet inputs recorded from the fp32 pipeline to calibrate int8 on."),
+        calibration_size: int | None = typer.Option(
+            None, "--calibration-size",
+            help="Square image side to calibrate int8 at (default: the model's native size). onnxruntime's "
+                 "calibrator needs more than 24 GB for SD 1.5 at 512; 256 fits in about N GB."),
     ):
         """Export a diffusers SD model to an edgesd model folder, validated against torch, optionally quantized."""
         from edgesd.export import export_model
@@ -46,4 +50,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"--target {target}: exporting with --precision {spec}", err=True)
         formats = ("onnx", "openvino") if format is Format.both else (format.value,)
         run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=spec,
-                    calibration_images=calibration_images, calibration_samples=calibration_samples)
+                    calibration_images=calibration_images, calibration_samples=calibration_samples,
+                    calibration_size=calibration_size)

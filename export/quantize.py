@@ -39,6 +39,7 @@ def apply_precision(
     references: dict | None = None,
     calibration_images: Path | None = None,
     calibration_samples: int = DEFAULT_SAMPLES,
+    calibration_size: int | None = None,
 ) -> dict:
     """Convert every non-fp32 submodel of `folder` per `plan`, for each format.
 
@@ -49,7 +50,7 @@ def apply_precision(
     calibration = None
     if plan.needs_calibration:
         backend = "onnxruntime" if "onnx" in formats else "openvino"
-        calibration = collect_unet_calibration(folder, calibration_samples, calibration_images, backend)
+        calibration = collect_unet_calibration(folder, calibration_samples, calibration_images, backend, calibration_size)
     results = {}
     for name in plan.quantized():
         precision = plan[name]
@@ -74,12 +75,13 @@ def quantize_folder(
     references: dict | None = None,
     calibration_images: Path | None = None,
     calibration_samples: int = DEFAULT_SAMPLES,
+    calibration_size: int | None = None,
 ) -> dict:
     """apply_precision on the fp32 model folder `folder` (with its edgesd.json), then record in the
     manifest each format's precision, method and new files/hashes, the deviations, and the options."""
     from edgesd.export import _files  # the manifest's own file records (bytes + sha256)
 
-    results = apply_precision(folder, formats, plan, references, calibration_images, calibration_samples)
+    results = apply_precision(folder, formats, plan, references, calibration_images, calibration_samples, calibration_size)
     manifest = json.loads((folder / MANIFEST).read_text())
     for name, entry in manifest["submodels"].items():
         for fmt in formats:
@@ -92,7 +94,7 @@ def quantize_folder(
     options = manifest["provenance"].setdefault("options", {})
     options["precision"] = plan.spec
     if plan.needs_calibration:
-        options["calibration"] = {"samples": calibration_samples,
+        options["calibration"] = {"samples": calibration_samples, "size": calibration_size or manifest.get("sample_size"),
                                   "images": str(calibration_images) if calibration_images else "built-in"}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return results

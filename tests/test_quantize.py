@@ -104,6 +104,8 @@ def test_cli_refuses_bad_options_before_exporting(tmp_path):
     done = edgesd("export", "random:tiny-sd1", "-o", str(tmp_path / "b"), "--precision", "int8",
                   "--calibration-images", str(tmp_path / "none"))
     assert done.returncode == 2 and "is not a folder" in done.stderr
+    done = edgesd("export", "random:tiny-sd1", "-o", str(tmp_path / "c"), "--precision", "int8", "--calibration-size", "16")
+    assert done.returncode == 2 and "calibration image size must be an integer of at least 64" in done.stderr
     assert not list(tmp_path.iterdir())
 
 
@@ -183,7 +185,8 @@ def int8_export(tmp_path_factory):
     from edgesd.export import export_model
 
     out = tmp_path_factory.mktemp("quantized") / "int8"
-    return export_model("random:tiny-sd1", out, formats=FORMATS, precision="int8", calibration_samples=8)
+    return export_model("random:tiny-sd1", out, formats=FORMATS, precision="int8", calibration_samples=8,
+                        calibration_size=128)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +217,7 @@ def test_int8_export_records_what_was_done(int8_export):
     assert folder.verify(hashes=True) == []
     manifest = folder.manifest
     assert manifest["provenance"]["options"]["precision"] == parse_precision("int8").spec
-    assert manifest["provenance"]["options"]["calibration"] == {"samples": 8, "images": "built-in"}
+    assert manifest["provenance"]["options"]["calibration"] == {"samples": 8, "size": 128, "images": "built-in"}
     unet = manifest["submodels"]["unet"]
     assert unet["formats"]["onnx"]["precision"] == unet["formats"]["openvino"]["precision"] == "int8"
     assert "static QDQ" in unet["formats"]["onnx"]["method"] and "8 calibration samples" in unet["formats"]["onnx"]["method"]
@@ -315,6 +318,8 @@ def test_calibration_records_the_pipelines_unet_inputs(fp32_folder, tmp_path):
     assert all(s["sample"].shape == (2, 4, side, side) and s["sample"].dtype == np.float32 for s in samples)  # CFG batch
     timesteps = [float(s["timestep"]) for s in samples]
     assert timesteps == sorted(timesteps) and len(set(timesteps)) >= 3
+    larger = collect_unet_calibration(fp32_folder, num_samples=2, size=2 * manifest["sample_size"])
+    assert all(s["sample"].shape == (2, 4, 2 * side, 2 * side) for s in larger)  # --calibration-size
 
 
 @pytest.mark.parametrize("convert", ["to_fp16", "to_int8_weights", "to_int8_static"])
