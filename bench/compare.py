@@ -172,6 +172,18 @@ def versions() -> dict:
     return out
 
 
+def edgesd_commit() -> str | None:
+    """The checkout's commit (with -dirty for uncommitted changes): which edgesd a result measured."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _flops_module():
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
@@ -828,6 +840,7 @@ def parent_main(args, argv):
         "duration_s": time.time() - started,
         "command": command,
         "cwd": os.getcwd(),
+        "edgesd_commit": edgesd_commit(),
         "settings": {"resolution": args.resolution, "steps": args.steps, "strength": args.strength,
                      "guidance": args.guidance, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
                      "seed": args.seed, "repeat": args.repeat, "runs_per_turn": args.runs, "warmup": args.warmup,

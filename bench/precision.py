@@ -12,7 +12,8 @@ all rows alike; the medians over rounds are reported. Rows: onnxruntime computes
 precision; OpenVINO runs with its default inference precision (`auto`: bf16 on this CPU) and the
 fp32 folder once more in exact f32. Disk size is the one format's files (manifest). Fidelity
 (`--fidelity`) is edgesd.export.fidelity against the fp32 folder on the same backend: output PSNR
-and SSIM, UNet noise-prediction cosine. The ratios against issue 5's targets are in the JSON.
+and SSIM, UNet noise-prediction cosine; `fidelity RESULT [--backends openvino]` adds it afterwards
+to the rows that lack it. The ratios against issue 5's targets are in the JSON.
 """
 
 import argparse
@@ -176,6 +177,22 @@ def run(args, argv) -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
+def add_fidelity(args, argv) -> None:
+    """Measure fidelity afterwards for the rows of a `run` result that lack it (e.g. one backend at a
+    size where two fp32 pipelines of the other backend do not fit in memory together)."""
+    data = json.loads(Path(args.result).read_text())
+    s = data["settings"]
+    for name in ("resolution", "steps", "strength", "guidance"):
+        setattr(args, name, s[name])
+    reference = Path(next(e["folder"] for e in data["rows"].values() if e["precision"] == "fp32"))
+    for key, entry in data["rows"].items():
+        if entry["precision"] != "fp32" and entry["backend"] in args.backends and "psnr_mean" not in entry.get("fidelity", {}):
+            print(f"fidelity: {key}", file=sys.stderr, flush=True)
+            entry["fidelity"] = fidelity(Path(entry["folder"]), reference, entry["backend"], args)
+    data["fidelity_command"] = "python bench/precision.py " + shlex.join(argv)
+    Path(args.result).write_text(json.dumps(data, indent=2))
+
+
 def targets(results: dict) -> list[dict]:
     out = []
     for what, num, den, quantity, bound in TARGETS:
@@ -218,8 +235,12 @@ def main(argv=None):
     r.add_argument("--timeout", type=float, default=1800)
     r.add_argument("--name")
     r.add_argument("--out", required=True)
+    f = sub.add_parser("fidelity", help="add fidelity to the rows of a `run` result that lack it")
+    f.add_argument("result", help="JSON written by `run`")
+    f.add_argument("--backends", type=lambda s: s.split(","), default=["onnxruntime", "openvino"])
+    f.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args(argv)
-    build(args) if args.command == "build" else run(args, argv)
+    {"build": build, "run": lambda a: run(a, argv), "fidelity": lambda a: add_fidelity(a, argv)}[args.command](args)
 
 
 if __name__ == "__main__":

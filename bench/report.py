@@ -182,7 +182,8 @@ def run_section(d: dict, chart_name: str | None) -> list[str]:
         f"(UNet batch {s['unet_batch']}, latent {s['latent'][0]}x{s['latent'][1]}, "
         f"{calls} UNet calls per image), seed {s['seed']}. "
         f"{s['repeat']} rounds x {s['runs_per_turn']} timed call(s) per system, {s['warmup']} warm-up call(s) after each "
-        f"load, order rotated each round, isolation: {s['isolation']}. Recorded {d.get('created')}, "
+        f"load, order rotated each round, isolation: {s['isolation']}. Recorded {d.get('created')}"
+        f"{' with edgesd ' + d['edgesd_commit'] if d.get('edgesd_commit') else ''}, "
         f"{_s(d.get('duration_s', 0) / 60, 1)} min.")
     if flops:
         lines.append("")
@@ -288,7 +289,7 @@ def precision_section(precisions: list[dict]) -> list[str]:
             speed = sm.get("step_s") / base["step_s"] if sm.get("step_s") and base.get("step_s") else None
             quality = ("fp32 reference" if r["precision"] == "fp32" else
                        f"{_s(fid['psnr_mean'], 1)} dB / {_s(fid['ssim_mean'], 3)} / {_s(fid.get('unet_cosine_mean'), 4)}"
-                       if "psnr_mean" in fid else ("error: " + " ".join(fid["error"]) if "error" in fid else "–"))
+                       if "psnr_mean" in fid else ("error: " + " ".join(fid["error"]) if "error" in fid else "not measured in this run"))
             rows.append([f"`{key}`", r["backend"], r["precision"], "f32" if key.endswith("/f32") else "auto",
                          _mib(r["disk_mib"]), _mib(sm.get("peak_rss_mib")), _ms(sm.get("step_s")), _ratio(speed),
                          _s(sm.get("total_s")), _s(sm.get("load_s"), 1), _s(sm.get("first_run_s")), quality]
@@ -302,7 +303,13 @@ def precision_section(precisions: list[dict]) -> list[str]:
             lines += _table(["target", "ratio", "bound", ""],
                             [[f"{t['what']} (`{t['row']}` / `{t['against']}`)", _ratio(t["ratio"]), t["bound"],
                               {True: "**met**", False: "not met", None: "–"}[t["met"]]] for t in d["targets"]])
-        lines += ["", "```bash", d["command"], "```", ""]
+        lines += ["", "```bash", d["command"]] + ([d["fidelity_command"]] if d.get("fidelity_command") else []) + ["```", ""]
+        profiles = sorted(Path(d["_file"]).parent.glob(f"profile-{d['name']}-*{s['resolution']}.txt"))
+        if profiles:
+            lines += ["One UNet call per operator type, by `bench/profile_unet.py` (which ops ran in which precision; "
+                      "the reading is in bench/README.md, *Measured here*):", ""]
+            for profile in profiles:
+                lines += [f"`{profile.name}`:", "", "```", profile.read_text().rstrip(), "```", ""]
     return lines
 
 

@@ -11,6 +11,13 @@ UNet calls (just enough steps for that). Run i uses strength S * (i + 1) / runs,
 recommended strength, so the recorded timesteps spread over the whole range the model is used at
 (a run of few steps only visits the low-noise end of its range). When more calls were recorded
 than asked for, the kept ones are evenly spaced in timestep order.
+
+Image size: the model's native size, at most DEFAULT_MAX_SIZE unless asked for. onnxruntime's
+calibrator runs a copy of the UNet with a min/max reduction on every quantized op's tensors, and
+for SD 1.5 at 512x512 (4096 tokens) that went past 24 GB and was killed; at 256x256 the whole int8
+conversion (both formats) peaked at 14.2 GB. Convolution activation ranges hardly depend on the
+size; attention ranges may, which on onnxruntime stay float anyway (quantize_onnx) but are
+quantized by OpenVINO's hybrid scheme: calibrate at the size you run at when memory allows.
 """
 
 import logging
@@ -24,6 +31,7 @@ from edgesd.errors import EdgesdError, InvalidInputError
 
 log = logging.getLogger("edgesd")
 DEFAULT_SAMPLES = 32
+DEFAULT_MAX_SIZE = 256
 MIN_CALLS_PER_RUN = 4
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPTS = (
@@ -78,13 +86,13 @@ def collect_unet_calibration(
 ) -> list[dict]:
     """Record `num_samples` UNet feed dicts from img2img runs of the fp32 model folder `folder`.
 
-    `size`: the square image side (default: the model's native sample size); `images_dir`: use
+    `size`: the square image side (default: the model's native size, at most DEFAULT_MAX_SIZE); `images_dir`: use
     these images (cycled) instead of the built-in procedural ones.
     """
     check_calibration_options(images_dir, num_samples, size)
     pipe = load_pipeline(folder, backend)
     defaults = pipe.folder.defaults
-    size = size or pipe.folder.manifest.get("sample_size") or 512
+    size = image_size(pipe.folder.manifest.get("sample_size"), size)
     runs = min(num_samples, len(PROMPTS))
     images = user_images(images_dir, size) if images_dir else builtin_images(size, runs)
     top_strength = defaults["strength"] or 1.0
@@ -98,6 +106,11 @@ def collect_unet_calibration(
              num_inference_steps=steps_for_calls(calls, strength), guidance_scale=defaults["guidance_scale"], seed=seed + i)
     by_timestep = sorted(recorder.feeds, key=lambda feeds: float(np.asarray(feeds["timestep"]).ravel()[0]))
     return evenly_spaced(by_timestep, num_samples)
+
+
+def image_size(native: int | None, asked: int | None = None) -> int:
+    """The square side calibration runs at: as asked, else the model's native size capped (module docstring)."""
+    return asked or min(native or 512, DEFAULT_MAX_SIZE)
 
 
 def check_calibration_options(images_dir: Path | None, num_samples: int, size: int | None = None) -> None:

@@ -38,8 +38,8 @@ def register(app: typer.Typer) -> None:
             32, "--calibration-samples", help="UNet inputs recorded from the fp32 pipeline to calibrate int8 on."),
         calibration_size: int | None = typer.Option(
             None, "--calibration-size",
-            help="Square image side to calibrate int8 at (default: the model's native size). onnxruntime's "
-                 "calibrator needs more than 24 GB for SD 1.5 at 512; 256 fits in about N GB."),
+            help="Square image side to calibrate int8 at (default: the model's native size, at most 256: "
+                 "onnxruntime's calibrator needs more than 24 GB for SD 1.5 at 512)."),
     ):
         """Export a diffusers SD model to an edgesd model folder, validated against torch, optionally quantized."""
         from edgesd.export import export_model

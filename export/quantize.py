@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesd.export import quantize_onnx, quantize_openvino
-from edgesd.export.calibration import DEFAULT_SAMPLES, collect_unet_calibration
+from edgesd.export.calibration import DEFAULT_SAMPLES, collect_unet_calibration, image_size
 from edgesd.export.precision import PrecisionPlan
 from edgesd.model_folder import MAIN_FILE, MANIFEST
 from edgesd.sessions import open_session
@@ -94,7 +94,7 @@ def quantize_folder(
     options = manifest["provenance"].setdefault("options", {})
     options["precision"] = plan.spec
     if plan.needs_calibration:
-        options["calibration"] = {"samples": calibration_samples, "size": calibration_size or manifest.get("sample_size"),
+        options["calibration"] = {"samples": calibration_samples, "size": image_size(manifest.get("sample_size"), calibration_size),
                                   "images": str(calibration_images) if calibration_images else "built-in"}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return results

@@ -239,7 +239,9 @@ def test_precision_table_builds_runs_and_reports(exported, tmp_path):
 
     out = tmp_path / "precision.json"
     _run(BENCH / "precision.py", "run", fp32, f"int8-weights={variant}", "--resolution", 64, "--steps", 2,
-         "--rounds", 1, "--fidelity", "--out", out, timeout=600)
+         "--rounds", 1, "--out", out, timeout=600)
+    assert not any("fidelity" in row for row in json.loads(out.read_text())["rows"].values())
+    _run(BENCH / "precision.py", "fidelity", out, timeout=600)  # as `run --fidelity` would have, afterwards
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert set(rows) == {"onnxruntime/fp32", "onnxruntime/int8-weights", "openvino/fp32", "openvino/fp32/f32",
@@ -258,4 +260,5 @@ def test_precision_table_builds_runs_and_reports(exported, tmp_path):
     report_file = tmp_path / "REPORT.md"
     _run(BENCH / "report.py", out, "-o", report_file, "--no-chart")
     text = report_file.read_text()
-    assert "## Precisions (issue 5)" in text and "`openvino/int8-weights`" in text and data["command"] in text
+    assert "## Precisions (issue 5)" in text and "`openvino/int8-weights`" in text
+    assert data["command"] in text and data["fidelity_command"] in text
