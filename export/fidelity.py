@@ -16,6 +16,7 @@ Torch-free: runs wherever the runtime does. `python -m edgesd.export.fidelity QU
 """
 
 import argparse
+import gc
 import json
 from pathlib import Path
 
@@ -80,20 +81,26 @@ def measure(
     """
     from edgesd.pipeline import Img2ImgPipeline
 
+    settings = dict(num_inference_steps=num_inference_steps, strength=strength, guidance_scale=guidance_scale)
+    # One pipeline at a time: a full-size model on onnxruntime holds ~12 GB at 512x512, two would not fit.
     ref_pipe = Img2ImgPipeline.load(reference, backend=backend, device="cpu", inference_precision="fp32")
-    q_pipe = Img2ImgPipeline.load(quantized, backend=backend, device="cpu", inference_precision="fp32")
     size = size or ref_pipe.folder.manifest.get("sample_size") or 512
     images = builtin_images(size, len(cases), seed=1)
     recorder = RecordingSession(ref_pipe.sessions["unet"], keep_outputs=True)
     ref_pipe.sessions["unet"] = recorder
-    settings = dict(num_inference_steps=num_inference_steps, strength=strength, guidance_scale=guidance_scale)
-    per_case = []
+    refs, calls = [], []  # per case: the output image, and the (feeds, outputs) of its UNet calls
     for image, (prompt, seed) in zip(images, cases):
         first_call = len(recorder.feeds)
-        ref = np.asarray(ref_pipe(image, prompt, seed=seed, **settings).images[0])
+        refs.append(np.asarray(ref_pipe(image, prompt, seed=seed, **settings).images[0]))
+        calls.append(list(zip(recorder.feeds[first_call:], recorder.outputs[first_call:])))
+    del ref_pipe, recorder
+    gc.collect()
+
+    q_pipe = Img2ImgPipeline.load(quantized, backend=backend, device="cpu", inference_precision="fp32")
+    per_case = []
+    for image, (prompt, seed), ref, case_calls in zip(images, cases, refs, calls):
         got = np.asarray(q_pipe(image, prompt, seed=seed, **settings).images[0])
-        unet_cos = [cosine(q_pipe.sessions["unet"].run(feeds)[0], outputs[0])
-                    for feeds, outputs in zip(recorder.feeds[first_call:], recorder.outputs[first_call:])]
+        unet_cos = [cosine(q_pipe.sessions["unet"].run(feeds)[0], outputs[0]) for feeds, outputs in case_calls]
         per_case.append({"prompt": prompt, "seed": seed, "psnr": psnr(ref, got), "ssim": ssim(ref, got),
                          "unet_cosine": float(np.mean(unet_cos)) if unet_cos else None})
     unet = [c["unet_cosine"] for c in per_case if c["unet_cosine"] is not None]

@@ -306,6 +306,27 @@ def test_quantized_folders_stay_near_fp32(folders, fp32_folder, precision, fmt):
     assert result["ssim_min"] > 0.99
 
 
+def test_fidelity_holds_one_pipeline_at_a_time(folders, fp32_folder, monkeypatch):
+    """Two full-size pipelines on onnxruntime at 512x512 (~12 GB each) do not fit this machine."""
+    import weakref
+
+    from edgesd.export.fidelity import CASES, measure
+    from edgesd.pipeline import Img2ImgPipeline
+
+    load, alive, most_alive = Img2ImgPipeline.load, weakref.WeakSet(), []
+
+    def counting_load(*args, **kwargs):
+        most_alive.append(len(alive))  # pipelines still alive when another is loaded
+        pipe = load(*args, **kwargs)
+        alive.add(pipe)
+        return pipe
+
+    monkeypatch.setattr(Img2ImgPipeline, "load", staticmethod(counting_load))
+    result = measure(folders["fp16"], fp32_folder, "onnxruntime", num_inference_steps=4, cases=CASES[:2])
+    assert most_alive == [0, 0]
+    assert len(result["cases"]) == 2 and result["unet_cosine_min"] > 0.99
+
+
 def test_calibration_records_the_pipelines_unet_inputs(fp32_folder, tmp_path):
     from edgesd.export.calibration import collect_unet_calibration
 
