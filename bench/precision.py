@@ -2,6 +2,8 @@
 
     # the precisions, from the fp32 export: a hard-linked copy converted by edgesd's own code
     python bench/precision.py build models/sd15 -o models/sd15-int8 --precision int8 [--calibration-samples 16]
+    # the lever for a missed OpenVINO int8 target: the linear layers' activations int8 too
+    python bench/precision.py build models/sd15 -o models/sd15-int8-linear --precision unet=int8 --formats openvino --linear-int8
     # the table
     python bench/precision.py run models/sd15 fp16=models/sd15-fp16 int8-weights=models/sd15-int8-weights \\
         int8=models/sd15-int8 --resolution 256 --steps 4 --strength 0.5 --fidelity --out bench/results/precision-sd15-256.json
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 SCHEMA = "edgesd-bench-precision/1"
@@ -43,18 +46,22 @@ def build(args) -> None:
     """Hard-link the fp32 folder (the converters replace files, never write into them), then convert."""
     from edgesd.export.precision import parse_precision
     from edgesd.export.quantize import quantize_folder
+    from edgesd.export.quantize_openvino import to_int8_hybrid
 
     src, dst = Path(args.fp32), Path(args.output)
     if dst.exists():
         sys.exit(f"{dst} exists; remove it first")
     manifest = json.loads((src / "edgesd.json").read_text())
-    formats = [f for f in ("onnx", "openvino") if f in manifest["submodels"]["unet"]["formats"]]
+    formats = [f for f in args.formats if f in manifest["submodels"]["unet"]["formats"]]
+    # Not a precision `edgesd export` offers: optimum-intel's hybrid scheme keeps them weight-only.
+    converters = {("openvino", "int8"): partial(to_int8_hybrid, linear_int8=True)} if args.linear_int8 else None
     scratch = dst.with_name(f".{dst.name}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(src, scratch, copy_function=_link_or_copy)
     t0 = time.perf_counter()
     quantize_folder(scratch, formats, parse_precision(args.precision), calibration_images=args.calibration_images,
-                    calibration_samples=args.calibration_samples, calibration_size=args.calibration_size)
+                    calibration_samples=args.calibration_samples, calibration_size=args.calibration_size,
+                    converters=converters)
     scratch.rename(dst)
     print(f"{dst}: {args.precision} ({', '.join(formats)}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
@@ -189,7 +196,7 @@ def add_fidelity(args, argv) -> None:
         if entry["precision"] != "fp32" and entry["backend"] in args.backends and "psnr_mean" not in entry.get("fidelity", {}):
             print(f"fidelity: {key}", file=sys.stderr, flush=True)
             entry["fidelity"] = fidelity(Path(entry["folder"]), reference, entry["backend"], args)
-    data["fidelity_command"] = "python bench/precision.py " + shlex.join(argv)
+    data.setdefault("fidelity_commands", []).append("python bench/precision.py " + shlex.join(argv))
     Path(args.result).write_text(json.dumps(data, indent=2))
 
 
@@ -220,6 +227,9 @@ def main(argv=None):
     b.add_argument("--calibration-images", type=Path)
     b.add_argument("--calibration-samples", type=int, default=32)
     b.add_argument("--calibration-size", type=int, help="square image side to calibrate at (default: the model's)")
+    b.add_argument("--formats", type=lambda s: s.split(","), default=["onnx", "openvino"])
+    b.add_argument("--linear-int8", action="store_true",
+                   help="OpenVINO int8: quantize the linear layers' activations too, not only their weights")
     r = sub.add_parser("run", help="benchmark the precisions side by side")
     r.add_argument("fp32", help="fp32 edgesd model folder (the reference)")
     r.add_argument("variants", nargs="*", help="NAME=FOLDER for each other precision, NAME as in --precision")

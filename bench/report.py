@@ -303,7 +303,7 @@ def precision_section(precisions: list[dict]) -> list[str]:
             lines += _table(["target", "ratio", "bound", ""],
                             [[f"{t['what']} (`{t['row']}` / `{t['against']}`)", _ratio(t["ratio"]), t["bound"],
                               {True: "**met**", False: "not met", None: "–"}[t["met"]]] for t in d["targets"]])
-        lines += ["", "```bash", d["command"]] + ([d["fidelity_command"]] if d.get("fidelity_command") else []) + ["```", ""]
+        lines += ["", "```bash", d["command"]] + d.get("fidelity_commands", []) + ["```", ""]
         profiles = sorted(Path(d["_file"]).parent.glob(f"profile-{d['name']}-*{s['resolution']}.txt"))
         if profiles:
             lines += ["One UNet call per operator type, by `bench/profile_unet.py` (which ops ran in which precision; "

@@ -40,17 +40,20 @@ def apply_precision(
     calibration_images: Path | None = None,
     calibration_samples: int = DEFAULT_SAMPLES,
     calibration_size: int | None = None,
+    converters: dict | None = None,
 ) -> dict:
     """Convert every non-fp32 submodel of `folder` per `plan`, for each format.
 
     `references`: submodel -> (torch output, feeds), as edgesd.export.validate.reference_outputs
     returns; when given, each converted submodel's max |deviation| from it is measured.
+    `converters`: (format, precision) -> converter, replacing the defaults (bench/precision.py's variants).
     Returns {submodel: {"methods": {format: method}, "quantized_max_abs_deviation": {backend: float}}}.
     """
     calibration = None
     if plan.needs_calibration:
         backend = "onnxruntime" if "onnx" in formats else "openvino"
         calibration = collect_unet_calibration(folder, calibration_samples, calibration_images, backend, calibration_size)
+    converters = {**_CONVERTERS, **(converters or {})}
     results = {}
     for name in plan.quantized():
         precision = plan[name]
@@ -58,7 +61,7 @@ def apply_precision(
         for fmt in formats:
             log.info("converting %s (%s) to %s", name, fmt, precision)
             args = (calibration,) if precision == "int8" else ()
-            method = _replace(folder / name, fmt, _CONVERTERS[fmt, precision], *args)
+            method = _replace(folder / name, fmt, converters[fmt, precision], *args)
             results[name]["methods"][fmt] = method
             if references:
                 backend = _BACKEND[fmt]
@@ -76,12 +79,14 @@ def quantize_folder(
     calibration_images: Path | None = None,
     calibration_samples: int = DEFAULT_SAMPLES,
     calibration_size: int | None = None,
+    converters: dict | None = None,
 ) -> dict:
     """apply_precision on the fp32 model folder `folder` (with its edgesd.json), then record in the
     manifest each format's precision, method and new files/hashes, the deviations, and the options."""
     from edgesd.export import _files  # the manifest's own file records (bytes + sha256)
 
-    results = apply_precision(folder, formats, plan, references, calibration_images, calibration_samples, calibration_size)
+    results = apply_precision(folder, formats, plan, references, calibration_images, calibration_samples, calibration_size,
+                              converters)
     manifest = json.loads((folder / MANIFEST).read_text())
     for name, entry in manifest["submodels"].items():
         for fmt in formats:

@@ -47,15 +47,18 @@ def to_int8_weights(src: Path, dst: Path) -> str:
     return f"nncf {nncf.__version__} compress_weights INT8_ASYM (per-channel)"
 
 
-def to_int8_hybrid(src: Path, dst: Path, calibration: list[dict]) -> str:
-    """Hybrid quantization (see the module docstring); `calibration` is a list of feed dicts."""
+def to_int8_hybrid(src: Path, dst: Path, calibration: list[dict], linear_int8: bool = False) -> str:
+    """Hybrid quantization (see the module docstring); `calibration` is a list of feed dicts.
+
+    `linear_int8` quantizes the linear layers' activations too instead of only their weights: not
+    optimum-intel's choice, measured by bench/int8_linear.py (issue 5's OpenVINO int8 target)."""
     import nncf
     import openvino as ov
 
     if not calibration:
         raise ValueError("hybrid int8 quantization needs calibration samples")
     model = ov.Core().read_model(str(src))
-    weighted = ops_with_weights(model)  # collected before compression, as optimum-intel does
+    weighted = ops_with_weights(model, matmuls=not linear_int8)  # collected before compression, as optimum-intel does
     sensitive = range_sensitive_convolutions(model)
     # Step 1 skips the Convolutions step 2 quantizes (optimum-intel: all of them), so the sensitive
     # ones left out of step 2 still get int8 weights.
@@ -80,18 +83,19 @@ def to_int8_hybrid(src: Path, dst: Path, calibration: list[dict]) -> str:
             ),
         )
     ov.save_model(model, str(dst), compress_to_fp16=False)
-    return (f"nncf {nncf.__version__} hybrid (compress_weights INT8_ASYM on {len(weighted)} MatMul/embedding ops + "
+    linear = "linear layers int8; " if linear_int8 else ""
+    return (f"nncf {nncf.__version__} hybrid ({linear}compress_weights INT8_ASYM on {len(weighted)} MatMul/embedding ops + "
             f"quantize TRANSFORMER, SmoothQuant off; {len(sensitive)} range-sensitive Convolutions weight-only), "
             f"{len(calibration)} calibration samples")
 
 
-def ops_with_weights(model) -> list[str]:
+def ops_with_weights(model, matmuls: bool = True) -> list[str]:
     """Friendly names of MatMuls with a constant operand and of embedding Gathers (optimum-intel's
     `_collect_ops_with_weights`): what hybrid mode compresses instead of quantizing."""
     names = []
     for op in model.get_ops():
         kind = op.get_type_name()
-        if kind == "MatMul" and (_constant_source(op, 0) or _constant_source(op, 1)):
+        if kind == "MatMul" and matmuls and (_constant_source(op, 0) or _constant_source(op, 1)):
             names.append(op.get_friendly_name())
         elif kind == "Gather" and op.input_value(0).get_element_type().get_type_name() in ("f16", "f32", "f64") \
                 and _constant_source(op, 0):
