@@ -50,24 +50,27 @@ def to_int8_weights(src: Path, dst: Path) -> str:
 def to_int8_hybrid(src: Path, dst: Path, calibration: list[dict], linear_int8: bool = False) -> str:
     """Hybrid quantization (see the module docstring); `calibration` is a list of feed dicts.
 
-    `linear_int8` quantizes the linear layers' activations too instead of only their weights: not
-    optimum-intel's choice, measured by bench/int8_linear.py (issue 5's OpenVINO int8 target)."""
+    `linear_int8` quantizes the linear layers like the Convolutions (weights and activations)
+    instead of weight-only: not optimum-intel's choice; bench/precision.py build --linear-int8."""
     import nncf
     import openvino as ov
 
     if not calibration:
         raise ValueError("hybrid int8 quantization needs calibration samples")
     model = ov.Core().read_model(str(src))
-    weighted = ops_with_weights(model, matmuls=not linear_int8)  # collected before compression, as optimum-intel does
+    # Collected before compression, as optimum-intel does. Weight-only: step 1 compresses them and
+    # step 2 leaves them out. Every other op with weights is step 2's alone: with weights compressed
+    # in step 1, the CPU plugin would keep its kernel in floating point.
+    weighted = ops_with_weights(model, matmuls=not linear_int8)
     sensitive = range_sensitive_convolutions(model)
-    # Step 1 skips the Convolutions step 2 quantizes (optimum-intel: all of them), so the sensitive
-    # ones left out of step 2 still get int8 weights.
-    convolutions = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution"]
+    weight_only = weighted + sensitive
+    all_with_weights = ops_with_weights(model) + [op.get_friendly_name() for op in model.get_ops()
+                                                  if op.get_type_name() == "Convolution"]
     with _quiet_nncf():
         model = nncf.compress_weights(
             model,
             mode=nncf.CompressWeightsMode.INT8_ASYM,
-            ignored_scope=nncf.IgnoredScope(names=[c for c in convolutions if c not in sensitive], validate=False),
+            ignored_scope=nncf.IgnoredScope(names=[n for n in all_with_weights if n not in weight_only], validate=False),
         )
         model = nncf.quantize(
             model,
@@ -76,7 +79,7 @@ def to_int8_hybrid(src: Path, dst: Path, calibration: list[dict], linear_int8: b
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(calibration),
             fast_bias_correction=True,
-            ignored_scope=nncf.IgnoredScope(names=weighted + sensitive, validate=False),
+            ignored_scope=nncf.IgnoredScope(names=weight_only, validate=False),
             advanced_parameters=nncf.AdvancedQuantizationParameters(
                 overflow_fix=nncf.OverflowFix.DISABLE,
                 smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1),

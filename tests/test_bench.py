@@ -257,8 +257,11 @@ def test_precision_table_builds_runs_and_reports(exported, tmp_path):
     assert sizes["int8-weights folder size, ONNX"]["ratio"] == pytest.approx(
         rows["onnxruntime/int8-weights"]["disk_mib"] / rows["onnxruntime/fp32"]["disk_mib"])
 
+    (tmp_path / f"profile-{variant.name}-openvino-64.txt").write_text("# the variant's UNet\n")
+    (tmp_path / "profile-another-model-openvino-64.txt").write_text("# not in this table\n")
     report_file = tmp_path / "REPORT.md"
-    _run(BENCH / "report.py", out, "-o", report_file, "--no-chart")
+    _run(BENCH / "report.py", out, out, "-o", report_file, "--no-chart")  # twice: the profile is shown once
     text = report_file.read_text()
     assert "## Precisions (issue 5)" in text and "`openvino/int8-weights`" in text
+    assert text.count("# the variant's UNet") == 1 and "# not in this table" not in text
     assert data["command"] in text and all(c in text for c in data["fidelity_commands"])
