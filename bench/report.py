@@ -10,6 +10,7 @@ the same and says the chart is missing.
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -20,6 +21,7 @@ STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (a
                 "other": "other (scheduler, pre/post, overhead)"}
 COMPARE_SCHEMA = "edgesd-bench-compare/1"
 PRECISION_SCHEMA = "edgesd-bench-precision/1"
+PROFILE_NAME = re.compile(r"profile-(.+)-(?:onnxruntime|openvino)-\d+\.txt")  # profile_unet.py's output, saved by folder name
 
 
 def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -276,6 +278,7 @@ def precision_section(precisions: list[dict]) -> list[str]:
              "Disk: that format's files. Fidelity: output PSNR/SSIM against the fp32 folder on the same backend "
              "in exact fp32 compute, and the UNet noise prediction's cosine similarity (edgesd.export.fidelity); "
              "with random weights these are indicative only.", ""]
+    shown = set()  # profiles of a folder in several results: under the first
     for d in precisions:
         s = d["settings"]
         lines += [f"### {d['name']}, {s['resolution']}x{s['resolution']}", "",
@@ -304,7 +307,10 @@ def precision_section(precisions: list[dict]) -> list[str]:
                             [[f"{t['what']} (`{t['row']}` / `{t['against']}`)", _ratio(t["ratio"]), t["bound"],
                               {True: "**met**", False: "not met", None: "–"}[t["met"]]] for t in d["targets"]])
         lines += ["", "```bash", d["command"]] + d.get("fidelity_commands", []) + ["```", ""]
-        profiles = sorted(Path(d["_file"]).parent.glob(f"profile-{d['name']}-*{s['resolution']}.txt"))
+        folders = {Path(r["folder"]).name for r in d["rows"].values()}
+        profiles = [p for p in sorted(Path(d["_file"]).parent.glob(f"profile-*-{s['resolution']}.txt"))
+                    if (m := PROFILE_NAME.fullmatch(p.name)) and m[1] in folders and p not in shown]
+        shown.update(profiles)
         if profiles:
             lines += ["One UNet call per operator type, by `bench/profile_unet.py` (which ops ran in which precision; "
                       "the reading is in bench/README.md, *Measured here*):", ""]
