@@ -2,7 +2,7 @@
 
     # the precisions, from the fp32 export: a hard-linked copy converted by edgesd's own code
     python bench/precision.py build models/sd15 -o models/sd15-int8 --precision int8 [--calibration-samples 16]
-    # the lever for a missed OpenVINO int8 target: the linear layers' activations int8 too
+    # the lever for a missed OpenVINO int8 target: the linear layers int8 too, not weight-only
     python bench/precision.py build models/sd15 -o models/sd15-int8-linear --precision unet=int8 --formats openvino --linear-int8
     # the table
     python bench/precision.py run models/sd15 fp16=models/sd15-fp16 int8-weights=models/sd15-int8-weights \\
@@ -31,6 +31,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+from edgesd.model_folder import MANIFEST
+
 SCHEMA = "edgesd-bench-precision/1"
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -51,7 +53,7 @@ def build(args) -> None:
     src, dst = Path(args.fp32), Path(args.output)
     if dst.exists():
         sys.exit(f"{dst} exists; remove it first")
-    manifest = json.loads((src / "edgesd.json").read_text())
+    manifest = json.loads((src / MANIFEST).read_text())
     formats = [f for f in args.formats if f in manifest["submodels"]["unet"]["formats"]]
     # Not a precision `edgesd export` offers: optimum-intel's hybrid scheme keeps them weight-only.
     converters = {("openvino", "int8"): partial(to_int8_hybrid, linear_int8=True)} if args.linear_int8 else None
@@ -68,7 +70,7 @@ def build(args) -> None:
 
 def _link_or_copy(src: str, dst: str) -> None:
     # The manifest is rewritten in place, and onnx refuses external data with several links.
-    if src.endswith(("edgesd.json", ".onnx_data")):
+    if src.endswith((MANIFEST, ".onnx_data")):
         shutil.copy2(src, dst)
     else:
         os.link(src, dst)
@@ -76,7 +78,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def disk_mib(folder: Path, fmt: str) -> float:
     """The bytes one format needs: its submodel files (manifest) plus the tokenizer and configs."""
-    manifest = json.loads((folder / "edgesd.json").read_text())
+    manifest = json.loads((folder / MANIFEST).read_text())
     models = sum(f["bytes"] for sub in manifest["submodels"].values() for f in sub["formats"][fmt]["files"].values())
     shared = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix not in
                  (".onnx", ".onnx_data", ".xml", ".bin"))
@@ -174,7 +176,7 @@ def run(args, argv) -> None:
         "duration_s": time.time() - started,
         "command": "python bench/precision.py " + shlex.join(argv),
         "settings": {k: getattr(args, k) for k in ("resolution", "steps", "strength", "guidance", "repeat", "warmup", "rounds")},
-        "manifests": {name: json.loads((folder / "edgesd.json").read_text())["provenance"].get("options", {})
+        "manifests": {name: json.loads((folder / MANIFEST).read_text())["provenance"].get("options", {})
                       for name, folder in variants.items()},
         "rows": results,
         "targets": targets(results),
@@ -226,10 +228,10 @@ def main(argv=None):
     b.add_argument("--precision", required=True, help="as `edgesd export --precision`")
     b.add_argument("--calibration-images", type=Path)
     b.add_argument("--calibration-samples", type=int, default=32)
-    b.add_argument("--calibration-size", type=int, help="square image side to calibrate at (default: the model's)")
+    b.add_argument("--calibration-size", type=int, help="square image side to calibrate at (default: the model's, at most 256)")
     b.add_argument("--formats", type=lambda s: s.split(","), default=["onnx", "openvino"])
     b.add_argument("--linear-int8", action="store_true",
-                   help="OpenVINO int8: quantize the linear layers' activations too, not only their weights")
+                   help="OpenVINO int8: quantize the linear layers fully (weights and activations), not weight-only")
     r = sub.add_parser("run", help="benchmark the precisions side by side")
     r.add_argument("fp32", help="fp32 edgesd model folder (the reference)")
     r.add_argument("variants", nargs="*", help="NAME=FOLDER for each other precision, NAME as in --precision")

@@ -41,7 +41,7 @@ def export_model(
     "int8" or "unet=int8,vae_decoder=fp16". The fp32 export is validated first; non-fp32
     submodels are then converted from it (the UNet's int8 calibrated on `calibration_samples`
     inputs recorded from the fp32 pipeline, on built-in images or those in `calibration_images`,
-    `calibration_size` pixels square: default the model's native size).
+    `calibration_size` pixels square: default the model's native size, at most 256).
 
     The folder is built under a temporary name beside OUTPUT and renamed when complete, so a
     failed export never leaves a folder that looks valid.
