@@ -45,9 +45,9 @@ def clip_tokenizer_from_bpe_files(folder: Path, bos: str, eos: str, pad: str, un
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.RobertaProcessing(
-        sep=(eos, vocab[eos]), cls=(bos, vocab[bos]), add_prefix_space=False, trim_offsets=False
-    )
+    # Positional: tokenizers 0.23 no longer takes these as keywords.
+    tokenizer.post_processor = processors.RobertaProcessing((eos, vocab[eos]), (bos, vocab[bos]), trim_offsets=False,
+                                                            add_prefix_space=False)
     # Special tokens are matched in the text itself, as transformers does (SD2 pads with "!", so a
     # "!" in a prompt is the pad token there too).
     tokenizer.add_special_tokens(list(dict.fromkeys([bos, eos, pad, unk])))

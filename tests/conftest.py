@@ -33,3 +33,19 @@ def exported(diffusers_folders, tmp_path_factory) -> dict[str, Path]:
         name: export_model(f"random:{name}", root / name, formats=("onnx", "openvino"))
         for name in diffusers_folders
     }
+
+
+@pytest.fixture(scope="session")
+def optimum_exported(diffusers_folders, tmp_path_factory) -> dict[str, Path]:
+    """format -> tiny-sd1 as `optimum-cli export onnx|openvino` writes it (no edgesd.json, no
+    tokenizer.json: the tokenizer is vocab.json + merges.txt), the layout users already have."""
+    from optimum.exporters.onnx import main_export as export_onnx
+    from optimum.exporters.openvino import main_export as export_openvino
+
+    root = tmp_path_factory.mktemp("optimum")
+    source = diffusers_folders["tiny-sd1"]
+    export_onnx(str(source), root / "onnx", task="image-to-image", do_validation=False)
+    export_openvino(str(source), root / "openvino", task="image-to-image")
+    for folder in (root / "onnx", root / "openvino"):
+        assert not (folder / "tokenizer" / "tokenizer.json").exists() and (folder / "tokenizer" / "merges.txt").exists()
+    return {"onnx": root / "onnx", "openvino": root / "openvino"}

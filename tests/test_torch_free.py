@@ -1,27 +1,52 @@
-"""The runtime installed from a built wheel into a venv without torch, diffusers or transformers:
-`import edgesd` and `edgesd img2img` work there, and torch is provably absent."""
+"""The runtime installed from a built wheel into venvs without torch, diffusers or transformers:
+`import edgesd` and `edgesd img2img` work there, on edgesd's and optimum's folder layouts, and torch
+is provably absent. Two venvs keep pyproject.toml's `>=` a tested promise at both ends:
+- newest: what `pip install edgesd[openvino]` resolves today (no pins);
+- lowest: every direct runtime dependency at the lowest version pyproject.toml allows."""
 
 import json
+import re
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_EXTRAS = ("openvino",)  # engines a runtime user adds; export/dev/gpu are not the runtime
+
+
+def lowest_requirements() -> list[str]:
+    """`name>=X[,<Y]` -> `name==X` for the runtime's dependencies and its engine extras."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in RUNTIME_EXTRAS for r in project["optional-dependencies"][extra]]
+    pinned = []
+    for requirement in requirements:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)(,<[^;\s]+)?", requirement)
+        assert match, f"runtime dependency {requirement!r} has no lower bound to test"
+        pinned.append(f"{match[1]}=={match[2]}")
+    return pinned
 
 
 @pytest.fixture(scope="module")
-def runtime_venv(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("torchfree")
+def wheel(tmp_path_factory) -> Path:
+    dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(root / "dist")], check=True)
-    wheel = next((root / "dist").glob("edgesd-*.whl"))
-    venv.create(root / "venv", with_pip=True)
-    python = root / "venv" / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], check=True)
-    return root / "venv"
+                    "-w", str(dist)], check=True)
+    return next(dist.glob("edgesd-*.whl"))
+
+
+@pytest.fixture(scope="module", params=["newest", "lowest"])
+def runtime_venv(request, wheel, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp(f"torchfree-{request.param}") / "venv"
+    venv.create(root, with_pip=True)
+    pins = lowest_requirements() if request.param == "lowest" else []
+    subprocess.run([root / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[{','.join(RUNTIME_EXTRAS)}]", *pins],
+                   check=True)
+    return root
 
 
 def run(venv_dir: Path, *args, **kwargs) -> subprocess.CompletedProcess:
@@ -29,19 +54,28 @@ def run(venv_dir: Path, *args, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_wheel_installs_the_runtime_only(runtime_venv):
-    code = ("import importlib.util as u, edgesd, edgesd.pipeline, edgesd.cli; "
-            "print([m for m in ('torch', 'diffusers', 'transformers', 'optimum') if u.find_spec(m)])")
+    pins = dict(p.split("==") for p in lowest_requirements())
+    code = ("import importlib.util as u, importlib.metadata as m, json, edgesd, edgesd.pipeline, edgesd.cli; "
+            "print([x for x in ('torch', 'diffusers', 'transformers', 'optimum') if u.find_spec(x)]); "
+            f"print(json.dumps({{p: m.version(p) for p in {sorted(pins)}}}))")
     done = run(runtime_venv, "python", "-c", code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    absent, versions = done.stdout.splitlines()
+    assert absent == "[]"
+    versions = json.loads(versions)
+    if runtime_venv.parent.name.startswith("torchfree-lowest"):
+        assert {p: Version(v) for p, v in versions.items()} == {p: Version(v) for p, v in pins.items()}
     size = sum(f.stat().st_size for f in runtime_venv.rglob("*") if f.is_file()) / 2**20
-    print(f"torch-free runtime venv: {size:.0f} MiB")
+    print(f"torch-free runtime venv: {size:.0f} MiB, {versions}")
 
 
-def test_img2img_runs_without_torch(runtime_venv, exported, tmp_path):
+@pytest.mark.parametrize("layout,backend", [("edgesd", "onnxruntime"), ("edgesd", "openvino"),
+                                            ("optimum", "onnxruntime"), ("optimum", "openvino")])
+def test_img2img_runs_without_torch(runtime_venv, layout, backend, exported, optimum_exported, tmp_path):
+    folder = exported["tiny-sd2"] if layout == "edgesd" else optimum_exported[{"onnxruntime": "onnx"}.get(backend, backend)]
     out = tmp_path / "out.png"
-    done = run(runtime_venv, "edgesd", "img2img", str(exported["tiny-sd2"]), "--image", str(ROOT / "examples/input.png"),
-               "--prompt", "hills", "--seed", "1", "-o", str(out), "--json")
+    done = run(runtime_venv, "edgesd", "img2img", str(folder), "--image", str(ROOT / "tests/data/small.png"),
+               "--prompt", "hills", "--seed", "1", "--steps", "4", "-o", str(out), "--backend", backend, "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outputs"] == [str(out)] and result["seed"] == 1 and out.stat().st_size > 0
