@@ -3,6 +3,7 @@
 Needs the `export` extra (torch, diffusers, transformers, optimum). The runtime never imports this.
 """
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -94,7 +95,8 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
         source = resolve_source(spec, Path(scratch))
         pipe = load_pipeline(source.folder)
         log.info("exporting to ONNX with optimum")
-        onnx_export_from_model(pipe, folder, do_validation=False)
+        with _size_following(pipe.unet):
+            onnx_export_from_model(pipe, folder, do_validation=False)
     references = reference_outputs(pipe)
     validation = {name: {} for name in SUBMODELS}
     if "openvino" in formats:
@@ -119,6 +121,23 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
 
         plan, images, samples, size = quantization
         quantize_folder(folder, formats, plan, references, images, samples, size)
+
+
+@contextlib.contextmanager
+def _size_following(unet):
+    """Trace the UNet on diffusers' size-following path, so the export takes any latent size.
+
+    diffusers hands the skip connections' sizes to the upsamplers only when a latent side is not a
+    multiple of 2 ** num_upsamplers; traced at the native size, the export would upsample by a fixed
+    2x and could only take multiples of the downsampling (64 px on SD). With a factor no size is a
+    multiple of, every side takes that path: Resize to the skip's traced shape (at 2x, the same
+    nearest-neighbour output)."""
+    saved = unet.num_upsamplers
+    unet.num_upsamplers = 62
+    try:
+        yield
+    finally:
+        unet.num_upsamplers = saved
 
 
 def _write_tokenizer_json(folder: Path) -> None:
@@ -148,6 +167,7 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
         "vae_scaling_factor": vae.scaling_factor,
         "vae_scale_factor": scale_factor,
         "sample_size": unet.sample_size * scale_factor,
+        "unet_any_size": True,  # see _size_following
         "defaults": source.recipe.get("defaults", {}),
         "submodels": {
             name: {

@@ -1,11 +1,11 @@
 """Image in and out, exactly as diffusers' VaeImageProcessor does by default.
 
-In: EXIF orientation applied and converted to RGB (as diffusers' load_image), size floored to a
-multiple of the VAE scale factor, Lanczos resize, [0, 255] -> [-1, 1] float32 NCHW.
+In: EXIF orientation applied and converted to RGB (as diffusers' load_image), optionally resized to a
+requested size, floored to a multiple of the VAE scale factor, Lanczos resize, [0, 255] -> [-1, 1]
+float32 NCHW.
 Out: [-1, 1] -> clamp to [0, 1] -> round(x * 255) uint8 PIL images.
 """
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,6 @@ from PIL import Image, ImageOps
 
 from edgesd.errors import InvalidInputError
 
-log = logging.getLogger("edgesd")
 MAX_PIXELS = 4096 * 4096
 
 
@@ -53,21 +52,27 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise InvalidInputError(f"cannot read image {path}: {e}") from None
 
 
-def preprocess(image: Image.Image, scale_factor: int, unet_factor: int = 1) -> np.ndarray:
-    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1], sides floored to a multiple of `scale_factor`
-    (the VAE's, as diffusers does) and, beyond diffusers, of `scale_factor * unet_factor`: an exported
-    UNet cannot upsample odd-sized feature maps back (diffusers' torch UNet can), so such sizes are
-    floored a little further, with a warning."""
-    width, height = (side - side % scale_factor for side in image.size)
-    multiple = scale_factor * unet_factor
-    if width % multiple or height % multiple:
-        log.warning("image size floored to a multiple of %d (the exported UNet needs it): %dx%d -> %dx%d",
-                    multiple, width, height, width - width % multiple, height - height % multiple)
-        width, height = width - width % multiple, height - height % multiple
-    if width == 0 or height == 0:
-        raise InvalidInputError(f"image {image.size[0]}x{image.size[1]} is smaller than {multiple} pixels on a side")
-    if (width, height) != image.size:
-        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+def target_size(size: tuple[int, int], scale_factor: int, requested: tuple[int | None, int | None] | None = None) -> tuple[int, int]:
+    """The (width, height) an input of `size` is processed at: `requested` where given (one side None
+    keeps the aspect ratio), floored to a multiple of the VAE's scale factor, as diffusers does."""
+    width, height = size
+    if requested is not None and requested != (None, None):
+        new_width, new_height = requested
+        if new_width is None:
+            new_width = round(width * new_height / height)
+        elif new_height is None:
+            new_height = round(height * new_width / width)
+        width, height = new_width, new_height
+    width, height = width - width % scale_factor, height - height % scale_factor
+    if width <= 0 or height <= 0:
+        raise InvalidInputError(f"image {size[0]}x{size[1]} is smaller than {scale_factor} pixels on a side")
+    return width, height
+
+
+def preprocess(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1] at `size` (Lanczos resize where it differs)."""
+    if size != image.size:
+        image = image.resize(size, resample=Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return (array.transpose(2, 0, 1)[None] * 2.0 - 1.0).astype(np.float32)
 

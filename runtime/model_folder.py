@@ -45,9 +45,17 @@ class ModelFolder:
         return size[0] if isinstance(size, list) else size
 
     @property
-    def unet_downsample_factor(self) -> int:
-        """How much the UNet shrinks latents (2 ** (levels - 1)); latent sides must be multiples of it."""
-        return 2 ** (len(_read_json(self.path / "unet" / "config.json")["block_out_channels"]) - 1)
+    def unet_config(self) -> dict:
+        return _read_json(self.path / "unet" / "config.json")
+
+    @property
+    def unet_latent_multiple(self) -> int:
+        """What latent sides must be multiples of. 1 where the UNet was exported on diffusers'
+        size-following path (manifest `unet_any_size`, edgesd export since 0.2); else its downsampling
+        2 ** (levels - 1): folders exported earlier or by optimum upsample by a fixed 2x."""
+        if self.manifest.get("unet_any_size"):
+            return 1
+        return 2 ** (len(self.unet_config["block_out_channels"]) - 1)
 
     @property
     def scheduler_config(self) -> dict:

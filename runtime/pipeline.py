@@ -6,6 +6,7 @@ CPU output for the same seed. The denoising loop is written here by hand because
 must not depend on torch.
 """
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ from PIL import Image
 from edgesd import schedulers
 from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
-from edgesd.image import MAX_PIXELS, load_image, postprocess, preprocess
+from edgesd.image import MAX_PIXELS, load_image, postprocess, preprocess, target_size
 from edgesd.model_folder import FORMAT_OF_BACKEND, SUBMODELS, ModelFolder, open_model_folder
 from edgesd.sessions import Session, choose_backend, open_session
 from edgesd.tokenizer import ClipTokenizer
 from edgesd.vae_tiling import tiled
 
+log = logging.getLogger("edgesd")
 Callback = Callable[[int, int, np.ndarray], bool | None]
 
 
@@ -50,7 +52,8 @@ class Img2ImgPipeline:
         manifest = folder.manifest
         self.vae_scale_factor = manifest["vae_scale_factor"]
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
-        self.unet_downsample_factor = folder.unet_downsample_factor
+        self.unet_latent_multiple = folder.unet_latent_multiple
+        self._said_size_floor = False
         self.max_pixels = MAX_PIXELS  # larger inputs are refused (raise it for big images: memory grows with it)
         self.vae_tile = folder.vae_sample_size  # low-memory mode tiles larger images, as diffusers' enable_vae_tiling
 
@@ -94,7 +97,9 @@ class Img2ImgPipeline:
         num_images: int = 1,
         scheduler: str | None = None,
         callback: Callback | None = None,
+        size: tuple[int | None, int | None] | None = None,
     ) -> Img2ImgResult:
+        """`size`: (width, height) to resize the input to first; one side None keeps the aspect ratio."""
         start = time.perf_counter()
         timings = {}
         # 1. Check inputs; None means the model folder's recommended default.
@@ -121,7 +126,8 @@ class Img2ImgPipeline:
         timings["text"] = time.perf_counter() - t0
         # 3. Preprocess the image and encode it to latents (sampled from the latent distribution).
         t0 = time.perf_counter()
-        pixels = preprocess(load_image(image, self.max_pixels), self.vae_scale_factor, self.unet_downsample_factor)
+        image = load_image(image, self.max_pixels)
+        pixels = preprocess(image, self.input_size(image.size, size))
         latents = self._encode_image(pixels, generator)
         latents = np.repeat(latents, num_images, axis=0) if num_images > 1 else latents
         timings["encode"] = time.perf_counter() - t0
@@ -141,6 +147,23 @@ class Img2ImgPipeline:
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         return Img2ImgResult(images, seed, settings, timings)
+
+    def input_size(self, size: tuple[int, int], requested=None) -> tuple[int, int]:
+        """The (width, height) an input of `size` is processed at (see image.target_size); folders whose
+        UNet upsamples by a fixed 2x floor further, to what it can take, and say so once."""
+        width, height = target_size(size, self.vae_scale_factor, requested)
+        multiple = self.vae_scale_factor * self.unet_latent_multiple
+        floored = (width - width % multiple, height - height % multiple)
+        if floored == (width, height):
+            return floored
+        if 0 in floored:
+            raise InvalidInputError(f"image {width}x{height} is smaller than {multiple} pixels on a side, the least this model's UNet takes")
+        if not self._said_size_floor:
+            log.warning("this model folder's UNet takes sides that are multiples of %d px only (exported by optimum or an "
+                        "older edgesd), so %dx%d is floored to %dx%d; re-export it with `edgesd export` for any multiple of %d",
+                        multiple, width, height, *floored, self.vae_scale_factor)
+            self._said_size_floor = True
+        return floored
 
     def _vae(self, run, x: np.ndarray, in_tile: int, out_tile: int) -> np.ndarray:
         if self.low_memory and max(x.shape[2:]) > in_tile:

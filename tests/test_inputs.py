@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edgesd.errors import InvalidInputError
-from edgesd.image import load_image, preprocess
+from edgesd.image import load_image, target_size
 
 
 def save(tmp_path, image: Image.Image, name: str, **kwargs):
@@ -38,7 +38,18 @@ def test_truncated_file(tmp_path):
 
 def test_too_small_for_the_vae():
     with pytest.raises(InvalidInputError, match="smaller than 8 pixels"):
-        preprocess(load_image(np.zeros((1, 1, 3), np.uint8)), 8)
+        target_size(load_image(np.zeros((1, 1, 3), np.uint8)).size, 8)
+
+
+@pytest.mark.parametrize("requested,expected", [
+    (None, (1000, 744)),  # a 1000x750 photo: floored to the VAE's multiple of 8 only, as diffusers does
+    ((512, 512), (512, 512)),
+    ((512, None), (512, 384)),  # one side given: the aspect ratio is kept
+    ((None, 300), (400, 296)),
+    ((517, 389), (512, 384)),
+])
+def test_target_size(requested, expected):
+    assert target_size((1000, 750), 8, requested) == expected
 
 
 def test_pixel_limit_and_override(tmp_path):

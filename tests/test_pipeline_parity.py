@@ -27,8 +27,7 @@ PROMPT, NEGATIVE = "a red house by a lake", "blurry, grey"
 
 
 def test_image() -> Image.Image:
-    """85x53: not square, sides not multiples of 8 (nor of tiny-sd1's VAE factor 2); floored as diffusers
-    does, each model's latents stay even, which the exported UNets need."""
+    """85x53: not square, sides not multiples of 8 (nor of tiny-sd1's VAE factor 2): floored as diffusers does."""
     y, x = np.mgrid[0:53, 0:85]
     rgb = np.stack([(x * 3) % 256, (y * 5) % 256, ((x + y) * 7) % 256], axis=-1).astype(np.uint8)
     return Image.fromarray(rgb)
@@ -121,12 +120,36 @@ def test_pndm_with_prk_steps_is_refused_clearly(pipes):
         ours(pipes["tiny-sd2", "onnxruntime"], "PNDMScheduler", 0.5, 0.0)
 
 
-def test_sizes_the_exported_unet_cannot_take_are_floored_further(pipes, caplog):
-    """tiny-sd2: 77x53 -> 72x48 (VAE factor 8) -> latents 9x6, odd: floored to 64x48 with a warning."""
-    image = Image.fromarray(np.asarray(test_image())[:, :77])
+def image_of_size(width: int, height: int) -> Image.Image:
+    return Image.fromarray(np.tile(np.asarray(test_image()), (3, 3, 1))[:height, :width])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("model,width,height", [("tiny-sd1", 86, 54), ("tiny-sd2", 88, 136)])
+def test_sides_that_are_multiples_of_the_vae_factor_only(pipes, reference_pipes, model, backend, width, height):
+    """Latent sides odd (43x27, 11x17): the UNet must follow the skip connections' sizes, as diffusers'
+    does, instead of flooring further (what a fixed-2x export needs)."""
+    image = image_of_size(width, height)
+    pipe = reference_pipes[model]
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    expected = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, strength=0.75, num_inference_steps=STEPS,
+                    guidance_scale=6.0, generator=torch.Generator("cpu").manual_seed(5)).images
+    got = pipes[model, backend](image, PROMPT, negative_prompt=NEGATIVE, strength=0.75, num_inference_steps=STEPS,
+                                guidance_scale=6.0, seed=5, scheduler="EulerDiscreteScheduler").images
+    assert got[0].size == (width, height)
+    assert_images_close(got, expected)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_folders_with_fixed_upsampling_floor_further_and_say_so_once(optimum_exported, fmt, caplog):
+    """optimum traces the UNet at its native size (fixed 2x upsampling): tiny-sd1 then needs
+    multiples of 4 px; 86x54 -> 84x52, said once per pipeline."""
+    pipe = Img2ImgPipeline.load(optimum_exported[fmt], device="cpu", inference_precision="fp32")
     with caplog.at_level("WARNING", logger="edgesd"):
-        result = pipes["tiny-sd2", "onnxruntime"](image, PROMPT, seed=0, num_inference_steps=2, strength=0.5)
-    assert result.images[0].size == (64, 48) and "floored to a multiple of 16" in caplog.text
+        sizes = [pipe(image_of_size(86, 54), PROMPT, seed=0, num_inference_steps=2, strength=0.5).images[0].size
+                 for _ in range(2)]
+    assert sizes == [(84, 52)] * 2
+    assert caplog.text.count("floored to 84x52") == 1 and "re-export it with `edgesd export`" in caplog.text
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
