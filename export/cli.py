@@ -1,6 +1,7 @@
 """`edgesd export`, added to the runtime's CLI through the `edgesd.commands` entry point.
 Importing this module is cheap: torch and friends load only when the command runs."""
 
+import warnings
 from enum import Enum
 from pathlib import Path
 
@@ -14,7 +15,7 @@ class Format(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    from edgesd.cli import run_guarded
+    from edgesd.cli import debugging, run_guarded
 
     @app.command()
     def export(
@@ -49,6 +50,9 @@ def register(app: typer.Typer) -> None:
         if precision is None and target:
             typer.echo(f"--target {target}: exporting with --precision {spec}", err=True)
         formats = ("onnx", "openvino") if format is Format.both else (format.value,)
-        run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=spec,
-                    calibration_images=calibration_images, calibration_samples=calibration_samples,
-                    calibration_size=calibration_size)
+        with warnings.catch_warnings():
+            if not debugging():  # torch's tracer and the exporters warn a lot about what is fine here
+                warnings.simplefilter("ignore")
+            run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=spec,
+                        calibration_images=calibration_images, calibration_samples=calibration_samples,
+                        calibration_size=calibration_size)

@@ -34,13 +34,14 @@ def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def run_benchmark(model: str | Path, backend="auto", device="auto", precision="auto", resolution=512,
+def run_benchmark(model: str | Path, backend="auto", device="auto", precision="auto", resolution=None,
                   steps=None, strength=None, guidance=None, repeat=3, warmup=1, threads=None,
                   low_memory=False) -> dict:
-    image = bench_image(resolution)
     t0 = time.perf_counter()
     pipe = Img2ImgPipeline.load(model, backend=backend, device=device, inference_precision=precision, threads=threads,
                                 low_memory=low_memory)
+    resolution = resolution or pipe.folder.native_size  # the size the model is made for
+    image = bench_image(resolution)
     load = time.perf_counter() - t0
     kwargs = dict(strength=strength, num_inference_steps=steps, guidance_scale=guidance, seed=0)
     first = pipe(image, "a benchmark prompt", **kwargs)

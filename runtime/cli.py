@@ -14,19 +14,44 @@ from typing import Optional
 import typer
 
 from edgesd.errors import EdgesdError
+
+try:  # newer typer vendors click
+    from typer._click import exceptions as click_errors
+except ImportError:
+    from click import exceptions as click_errors
 from edgesd.image import MAX_PIXELS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Plain click help (rich's boxed tables truncate options at 80 columns).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Stable Diffusion image-to-image on edge devices (ONNX Runtime / OpenVINO, no torch).")
 log = logging.getLogger("edgesd")
 _debug = False
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgesd {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _global(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs on errors.")):
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks, debug logs and the exporters' warnings."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
+):
     global _debug
     _debug = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def _quiet(quiet: bool) -> None:
+    """-q: errors only (no warnings, progress or summaries)."""
+    if quiet and not _debug:
+        log.setLevel(logging.ERROR)
+
+
+def debugging() -> bool:
+    return _debug
 
 
 def fail(message: str) -> None:
@@ -53,89 +78,167 @@ def exit_with(error: EdgesdError) -> None:
 
 @app.command()
 def img2img(
-    model: Optional[Path] = typer.Argument(None, help="Model folder written by `edgesd export` (or by optimum's exporters); with --replay, default: the one stored in the PNG."),
-    image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, ...), or a folder of them (batch)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default out.png; with --num-images N: OUT-0.png ...), or folder for a batch (default IMAGE/edgesd-out)."),
-    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", "-n", help="What to steer away from (needs guidance > 1)."),
-    strength: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="0 keeps the input, 1 ignores it. Default: the model's."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps before strength (int(steps*strength) run). Default: the model's."),
-    guidance: Optional[float] = typer.Option(None, min=0.0, help="Classifier-free guidance scale; <= 1 turns it off. Default: the model's."),
-    seed: Optional[int] = typer.Option(None, min=0, help="Seed: same seed, same images (diffusers' torch CPU noise). Default: random, printed. A batch uses it for every input."),
-    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name, e.g. EulerDiscreteScheduler. Default: the model's."),
-    num_images: Optional[int] = typer.Option(None, "--num-images", min=1, help="Images per input from one prompt and seed, in one batch (image k of N depends on N). Default 1."),
-    replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in a PNG edgesd wrote (with the same --image, the same image)."),
-    backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
+    model: Optional[Path] = typer.Argument(None, help="Model folder written by `edgesd export` (or by optimum's exporters); with --replay, default: the one stored in the image.", show_default=False),
+    image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, BMP, TIFF), or a folder of them (batch).", show_default=False),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens).", show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (.png, .jpg, .webp; default out.png), or a folder for a batch (default IMAGE/edgesd-out).", show_default=False),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", "-n", help="What to steer away from (needs guidance > 1).", show_default=False),
+    strength: Optional[str] = typer.Option(None, metavar="S[,S...]", help="0 keeps the input, 1 ignores it; a list (0.3,0.5,0.7) runs each. Default: the model's.", show_default=False),
+    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps before strength (int(steps*strength) run). Default: the model's.", show_default=False),
+    guidance: Optional[str] = typer.Option(None, metavar="G[,G...]", help="Classifier-free guidance scale, <= 1 turns it off; a list runs each. Default: the model's.", show_default=False),
+    seed: Optional[str] = typer.Option(None, metavar="N[,N...]", help="Same seed, same images (diffusers' torch CPU noise); a list runs each. Default: random, printed.", show_default=False),
+    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name, e.g. EulerDiscreteScheduler. Default: the model's.", show_default=False),
+    num_images: Optional[int] = typer.Option(None, "--num-images", min=1, help="Images per run from one prompt and seed, in one batch (OUT-0.png ...). Default 1.", show_default=False),
+    resize: Optional[str] = typer.Option(None, metavar="WxH", help="Resize the input to WxH first, e.g. 768x512.", show_default=False),
+    width: Optional[int] = typer.Option(None, min=8, help="Resize the input to this width first (keeps the aspect ratio unless --height is given).", show_default=False),
+    height: Optional[int] = typer.Option(None, min=8, help="Resize the input to this height first (keeps the aspect ratio unless --width is given).", show_default=False),
+    grid: bool = typer.Option(False, help="Also write a labelled contact sheet of each input's images (OUT-grid.png)."),
+    iterations: int = typer.Option(1, min=1, help="Feed each output back as the next input, N times (OUT-iter1.png ...; seed + 1 each time)."),
+    replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in an image edgesd wrote (with the same --image, the same image).", show_default=False),
+    backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
-    precision: str = typer.Option("auto", "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto (with --replay, the stored one).", show_default=False),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores).", show_default=False),
     low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded and tile the VAE for large images (less memory, slower)."),
-    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse inputs with more pixels than this (memory grows with image size)."),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse inputs with more pixels than this."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (a batch otherwise skips inputs already done)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout (also when inputs fail)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Transform IMAGE with PROMPT using the model folder MODEL."""
-    from edgesd.jobs import plan_jobs, read_parameters
+    from edgesd.jobs import plan_jobs
+    from edgesd.model_folder import FORMAT_OF_BACKEND, open_model_folder
+    from edgesd.outputs import read_parameters
+    from edgesd.pipeline import Img2ImgPipeline, resolve_settings
+    from edgesd.sessions import choose_backend
+    from edgesd import memory
+    from edgesd.image import load_image, target_size
     from edgesd.outputs import save_image
-    from edgesd.pipeline import Img2ImgPipeline
+    from edgesd.variations import contact_sheet, parse_list, variants
 
-    given = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
-                 guidance_scale=guidance, seed=seed, scheduler=scheduler, num_images=num_images)
+    _quiet(quiet)
     stored = run_guarded(read_parameters, replay) if replay else {}
+    lists = {"strength": run_guarded(parse_list, strength, float, "--strength", 0.0, 1.0),
+             "seed": run_guarded(parse_list, seed, int, "--seed", 0, 2**64 - 1),
+             "guidance_scale": run_guarded(parse_list, guidance, float, "--guidance", 0.0)}
+    given = dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps, scheduler=scheduler,
+                 num_images=num_images, **{k: v[0] for k, v in lists.items()})
     settings = {k: v if v is not None else stored.get(k) for k, v in given.items()}
     settings["num_images"] = settings["num_images"] or 1
+    size = run_guarded(_requested_size, resize, width, height) or (tuple(stored["size"]) if stored.get("size") else None)
+    backend = backend or stored.get("backend") or "auto"
+    precision = precision or stored.get("inference_precision") or "auto"
+    runs = variants(lists)
     if settings["prompt"] is None:
-        fail("--prompt is required (or --replay a PNG written by edgesd)")
+        fail("--prompt is required (or --replay an image written by edgesd)")
+    if iterations > 1 and (len(runs) > 1 or settings["num_images"] > 1):
+        fail("--iterations chains one image: give one strength, seed and guidance, and no --num-images")
     model = model or (Path(stored["model_path"]) if stored.get("model_path") else None)
     if model is None:
         fail("MODEL is required: the model folder to run")
+    # Everything that can be checked without the weights is, before the (slow) load.
+    folder = run_guarded(open_model_folder, model)
+    backend = run_guarded(choose_backend, backend, device, folder.common_formats)
+    resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": 0, **run.overrides})[0] for run in runs]
     # A replay regenerates the stored batch and keeps the stored image of it.
-    jobs, skipped = run_guarded(plan_jobs, image, output, 1 if replay else settings["num_images"], overwrite)
-    for path in skipped:
-        typer.echo(f"skipped {path}: its output exists (--overwrite to redo)", err=True)
+    per_run = 1 if replay else settings["num_images"]
+    suffixes = [run.suffix for run in runs] if iterations == 1 else [f"-iter{k}" for k in range(1, iterations + 1)]
+    plan = run_guarded(plan_jobs, image, output, per_run, overwrite, suffixes)
+    say = (lambda text: None) if quiet or as_json else (lambda text: typer.echo(text, err=True))
+    for path, why in plan.skipped:
+        say(f"skipped {path}: {why}")
+    if not image.is_dir():
+        first = run_guarded(load_image, image, max_pixels)
+        width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size)
+        guided = any(r["guidance_scale"] > 1 for r in resolved)
+        needed = memory.call_bytes(folder, width, height, settings["num_images"], guided, backend, low_memory)
+        run_guarded(memory.check_fits, needed + memory.weights_bytes(folder, FORMAT_OF_BACKEND[backend], low_memory),
+                    f"{image.name} at {width}x{height} on {backend}")
     t0 = time.perf_counter()
     pipe = run_guarded(Img2ImgPipeline.load, model, backend=backend, device=device, inference_precision=precision,
                        threads=threads, low_memory=low_memory)
     pipe.max_pixels = max_pixels
-    if stored and stored.get("manifest_sha256") not in (None, pipe.folder.manifest_sha256):
-        typer.echo(f"warning: {replay} was made with another model ({stored.get('model')}); the image will differ", err=True)
     load_time = time.perf_counter() - t0
-    provenance = {"model": pipe.folder.name, "model_path": str(pipe.folder.path.resolve()),
-                  "manifest_sha256": pipe.folder.manifest_sha256, "edgesd_version": _version()}
+    if stored:
+        _warn_replay_differences(stored, pipe, image, replay)
     done, failures = [], []
-    show = not quiet and sys.stderr.isatty()
-    for n, job in enumerate(jobs, 1):
-        label = f"[{n}/{len(jobs)}] {job.image.name}" if len(jobs) > 1 else "denoising"
-        try:
-            with _progress(show, label) as callback:
-                result = pipe(job.image, callback=callback, **settings)
-        except EdgesdError as e:
-            if len(jobs) == 1:
-                exit_with(e)
-            failures.append({"image": str(job.image), "error": str(e)})
-            typer.echo(f"failed {job.image}: {e}", err=True)
-            continue
-        images = [result.images[stored.get("index", 0)]] if replay else result.images
-        for index, (im, path) in enumerate(zip(images, job.outputs)):
-            index = stored.get("index", 0) if replay else index
-            save_image(im, path, {**result.settings, "index": index, **provenance})
-        done.append({"image": str(job.image), "outputs": [str(p) for p in job.outputs[: len(images)]],
-                     "seed": result.seed, "timings": result.timings})
-        if not quiet and not as_json:
-            steps_run = result.timings["steps"]
-            per_step = statistics.median(steps_run) if steps_run else 0.0
-            typer.echo(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
-                       f"{per_step:.3f}s, total {result.timings['total']:.2f}s)", err=True)
-    if as_json:
-        typer.echo(json.dumps({"results": done, "failures": failures, "skipped": [str(p) for p in skipped],
-                               "backend": pipe.backend, "load_seconds": load_time,
-                               **({"outputs": done[0]["outputs"], "seed": done[0]["seed"]} if len(done) == 1 else {})}))
-    elif not quiet:
-        typer.echo(f"{pipe.backend}, load {load_time:.2f}s", err=True)
-    if failures:
-        typer.echo(f"error: {len(failures)} of {len(jobs)} inputs failed", err=True)
-        raise typer.Exit(1)
+    show = not quiet and not as_json and sys.stderr.isatty()
+    try:
+        for n, job in enumerate(plan.jobs, 1):
+            cells, source = [], job.image
+            schedule = runs if iterations == 1 else [runs[0]] * iterations
+            try:
+                for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
+                    call = {**settings, **run.overrides}
+                    if iterations > 1 and call["seed"] is not None:
+                        call["seed"] += k
+                    label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
+                    with _progress(show, label) as callback:
+                        result = pipe(source, callback=callback, size=size, **call)
+                    indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
+                    for index, path in zip(indices, outputs):
+                        result.save(path, index, overwrite=overwrite)
+                        name = run.label or (f"iteration {k + 1}" if iterations > 1 else "")
+                        cells.append((result.images[index], ", ".join(filter(None, [name, f"image {index}" * (len(indices) > 1)]))))
+                    source = result.images[0]
+                    done.append({"image": str(job.image), "outputs": [str(p) for p in outputs[: len(indices)]],
+                                 "seed": result.seed, "settings": result.parameters, "timings": result.timings})
+                    steps_run = result.timings["steps"]
+                    per_step = statistics.median(steps_run) if steps_run else 0.0
+                    say(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
+                        f"{per_step:.3f}s, total {result.timings['total']:.2f}s)")
+                if grid:
+                    save_image(contact_sheet(cells), job.grid, {"grid_of": [p for d in done if d["image"] == str(job.image)
+                                                                             for p in d["outputs"]]}, overwrite)
+                    say(f"wrote {job.grid}")
+            except EdgesdError as e:
+                if len(plan.jobs) == 1 and not as_json:
+                    exit_with(e)
+                failures.append({"image": str(job.image), "error": str(e)})
+                typer.echo(f"failed {job.image}: {e}", err=True)
+    finally:
+        if as_json:
+            typer.echo(json.dumps({"results": done, "failures": failures,
+                                   "skipped": [{"image": str(p), "reason": why} for p, why in plan.skipped],
+                                   "backend": pipe.backend, "load_seconds": load_time,
+                                   **({"outputs": done[0]["outputs"], "seed": done[0]["seed"]} if len(done) == 1 else {})}))
+    say(f"{pipe.backend}, load {load_time:.2f}s")
+    if failures:  # one input: bad input (2); a batch: some inputs failed (1)
+        if len(plan.jobs) > 1:
+            typer.echo(f"error: {len(failures)} of {len(plan.jobs)} inputs failed", err=True)
+        raise typer.Exit(2 if len(plan.jobs) == 1 else 1)
+
+
+def _requested_size(resize: str | None, width: int | None, height: int | None):
+    from edgesd.errors import InvalidInputError
+
+    if resize is None:
+        return None if width is None and height is None else (width, height)
+    if width is not None or height is not None:
+        raise InvalidInputError("give --resize WxH or --width/--height, not both")
+    try:
+        w, h = (int(side) for side in resize.lower().split("x"))
+    except ValueError:
+        raise InvalidInputError(f"--resize takes WxH, e.g. 768x512, got {resize!r}") from None
+    if w < 8 or h < 8:
+        raise InvalidInputError(f"--resize {resize}: sides must be at least 8 pixels")
+    return w, h
+
+
+def _warn_replay_differences(stored: dict, pipe, image: Path, replay: Path) -> None:
+    """Say what differs from the run that made the replayed image (the output may then differ)."""
+    from edgesd.image import image_sha256, load_image
+
+    now = {**pipe.provenance}
+    if not image.is_dir():
+        now["input_sha256"] = image_sha256(load_image(image, pipe.max_pixels))
+    names = {"manifest_sha256": "model", "backend": "backend", "inference_precision": "inference precision",
+             "input_sha256": "input image"}
+    differs = [f"{label} ({stored[key][:12] if key.endswith('sha256') else stored[key]} -> "
+               f"{now[key][:12] if key.endswith('sha256') else now[key]})"
+               for key, label in names.items() if key in stored and key in now and stored[key] != now[key]]
+    if differs:
+        log.warning("warning: %s was made with another %s; the image will differ", replay, "; ".join(differs))
 
 
 class _progress:
@@ -174,18 +277,22 @@ def info(
     typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
                f"scaling factor {m['vae_scaling_factor']}; sample size {m.get('sample_size', '?')}")
     typer.echo("defaults: " + ", ".join(f"{k}={v}" for k, v in folder.defaults.items()))
-    typer.echo(f"{'submodel':<14}{'format':<10}{'precision':<14}{'size':>10}  max |export - torch|  (quantized: vs fp32)")
+    typer.echo(f"{'submodel':<14}{'format':<10}{'precision':<14}{'size':>11}  max |export - torch|  (quantized: vs fp32)")
     for name, entry in m["submodels"].items():
         for fmt, spec in entry["formats"].items():
             size = sum(f.get("bytes", 0) for f in spec.get("files", {}).values())
             backend = {"onnx": "onnxruntime"}.get(fmt, fmt)
             dev = entry.get("validation_max_abs_deviation", {}).get(backend)
             quantized = entry.get("quantized_max_abs_deviation", {}).get(backend)
-            typer.echo(f"{name:<14}{fmt:<10}{spec.get('precision', '?'):<14}{size / 2**20:>8.1f}MB  "
+            typer.echo(f"{name:<14}{fmt:<10}{spec.get('precision', '?'):<14}{size / 2**20:>7.1f} MiB  "
                        + ("-" if dev is None else f"{dev:.2e}")
                        + ("" if quantized is None else f"  ({quantized:.2e}; {spec.get('method', '')})"))
     prov = m.get("provenance", {})
-    typer.echo(f"source: {prov.get('source')} (revision {prov.get('revision')}), created {prov.get('created')}")
+    revision = f" (revision {prov['revision']})" if prov.get("revision") else ""
+    created = f", created {prov['created']}" if prov.get("created") else ""
+    typer.echo(f"source: {prov.get('source')}{revision}{created}")
+    typer.echo("input sizes: any multiple of the VAE scale factor" if m.get("unet_any_size") else
+               f"input sizes: multiples of {m['vae_scale_factor'] * folder.unet_latent_multiple} px (fixed-2x UNet upsampling)")
     if verify:
         problems = folder.verify(hashes=True)
         if problems:
@@ -199,7 +306,7 @@ def bench(
     backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
     device: str = typer.Option("auto", help="cpu, gpu, cuda, npu or auto."),
     precision: str = typer.Option("auto", "--precision", help="Inference precision: auto, fp32, bf16, fp16."),
-    resolution: int = typer.Option(512, min=8, help="Square input side in pixels."),
+    resolution: Optional[int] = typer.Option(None, min=8, help="Square input side in pixels. Default: the model's native size (512 for SD 1.5).", show_default=False),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps (default: the model's)."),
     strength: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Strength (default: the model's)."),
     guidance: Optional[float] = typer.Option(None, min=0.0, help="Guidance scale (default: the model's)."),
@@ -215,6 +322,7 @@ def bench(
     result = run_guarded(run_benchmark, model, backend=backend, device=device, precision=precision, resolution=resolution,
                          steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads,
                          low_memory=low_memory)
+    resolution = result["resolution"]
     typer.echo(f"{result['model']} on {result['backend']}{' (low memory)' if low_memory else ''}, {resolution}x{resolution}, "
                f"{result['unet_steps']} UNet steps, precision {precision}")
     typer.echo(f"cold start: load {result['cold_start']['load']:.2f}s, first run {result['cold_start']['first_run']:.2f}s")
@@ -236,4 +344,19 @@ def _version() -> str:
 def main() -> None:
     for entry in entry_points(group="edgesd.commands"):
         entry.load()(app)
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except getattr(click_errors, "NoArgsIsHelpError", ()) as e:
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        code = 0
+    except click_errors.UsageError as e:  # option errors: one line, like every other error
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        typer.echo(f"error: {e.format_message()}{hint}", err=True)
+        code = 2
+    except click_errors.ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        code = e.exit_code
+    except click_errors.Abort:
+        typer.echo("interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

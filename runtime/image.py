@@ -6,6 +6,7 @@ float32 NCHW.
 Out: [-1, 1] -> clamp to [0, 1] -> round(x * 255) uint8 PIL images.
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InvalidInputError(f"cannot read image {path}: {e}") from None
+
+
+def image_sha256(image: Image.Image) -> str:
+    """Identifies an input by its RGB pixels (the same for a file and the PIL image loaded from it)."""
+    return hashlib.sha256(f"{image.width}x{image.height}:".encode() + image.tobytes()).hexdigest()
 
 
 def target_size(size: tuple[int, int], scale_factor: int, requested: tuple[int | None, int | None] | None = None) -> tuple[int, int]:

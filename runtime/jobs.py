@@ -1,56 +1,79 @@
-"""What an `edgesd img2img` invocation has to do: one input or a folder of inputs (resumable:
-inputs whose outputs exist are skipped), and the generation parameters of a replayed PNG."""
+"""What an `edgesd img2img` invocation has to do: one input or a folder of inputs. A folder run is
+resumable (inputs whose outputs all exist are skipped) and gives every input its own outputs:
+same-stem inputs (a.jpg, a.webp) are named by their full names (a.jpg.png, a.webp.png)."""
 
-import json
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from edgesd.errors import InvalidInputError
-from edgesd.outputs import PARAMETERS_KEY, output_paths
+from edgesd.outputs import output_paths
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
 class Job:
     image: Path
-    outputs: list[Path]
+    outputs: list[list[Path]]  # per run (a variation or an iteration): its image files
+    grid: Path  # where its contact sheet goes, if one is asked for
 
 
-def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool) -> tuple[list[Job], list[Path]]:
-    """(jobs to run, inputs skipped because their outputs exist). A single input whose output
-    exists is an error instead: nothing is overwritten silently."""
-    if image.is_dir():
-        out_dir = output or image / "edgesd-out"
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InvalidInputError(f"with a folder of inputs, --output must be a folder; {out_dir} is a file")
-        inputs = sorted(p for p in image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not inputs:
-            raise InvalidInputError(f"{image} holds no {', '.join(sorted(IMAGE_SUFFIXES))} files")
-        jobs, skipped = [], []
-        for path in inputs:
-            outputs = output_paths(out_dir / f"{path.stem}.png", num_images)
-            if all(o.exists() for o in outputs) and not overwrite:
-                skipped.append(path)
-            else:
-                jobs.append(Job(path, outputs))
-        return jobs, skipped
-    outputs = output_paths(output or Path("out.png"), num_images)
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise InvalidInputError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
-    return [Job(image, outputs)], []
+@dataclass
+class Plan:
+    jobs: list[Job]
+    skipped: list[tuple[Path, str]]  # (input, why): already done, not an image, ...
 
 
-def read_parameters(png: Path) -> dict:
-    """The generation parameters edgesd stored in a PNG it wrote."""
-    try:
-        with Image.open(png) as im:
-            text = im.text.get(PARAMETERS_KEY) if hasattr(im, "text") else None
-    except (OSError, ValueError) as e:
-        raise InvalidInputError(f"cannot read {png}: {e}") from None
-    if not text:
-        raise InvalidInputError(f"{png} carries no edgesd parameters (only PNGs written by edgesd img2img do)")
-    return json.loads(text)
+def _job(image: Path, base: Path, num_images: int, suffixes: list[str]) -> Job:
+    outputs = [output_paths(base.with_name(f"{base.stem}{suffix}{base.suffix}"), num_images) for suffix in suffixes]
+    return Job(image, outputs, base.with_name(f"{base.stem}-grid.png"))
+
+
+def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool, suffixes: list[str] = ("",)) -> Plan:
+    """The jobs to run, each with `num_images` outputs per run named OUT{suffix}. A single input
+    whose output exists is an error: nothing is overwritten silently; in a folder such an input is
+    skipped (all outputs there) or refused (some)."""
+    if not image.is_dir():
+        if not image.is_file():
+            raise InvalidInputError(f"image {image} does not exist")
+        job = _job(image, output or Path("out.png"), num_images, list(suffixes))
+        existing = [str(p) for paths in job.outputs for p in paths if p.exists()]
+        if existing and not overwrite:
+            raise InvalidInputError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
+        return Plan([job], [])
+    out_dir = output or image / "edgesd-out"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"with a folder of inputs, --output must be a folder; {out_dir} is a file")
+    files = sorted(p for p in image.iterdir() if p.is_file() and not p.name.startswith("."))
+    inputs = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    plan = Plan([], [(p, f"not an image input (reads {' '.join(IMAGE_SUFFIXES)})") for p in files if p not in inputs])
+    if not inputs:
+        raise InvalidInputError(f"{image} holds no image inputs ({' '.join(IMAGE_SUFFIXES)})")
+    for path, name in _output_names(inputs).items():
+        job = _job(path, out_dir / f"{name}.png", num_images, list(suffixes))
+        outputs = [p for paths in job.outputs for p in paths]
+        existing = [o for o in outputs if o.exists()]
+        if overwrite or not existing:
+            plan.jobs.append(job)
+        elif len(existing) == len(outputs):
+            plan.skipped.append((path, "its output exists (--overwrite to redo)"))
+        else:
+            plan.skipped.append((path, f"{len(existing)} of its {len(outputs)} outputs exist (--overwrite to redo all)"))
+    return plan
+
+
+def _output_names(inputs: list[Path]) -> dict[Path, str]:
+    """Input -> output name without suffix: its stem, or its full name where stems clash (compared
+    case-insensitively, as on macOS and Windows file systems)."""
+    by_stem = defaultdict(list)
+    for path in inputs:
+        by_stem[path.stem.casefold()].append(path)
+    names = {path: path.stem if len(by_stem[path.stem.casefold()]) == 1 else path.name for path in inputs}
+    by_name = defaultdict(list)
+    for path, name in names.items():
+        by_name[name.casefold()].append(path.name)
+    clashes = [sorted(group) for group in by_name.values() if len(group) > 1]
+    if clashes:
+        raise InvalidInputError(f"inputs {' and '.join(clashes[0])} would write the same output; rename one")
+    return names

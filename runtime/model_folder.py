@@ -39,10 +39,20 @@ class ModelFolder:
         return {**DIFFUSERS_DEFAULTS, **self.manifest.get("defaults", {})}
 
     @property
+    def vae_config(self) -> dict:
+        return _read_json(self.path / "vae_decoder" / "config.json")
+
+    @property
     def vae_sample_size(self) -> int:
         """The VAE's native image size (the tile size when tiling)."""
-        size = _read_json(self.path / "vae_decoder" / "config.json").get("sample_size", 512)
+        size = self.vae_config.get("sample_size", 512)
         return size[0] if isinstance(size, list) else size
+
+    @property
+    def native_size(self) -> int:
+        """The side the model was trained at, in pixels (the UNet's sample size x the VAE's factor)."""
+        size = self.unet_config.get("sample_size", 64)
+        return (size[0] if isinstance(size, list) else size) * self.manifest["vae_scale_factor"]
 
     @property
     def unet_config(self) -> dict:
@@ -60,6 +70,11 @@ class ModelFolder:
     @property
     def scheduler_config(self) -> dict:
         return _read_json(self.path / "scheduler" / "scheduler_config.json")
+
+    @property
+    def common_formats(self) -> list[str]:
+        """Formats every submodel has (what a backend can run the whole folder from)."""
+        return [f for f in self.formats("unet") if all(f in self.formats(s) for s in self.manifest["submodels"])]
 
     def formats(self, submodel: str = "unet") -> list[str]:
         return list(self.manifest["submodels"][submodel]["formats"])

@@ -6,6 +6,7 @@ CPU output for the same seed. The denoising loop is written here by hand because
 must not depend on torch.
 """
 
+import hashlib
 import logging
 import secrets
 import time
@@ -16,11 +17,14 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from edgesd import schedulers
+from edgesd import memory, schedulers
 from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
-from edgesd.image import MAX_PIXELS, load_image, postprocess, preprocess, target_size
+from edgesd import __version__
+from edgesd.image import MAX_PIXELS, image_sha256, load_image, postprocess, preprocess, target_size
 from edgesd.model_folder import FORMAT_OF_BACKEND, SUBMODELS, ModelFolder, open_model_folder
+from edgesd.outputs import save_image
+from edgesd.schedulers.base import Plan
 from edgesd.sessions import Session, choose_backend, open_session
 from edgesd.tokenizer import ClipTokenizer
 from edgesd.vae_tiling import tiled
@@ -36,15 +40,30 @@ class Img2ImgResult:
     settings: dict  # the values actually used (defaults resolved)
     timings: dict = field(default_factory=dict)  # seconds: text, encode, steps (list), decode, total
     cancelled: bool = False
+    provenance: dict = field(default_factory=dict)  # model, backend, inference precision, input's sha256, version
+
+    @property
+    def parameters(self) -> dict:
+        """What reproduces the images: the settings and where they were made (stored in saved files)."""
+        return {**self.settings, **self.provenance}
+
+    def save(self, path: str | Path, index: int = 0, overwrite: bool = False) -> None:
+        """Write image `index` atomically, its parameters inside (PNG text chunk; EXIF in JPEG/WebP)."""
+        save_image(self.images[index], Path(path), {**self.parameters, "index": index}, overwrite)
 
 
 class Img2ImgPipeline:
-    def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False):
+    def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False,
+                 inference_precision: str = "auto"):
         """Use `load`. `open_submodel(name)` compiles a submodel. With `low_memory` only the one in
         use stays loaded (slower: each call recompiles, from the engine's cache where it has one),
         and images larger than the VAE's native size are encoded and decoded in blended tiles."""
         self.folder = folder
         self.backend = backend
+        self.format = FORMAT_OF_BACKEND[backend]
+        self.provenance = {"model": folder.name, "model_path": str(folder.path.resolve()),
+                           "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
+                           "backend": backend, "inference_precision": inference_precision}
         self.low_memory = low_memory
         self._open_submodel = open_submodel
         self.sessions = {} if low_memory else {name: open_submodel(name) for name in SUBMODELS}
@@ -54,6 +73,7 @@ class Img2ImgPipeline:
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
         self.unet_latent_multiple = folder.unet_latent_multiple
         self._said_size_floor = False
+        self._last_prompts = self._last_moments = None  # (key, encoding) of the last call, reused by the next
         self.max_pixels = MAX_PIXELS  # larger inputs are refused (raise it for big images: memory grows with it)
         self.vae_tile = folder.vae_sample_size  # low-memory mode tiles larger images, as diffusers' enable_vae_tiling
 
@@ -70,8 +90,7 @@ class Img2ImgPipeline:
     ) -> "Img2ImgPipeline":
         """Open a model folder and compile its four submodels on the chosen engine and device."""
         folder = open_model_folder(path)
-        formats = [f for f in folder.formats("unet") if all(f in folder.formats(s) for s in folder.manifest["submodels"])]
-        backend = choose_backend(backend, device, formats)
+        backend = choose_backend(backend, device, folder.common_formats)
         fmt = FORMAT_OF_BACKEND[backend]
         folder.verify_once([fmt])
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
@@ -79,7 +98,7 @@ class Img2ImgPipeline:
         def open_submodel(name: str) -> Session:
             return open_session(backend, folder.model_file(name, fmt), device, inference_precision, **options)
 
-        return cls(folder, open_submodel, backend, low_memory)
+        return cls(folder, open_submodel, backend, low_memory, inference_precision)
 
     def _submodel(self, name: str) -> Session:
         """The compiled submodel; in low-memory mode opened here, and freed when the stage using it returns."""
@@ -103,31 +122,27 @@ class Img2ImgPipeline:
         start = time.perf_counter()
         timings = {}
         # 1. Check inputs; None means the model folder's recommended default.
-        defaults = self.folder.defaults
-        strength = defaults["strength"] if strength is None else strength
-        steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        seed = secrets.randbelow(2**63) if seed is None else seed
-        _check(strength, steps, guidance_scale, num_images, seed, prompt, negative_prompt)
-        plan = schedulers.from_config(self.folder.scheduler_config, scheduler).plan(steps, strength)
-        if strength > 0 and len(plan.timesteps) == 0:
-            raise InvalidInputError(
-                f"strength {strength} with {steps} steps leaves no denoising step (int(steps * strength) = 0); "
-                "increase strength or num_inference_steps"
-            )
-        settings = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
-                        guidance_scale=guidance_scale, seed=seed, num_images=num_images,
-                        scheduler=scheduler or self.folder.scheduler_config["_class_name"])
+        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps,
+                                          guidance_scale, seed, num_images, scheduler)
+        strength, guidance_scale, seed = settings["strength"], settings["guidance_scale"], settings["seed"]
+        image = load_image(image, self.max_pixels)
+        width, height = self.input_size(image.size, size)
+        settings["size"] = [width, height]
+        do_guidance = guidance_scale > 1
+        if negative_prompt and not do_guidance:
+            log.warning("the negative prompt is ignored: guidance_scale %g <= 1 turns guidance off", guidance_scale)
+        memory.check_fits(memory.call_bytes(self.folder, width, height, num_images, do_guidance, self.backend, self.low_memory)
+                          + (memory.weights_bytes(self.folder, self.format, True) if self.low_memory else 0),
+                          f"{width}x{height} x{num_images} on {self.backend}")
         generator = TorchGenerator(seed)
         # 2. Encode the prompt (and the negative prompt when guidance applies, as diffusers: scale > 1).
-        do_guidance = guidance_scale > 1
         t0 = time.perf_counter()
         embeddings = self._encode_prompt(prompt, negative_prompt if do_guidance else None, do_guidance, num_images)
         timings["text"] = time.perf_counter() - t0
         # 3. Preprocess the image and encode it to latents (sampled from the latent distribution).
         t0 = time.perf_counter()
-        image = load_image(image, self.max_pixels)
-        pixels = preprocess(image, self.input_size(image.size, size))
+        pixels = preprocess(image, (width, height))
+        provenance = {**self.provenance, "input_sha256": image_sha256(image)}
         latents = self._encode_image(pixels, generator)
         latents = np.repeat(latents, num_images, axis=0) if num_images > 1 else latents
         timings["encode"] = time.perf_counter() - t0
@@ -137,7 +152,7 @@ class Img2ImgPipeline:
         # 5. Denoising loop.
         latents, cancelled, timings["steps"] = self._denoise(latents, embeddings, plan, guidance_scale, do_guidance, generator, callback)
         if cancelled:
-            return Img2ImgResult([], seed, settings, timings, cancelled=True)
+            return Img2ImgResult([], seed, settings, timings, cancelled=True, provenance=provenance)
         # 6. Decode and postprocess.
         t0 = time.perf_counter()
         decoder = self._submodel("vae_decoder")
@@ -146,7 +161,7 @@ class Img2ImgPipeline:
         images = postprocess(decoded)
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
-        return Img2ImgResult(images, seed, settings, timings)
+        return Img2ImgResult(images, seed, settings, timings, provenance=provenance)
 
     def input_size(self, size: tuple[int, int], requested=None) -> tuple[int, int]:
         """The (width, height) an input of `size` is processed at (see image.target_size); folders whose
@@ -171,19 +186,23 @@ class Img2ImgPipeline:
         return run(x)
 
     def _encode_prompt(self, prompt, negative_prompt, do_guidance: bool, num_images: int) -> np.ndarray:
-        prompts = [negative_prompt or "", prompt] if do_guidance else [prompt]
-        session = self._submodel("text_encoder")
-        ids = self.tokenizer(prompts).astype(session.input_types["input_ids"])
-        hidden = session.run({"input_ids": ids})[0]
+        prompts = (negative_prompt or "", prompt) if do_guidance else (prompt,)
+        if self._last_prompts is None or self._last_prompts[0] != prompts:  # a sweep encodes its prompt once
+            session = self._submodel("text_encoder")
+            ids = self.tokenizer(list(prompts)).astype(session.input_types["input_ids"])
+            self._last_prompts = (prompts, session.run({"input_ids": ids})[0])
         # Each prompt's embedding repeated num_images times; [negatives..., positives...] under guidance.
-        embeddings = np.repeat(hidden, num_images, axis=0)
+        embeddings = np.repeat(self._last_prompts[1], num_images, axis=0)
         embeddings.setflags(write=False)  # fed unchanged to every UNet call: engines may keep it on the device
         return embeddings
 
     def _encode_image(self, pixels: np.ndarray, generator: TorchGenerator) -> np.ndarray:
-        encoder = self._submodel("vae_encoder")
-        moments = self._vae(lambda x: encoder.run({"sample": x})[0], pixels, self.vae_tile, self.vae_tile // self.vae_scale_factor)
-        mean, logvar = np.split(moments, 2, axis=1)
+        key = hashlib.sha256(pixels.tobytes()).digest() + bytes(str(pixels.shape), "ascii")
+        if self._last_moments is None or self._last_moments[0] != key:  # a sweep encodes its image once
+            encoder = self._submodel("vae_encoder")
+            moments = self._vae(lambda x: encoder.run({"sample": x})[0], pixels, self.vae_tile, self.vae_tile // self.vae_scale_factor)
+            self._last_moments = (key, moments)
+        mean, logvar = np.split(self._last_moments[1], 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         sample = mean + std * generator.randn(mean.shape)
         return (np.float32(self.vae_scaling_factor) * sample).astype(np.float32)
@@ -218,7 +237,16 @@ class Img2ImgPipeline:
         return latents, False, step_times
 
 
-def _check(strength, steps, guidance_scale, num_images, seed, prompt, negative_prompt):
+def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength=None, num_inference_steps=None,
+                     guidance_scale=None, seed=None, num_images=1, scheduler=None) -> tuple[dict, Plan]:
+    """Check a call's options against the model folder (no submodel is needed: the CLI runs this
+    before loading) and fill in defaults: None means the folder's recommended value. Returns the
+    settings actually used and the scheduler's plan."""
+    defaults = folder.defaults
+    strength = defaults["strength"] if strength is None else strength
+    steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+    guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+    seed = secrets.randbelow(2**63) if seed is None else seed
     if not isinstance(prompt, str) or (negative_prompt is not None and not isinstance(negative_prompt, str)):
         raise InvalidInputError("prompt and negative_prompt must be strings")
     if not 0 <= strength <= 1:
@@ -231,3 +259,13 @@ def _check(strength, steps, guidance_scale, num_images, seed, prompt, negative_p
         raise InvalidInputError(f"num_images must be a positive integer, got {num_images}")
     if int(seed) != seed or not 0 <= seed < 2**64:
         raise InvalidInputError(f"seed must be an integer in [0, 2**64), got {seed}")
+    plan = schedulers.from_config(folder.scheduler_config, scheduler).plan(steps, strength)
+    if strength > 0 and len(plan.timesteps) == 0:
+        raise InvalidInputError(
+            f"strength {strength} with {steps} steps leaves no denoising step (int(steps * strength) = 0); "
+            "increase strength or num_inference_steps"
+        )
+    settings = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
+                    guidance_scale=guidance_scale, seed=seed, num_images=num_images,
+                    scheduler=scheduler or folder.scheduler_config["_class_name"])
+    return settings, plan

@@ -79,7 +79,7 @@ def test_batch_is_resumable_and_reports_failures(model, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert [Path(r["image"]).name for r in result["results"]] == ["b.jpg"]
-    assert sorted(Path(p).name for p in result["skipped"]) == ["a.png", "c.webp"]
+    assert sorted(Path(s["image"]).name for s in result["skipped"]) == ["a.png", "c.webp", "notes.txt"]
 
 
 def test_low_memory_gives_the_same_image(model, tmp_path):

@@ -1,0 +1,82 @@
+"""Will a call fit in memory? Estimated from the model's configs before anything runs, so an input
+far above a model's native size ends in a one-line error instead of the kernel's OOM kill.
+
+What grows with the image, measured on tiny-sd1 (64 px native) and SD 1.5 at 512 px, fp32:
+- onnxruntime materialises each attention's score matrix (batch x heads x tokens^2 floats); its
+  peak grows by about 8.5x the largest one (tiny-sd1 at 256x192: 0.6 GB of scores, 5.2 GB peak;
+  at 384x288: 3.1 GB, 24 GB). OpenVINO's CPU plugin fuses attention (SDPA) and does not (0.33 GB).
+- The VAE's full-resolution layers hold a few (channels x pixels) tensors at once.
+The estimate errs high (SD 1.5 at 512 on onnxruntime: 13.8 GB estimated, 11.8 GB measured).
+"""
+
+import os
+from pathlib import Path
+
+from edgesd.errors import InvalidInputError
+from edgesd.model_folder import MAIN_FILE, ModelFolder
+
+GIB = 2**30
+ATTENTION_SCORE_COPIES = {"onnxruntime": 9, "openvino": 0}
+VAE_FULL_RESOLUTION_COPIES = 6
+
+
+def _heads(unet: dict, level: int) -> int:
+    heads = unet.get("num_attention_heads") or unet.get("attention_head_dim", 8)  # diffusers' naming quirk
+    return heads[level] if isinstance(heads, list) else heads
+
+
+def call_bytes(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
+               low_memory: bool = False) -> int:
+    """Working memory of one call at (width, height), beyond the loaded weights."""
+    scale = folder.manifest["vae_scale_factor"]
+    tokens = (width // scale) * (height // scale)
+    unet = folder.unet_config
+    unet_batch = num_images * (2 if guidance else 1)
+    scores = [unet_batch * _heads(unet, level) * (tokens // 4**level) ** 2
+              for level, kind in enumerate(unet["down_block_types"]) if "CrossAttn" in kind]
+    vae = folder.vae_config
+    vae_pixels = width * height
+    if low_memory and max(width, height) > folder.vae_sample_size:  # tiled: one tile at a time
+        vae_pixels = folder.vae_sample_size**2
+    if vae.get("mid_block_add_attention", True):
+        scores.append(num_images * (vae_pixels // scale**2) ** 2)
+    attention = ATTENTION_SCORE_COPIES.get(backend, 1) * max(scores, default=0)
+    vae_layers = VAE_FULL_RESOLUTION_COPIES * num_images * vae["block_out_channels"][0] * vae_pixels
+    return 4 * max(attention, vae_layers)
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: MemAvailable, capped by a cgroup limit; None if unknown."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    available = next((int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if available is not None and limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def weights_bytes(folder: ModelFolder, fmt: str, low_memory: bool) -> int:
+    """What loading the folder's `fmt` files adds (in low-memory mode, one submodel at a time)."""
+    stem = MAIN_FILE[fmt].split(".")[0]
+    sizes = [sum(f.stat().st_size for f in (folder.path / name).glob(f"{stem}.*")) for name in folder.manifest["submodels"]]
+    return max(sizes) if low_memory else sum(sizes)
+
+
+def check_fits(needed: int, what: str) -> None:
+    """Raise InvalidInputError when `needed` bytes exceed what is available (EDGESD_MEMORY_CHECK=0 skips)."""
+    available = available_bytes()
+    if available is None or os.environ.get("EDGESD_MEMORY_CHECK") == "0" or needed <= available:
+        return
+    raise InvalidInputError(
+        f"{what} needs about {needed / GIB:.1f} GiB of memory and {available / GIB:.1f} GiB is available: "
+        "make it smaller with --resize WxH (or --width/--height; API: size=(w, h)) or fewer --num-images, "
+        "use --low-memory (tiles the VAE, one submodel loaded at a time) or the OpenVINO backend (fused attention); "
+        "EDGESD_MEMORY_CHECK=0 runs it anyway"
+    )
