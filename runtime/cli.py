@@ -26,6 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Stable Diffusion image-to-image on edge devices (ONNX Runtime / OpenVINO, no torch).")
 log = logging.getLogger("edgesd")
 _debug = False
+_json_errors = False
 
 
 def _show_version(value: bool) -> None:
@@ -56,6 +57,8 @@ def debugging() -> bool:
 
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
+    if _json_errors:  # a --json caller always gets JSON on stdout
+        typer.echo(json.dumps({"error": message}))
     raise typer.Exit(2)
 
 
@@ -116,6 +119,8 @@ def img2img(
     from edgesd.outputs import save_image
     from edgesd.variations import contact_sheet, parse_list, variants
 
+    global _json_errors
+    _json_errors = as_json
     _quiet(quiet)
     stored = run_guarded(read_parameters, replay) if replay else {}
     lists = {"strength": run_guarded(parse_list, strength, float, "--strength", 0.0, 1.0),
@@ -180,7 +185,8 @@ def img2img(
                         result.save(path, index, overwrite=overwrite)
                         name = run.label or (f"iteration {k + 1}" if iterations > 1 else "")
                         cells.append((result.images[index], ", ".join(filter(None, [name, f"image {index}" * (len(indices) > 1)]))))
-                    source = result.images[0]
+                    if iterations > 1:
+                        source = result.images[0]
                     done.append({"image": str(job.image), "outputs": [str(p) for p in outputs[: len(indices)]],
                                  "seed": result.seed, "settings": result.parameters, "timings": result.timings})
                     steps_run = result.timings["steps"]

@@ -170,3 +170,158 @@ def test_help_explains_every_option():
     for option in ("--image", "--prompt", "--strength", "--steps", "--guidance", "--seed", "--scheduler", "--num-images",
                    "--backend", "--device", "--precision", "--replay", "--low-memory", "--overwrite", "--json", "--quiet"):
         assert option in done.stdout
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_same_stem_inputs_get_their_own_outputs(model, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.jpg", "a.webp", "A.png", "b.png"):
+        Image.open(ROOT / "tests/data/small.png").save(inputs / name)
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / "clip.gif").write_bytes(b"GIF89a")
+    out = tmp_path / "out"
+    done = edgesd("img2img", model, "-i", inputs, "-p", "x", "--seed", 1, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert _files(out) == ["A.png.png", "a.jpg.png", "a.webp.png", "b.png"]  # A and a clash on case-insensitive disks
+    assert done.stderr.count("wrote ") == 4
+    assert f"skipped {inputs / 'notes.txt'}: not an image input" in done.stderr and "clip.gif" in done.stderr
+    again = edgesd("img2img", model, "-i", inputs, "-p", "x", "--seed", 1, "-o", out, "--num-images", 2, "--json")
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads(again.stdout)["results"]) == 4  # each input now wants OUT-0, OUT-1
+    before = {name: (out / name).read_bytes() for name in ("a.jpg.png", "b.png")}
+    (out / "b-1.png").unlink()
+    third = edgesd("img2img", model, "-i", inputs, "-p", "y", "--num-images", 2, "-o", out, "--json")
+    skipped = {Path(s["image"]).name: s["reason"] for s in json.loads(third.stdout)["skipped"]}
+    assert skipped["b.png"].startswith("1 of its 2 outputs exist") and "its output exists" in skipped["a.jpg"]
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing overwritten
+
+
+def test_json_is_printed_when_every_input_fails(model, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "x.png").write_bytes(b"\x89PNG garbage")
+    (inputs / "y.jpg").write_bytes(b"\xff\xd8 garbage")
+    done = edgesd("img2img", model, "-i", inputs, "-p", "x", "-o", tmp_path / "out", "--json")
+    assert done.returncode == 1
+    assert [Path(f["image"]).name for f in json.loads(done.stdout)["failures"]] == ["x.png", "y.jpg"]
+    single = edgesd("img2img", model, "-i", inputs / "x.png", "-p", "x", "-o", tmp_path / "o.png", "--json")
+    assert single.returncode == 2 and "cannot read image" in json.loads(single.stdout)["error"]
+
+
+def test_sweep_writes_each_variation_and_a_grid_equal_to_single_runs(model, tmp_path):
+    out = tmp_path / "v.png"
+    done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--steps", 10, "--strength", "0.3,0.6", "--seed", "1,2",
+                  "-o", out, "--grid", "--json")
+    assert done.returncode == 0, done.stderr
+    names = ["v-strength0.3-seed1.png", "v-strength0.3-seed2.png", "v-strength0.6-seed1.png", "v-strength0.6-seed2.png"]
+    assert _files(tmp_path) == sorted([*names, "v-grid.png"])
+    assert [r["settings"]["strength"] for r in json.loads(done.stdout)["results"]] == [0.3, 0.3, 0.6, 0.6]
+    single = tmp_path / "single.png"
+    assert edgesd("img2img", model, "-i", INPUT, "-p", "x", "--steps", 10, "--strength", 0.6, "--seed", 2, "-o", single).returncode == 0
+    assert np.array_equal(_pixels(single), _pixels(tmp_path / "v-strength0.6-seed2.png"))  # reused encodings change nothing
+    grid = Image.open(tmp_path / "v-grid.png")
+    assert grid.width >= 4 * 512 and grid.height > 384
+
+
+def test_iterations_feed_each_output_back(model, tmp_path):
+    done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--seed", 4, "--iterations", 2, "-o", tmp_path / "it.png")
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path) == ["it-iter1.png", "it-iter2.png"]
+    step = tmp_path / "step.png"
+    assert edgesd("img2img", model, "-i", tmp_path / "it-iter1.png", "-p", "x", "--seed", 5, "-o", step).returncode == 0
+    assert np.array_equal(_pixels(step), _pixels(tmp_path / "it-iter2.png"))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_jpeg_and_webp_outputs_carry_parameters_that_replay(model, tmp_path, suffix):
+    from edgesd.image import image_sha256, load_image
+    from edgesd.outputs import read_parameters
+
+    args = ["-i", INPUT, "-p", "hills", "--seed", 8, "--strength", 0.7]
+    assert edgesd("img2img", model, *args, "-o", tmp_path / "a.png").returncode == 0
+    assert edgesd("img2img", model, *args, "-o", tmp_path / f"a{suffix}").returncode == 0
+    stored = read_parameters(tmp_path / f"a{suffix}")
+    assert stored["prompt"] == "hills" and stored["seed"] == 8 and stored["backend"] in ("openvino", "onnxruntime")
+    assert stored["inference_precision"] == "auto" and stored["input_sha256"] == image_sha256(load_image(INPUT))
+    done = edgesd("img2img", "-i", INPUT, "--replay", tmp_path / f"a{suffix}", "-o", tmp_path / "b.png")
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    assert np.array_equal(_pixels(tmp_path / "a.png"), _pixels(tmp_path / "b.png"))
+
+
+def test_replay_warns_when_backend_or_input_differ(model, tmp_path):
+    out = tmp_path / "a.png"
+    assert edgesd("img2img", model, "-i", INPUT, "-p", "x", "--seed", 1, "--backend", "openvino", "-o", out).returncode == 0
+    other = tmp_path / "other.png"
+    Image.open(INPUT).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    done = edgesd("img2img", "-i", other, "--replay", out, "--backend", "onnxruntime", "-o", tmp_path / "b.png")
+    assert done.returncode == 0, done.stderr
+    assert "backend (openvino -> onnxruntime)" in done.stderr and "input image (" in done.stderr
+
+
+def test_quiet_prints_nothing_and_an_ignored_negative_prompt_is_said(model, tmp_path):
+    args = ["img2img", model, "-i", INPUT, "-p", "x", "-n", "blur", "--guidance", 0]
+    loud = edgesd(*args, "-o", tmp_path / "a.png")
+    assert loud.returncode == 0 and "the negative prompt is ignored" in loud.stderr
+    quiet = edgesd(*args, "-o", tmp_path / "b.png", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scheduler", "FooScheduler"], "FooScheduler"),
+    (["--strength", 0.1], "increase strength"),
+    (["-i", "/no/such/image.png"], "does not exist"),
+])
+def test_checked_before_the_model_loads(model, tmp_path, args, message):
+    """The folder's UNet is damaged (found when loading): these errors must come first."""
+    done = edgesd("img2img", _hash_mismatched(model, tmp_path), "-i", INPUT, "-p", "x", "-o", tmp_path / "o.png", *args)
+    assert done.returncode == 2 and message in done.stderr and "sha256" not in done.stderr, done.stderr
+
+
+def test_resize_options(model, tmp_path):
+    for args, size in ((["--resize", "128x96"], (128, 96)), (["--width", 200], (200, 144)), (["--height", 100], (128, 96))):
+        out = tmp_path / f"{args[0]}.png"
+        done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "-o", out, *args)
+        assert done.returncode == 0, done.stderr
+        assert Image.open(out).size == size  # 512x384 input; 200 wide keeps 4:3 -> 150, floored to 144
+    bad = edgesd("img2img", model, "-i", INPUT, "-p", "x", "-o", tmp_path / "x.png", "--resize", "big")
+    assert bad.returncode == 2 and "--resize takes WxH" in bad.stderr
+
+
+def test_version_one_line_option_errors_and_help_at_80_columns():
+    from edgesd import __version__
+
+    assert edgesd("--version").stdout.strip() == f"edgesd {__version__}"
+    done = edgesd("img2img", "--steps", "many")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    env = {**__import__("os").environ, "COLUMNS": "80"}
+    for command in ("img2img", "export", "bench", "info"):
+        shown = subprocess.run([sys.executable, "-c", "from edgesd.cli import main; main()", command, "--help"],
+                               capture_output=True, text=True, env=env)
+        assert shown.returncode == 0 and max(map(len, shown.stdout.splitlines())) <= 80, shown.stdout
+
+
+def test_info_says_mib_and_omits_unknown_revisions(model):
+    done = edgesd("info", model)
+    assert done.returncode == 0 and " MiB" in done.stdout and "MB " not in done.stdout
+    assert "revision None" not in done.stdout and "input sizes: any multiple" in done.stdout
+
+
+def test_bench_defaults_to_the_models_native_size(exported):
+    done = edgesd("bench", exported["tiny-sd1"], "--steps", 2, "--strength", 1, "--repeat", 1, "--warmup", 0)
+    assert done.returncode == 0, done.stderr
+    assert ", 64x64, " in done.stdout
+
+
+def test_export_hides_tracer_warnings_unless_debugging(tmp_path):
+    pytest.importorskip("torch")
+    done = edgesd("export", "random:tiny-sd1", "-o", tmp_path / "m")
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "model folder written" in done.stderr
