@@ -108,3 +108,23 @@ def test_fuzzed_bytes_give_an_image_or_a_clean_error(tmp_path, seed_index, edits
     except InvalidInputError:
         return
     assert image.mode == "RGB" and image.size[0] > 0
+
+
+def test_result_save_carries_parameters_and_never_overwrites(exported, tmp_path, caplog):
+    from pathlib import Path
+
+    from edgesd import Img2ImgPipeline
+    from edgesd.outputs import read_parameters
+
+    pipe = Img2ImgPipeline.load(exported["tiny-sd2"], backend="onnxruntime", device="cpu", inference_precision="fp32")
+    small = Path(__file__).parent / "data" / "small.png"
+    with caplog.at_level("WARNING", logger="edgesd"):
+        result = pipe(small, "x", negative_prompt="blur", guidance_scale=1.0, seed=3)
+    assert "the negative prompt is ignored" in caplog.text
+    result.save(tmp_path / "a.webp")
+    stored = read_parameters(tmp_path / "a.webp")
+    assert stored["seed"] == 3 and stored["backend"] == "onnxruntime" and stored["inference_precision"] == "fp32"
+    assert stored["index"] == 0 and stored["size"] == [64, 48] and len(stored["input_sha256"]) == 64
+    with pytest.raises(InvalidInputError, match="already exists; pass --overwrite"):
+        result.save(tmp_path / "a.webp")
+    result.save(tmp_path / "a.webp", overwrite=True)

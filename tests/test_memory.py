@@ -1,0 +1,72 @@
+"""Oversized work is refused with a one-line error, not killed: the estimate in edgesd.memory
+against what onnxruntime really takes, and the refusal through the API and the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesd import Img2ImgPipeline, memory
+from edgesd.errors import InvalidInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MEASURE = """
+import json, sys
+import numpy as np
+from PIL import Image
+from edgesd import Img2ImgPipeline, memory
+folder, width, height = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pipe = Img2ImgPipeline.load(folder, backend="onnxruntime", device="cpu", inference_precision="fp32")
+pipe(Image.new("RGB", (8, 8)), "x", num_inference_steps=1, strength=1.0, guidance_scale=7)  # engines' own start-up
+def status(key):  # VmHWM, unlike ru_maxrss, is not inherited across exec from the test runner
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+resident = status("VmRSS:")
+image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8))
+pipe(image, "x", num_inference_steps=2, strength=1.0, guidance_scale=7)
+grown = status("VmHWM:") - resident
+print(json.dumps({"grown": grown, "estimate": memory.call_bytes(pipe.folder, width, height, 1, True, "onnxruntime")}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_estimate_covers_what_onnxruntime_takes_without_crying_wolf(exported):
+    """tiny-sd1 at 160x120 with guidance: 1200 tokens of 8-head attention, batch 2 (92 MB of scores)."""
+    done = subprocess.run([sys.executable, "-c", MEASURE, exported["tiny-sd1"], "160", "120"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    print(measured)
+    assert measured["grown"] <= measured["estimate"] <= 2 * measured["grown"]
+
+
+def test_estimate_grows_with_attention_not_only_pixels(exported):
+    from edgesd.model_folder import open_model_folder
+
+    folder = open_model_folder(exported["tiny-sd1"])
+    small, large = (memory.call_bytes(folder, side, side, 1, True, "onnxruntime") for side in (128, 256))
+    assert large >= 15 * small  # tokens x4 -> scores x16
+    assert memory.call_bytes(folder, 256, 256, 2, True, "onnxruntime") == 2 * large  # images in one batch
+    assert memory.call_bytes(folder, 256, 256, 1, True, "openvino") < large / 50  # fused attention
+
+
+def test_api_refuses_what_will_not_fit(exported, monkeypatch):
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="onnxruntime", device="cpu", inference_precision="fp32")
+    monkeypatch.setattr(memory, "available_bytes", lambda: 200 * 2**20)
+    image = Image.fromarray(np.zeros((192, 256, 3), np.uint8))
+    with pytest.raises(InvalidInputError, match=r"needs about .* GiB of memory .* --resize"):
+        pipe(image, "x", num_inference_steps=2, strength=1.0, guidance_scale=7)
+    assert pipe(image, "x", num_inference_steps=2, strength=1.0, guidance_scale=7, size=(64, 48)).images[0].size == (64, 48)
+
+
+def test_cli_refuses_an_oversized_input_in_one_line_before_loading(exported, tmp_path):
+    """tiny-sd1 (64 px native) at 512x384: 12,288-token attention; onnxruntime would take ~87 GB."""
+    out = tmp_path / "o.png"
+    done = subprocess.run([sys.executable, "-c", "from edgesd.cli import main; main()", "img2img", exported["tiny-sd1"],
+                           "-i", ROOT / "examples/input.png", "-p", "x", "--backend", "onnxruntime", "-o", out],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: input.png at 512x384 on onnxruntime needs about")
+    assert done.stderr.count("\n") == 1 and "--resize" in done.stderr and not out.exists()
