@@ -109,14 +109,13 @@ def img2img(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Transform IMAGE with PROMPT using the model folder MODEL."""
-    from edgesd.jobs import plan_jobs
-    from edgesd.model_folder import FORMAT_OF_BACKEND, open_model_folder
-    from edgesd.outputs import read_parameters
-    from edgesd.pipeline import Img2ImgPipeline, resolve_settings
-    from edgesd.sessions import choose_backend
     from edgesd import memory
     from edgesd.image import load_image, target_size
-    from edgesd.outputs import save_image
+    from edgesd.jobs import plan_jobs
+    from edgesd.model_folder import FORMAT_OF_BACKEND, open_model_folder
+    from edgesd.outputs import read_parameters, save_image
+    from edgesd.pipeline import Img2ImgPipeline, resolve_settings
+    from edgesd.sessions import choose_backend
     from edgesd.variations import contact_sheet, parse_list, variants
 
     global _json_errors

@@ -6,7 +6,6 @@ sweep pay only for what changes (noise, steps, decode)."""
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -50,10 +49,6 @@ def variants(lists: dict[str, list]) -> list[Variant]:
     names = list(swept)
     return [Variant(dict(zip(names, combo)), "".join(f"-{SWEPT[k]}{v}" for k, v in zip(names, combo)))
             for combo in itertools.product(*(swept[k] for k in names))]
-
-
-def with_suffix(path: Path, suffix: str) -> Path:
-    return path.with_name(f"{path.stem}{suffix}{path.suffix}")
 
 
 def contact_sheet(cells: list[tuple[Image.Image, str]], columns: int | None = None) -> Image.Image:
