@@ -72,7 +72,7 @@ class Img2ImgPipeline:
         self.vae_scale_factor = manifest["vae_scale_factor"]
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
         self.unet_latent_multiple = folder.unet_latent_multiple
-        self._said_size_floor = False
+        self._said_size_floor = self._said_far_above_native = False
         self._last_prompts = self._last_moments = None  # (key, encoding) of the last call, reused by the next
         self.max_pixels = MAX_PIXELS  # larger inputs are refused (raise it for big images: memory grows with it)
         self.vae_tile = folder.vae_sample_size  # low-memory mode tiles larger images, as diffusers' enable_vae_tiling
@@ -128,6 +128,7 @@ class Img2ImgPipeline:
         image = load_image(image, self.max_pixels)
         width, height = self.input_size(image.size, size)
         settings["size"] = [width, height]
+        self._say_when_far_above_native(width, height)
         do_guidance = guidance_scale > 1
         if negative_prompt and not do_guidance:
             log.warning("the negative prompt is ignored: guidance_scale %g <= 1 turns guidance off", guidance_scale)
@@ -179,6 +180,14 @@ class Img2ImgPipeline:
                         multiple, width, height, *floored, self.vae_scale_factor)
             self._said_size_floor = True
         return floored
+
+    def _say_when_far_above_native(self, width: int, height: int) -> None:
+        native = self.folder.native_size
+        if width * height > 4 * native**2 and not self._said_far_above_native:
+            log.warning("%dx%d is %.0fx the pixels of this model's native %dx%d: slower, and SD models repeat content "
+                        "far above their native size; resize it (size=, --resize/--width/--height) to stay near it",
+                        width, height, width * height / native**2, native, native)
+            self._said_far_above_native = True
 
     def _vae(self, run, x: np.ndarray, in_tile: int, out_tile: int) -> np.ndarray:
         if self.low_memory and max(x.shape[2:]) > in_tile:

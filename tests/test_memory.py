@@ -53,12 +53,13 @@ def test_estimate_grows_with_attention_not_only_pixels(exported):
     assert memory.call_bytes(folder, 256, 256, 1, True, "openvino") < large / 50  # fused attention
 
 
-def test_api_refuses_what_will_not_fit(exported, monkeypatch):
+def test_api_refuses_what_will_not_fit(exported, monkeypatch, caplog):
     pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="onnxruntime", device="cpu", inference_precision="fp32")
     monkeypatch.setattr(memory, "available_bytes", lambda: 200 * 2**20)
     image = Image.fromarray(np.zeros((192, 256, 3), np.uint8))
     with pytest.raises(InvalidInputError, match=r"needs about .* GiB of memory .* --resize"):
         pipe(image, "x", num_inference_steps=2, strength=1.0, guidance_scale=7)
+    assert "256x192 is 12x the pixels of this model's native 64x64" in caplog.text
     assert pipe(image, "x", num_inference_steps=2, strength=1.0, guidance_scale=7, size=(64, 48)).images[0].size == (64, 48)
 
 
