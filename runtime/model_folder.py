@@ -16,6 +16,7 @@ SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # On-disk format of each engine's files, and the file that names the model.
 FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino"}
 MAIN_FILE = {"onnx": "model.onnx", "openvino": "openvino_model.xml"}
+FAMILIES = ("sd1", "sd2", "sd")  # what this runtime runs ("sd": an SD 1.x/2.x folder of unknown version)
 DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
 
 
@@ -164,6 +165,10 @@ def open_model_folder(path: str | Path) -> ModelFolder:
             )
     else:
         manifest = _manifest_from_optimum_folder(path)
+    if manifest.get("family") not in FAMILIES:
+        raise ModelFolderError(
+            f"{path} is a {manifest.get('family')!r}-family model; this edgesd runs {', '.join(FAMILIES[:2])} (SD 1.x/2.x) models"
+        )
     folder = ModelFolder(path, manifest)
     problems = folder.verify(hashes=False)
     if problems:
@@ -173,6 +178,8 @@ def open_model_folder(path: str | Path) -> ModelFolder:
 
 def _manifest_from_optimum_folder(path: Path) -> dict:
     """Synthesise a manifest for a folder written by `optimum-cli export onnx|openvino`."""
+    if (path / "text_encoder_2").is_dir() or _read_json(path / "unet" / "config.json").get("addition_embed_type") == "text_time":
+        return {"family": "sdxl"}  # refused by the caller with the families this runtime has
     submodels = {}
     for submodel in SUBMODELS:
         formats = {fmt: {"files": {main: {}}} for fmt, main in MAIN_FILE.items() if (path / submodel / main).exists()}

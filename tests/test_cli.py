@@ -325,3 +325,14 @@ def test_export_hides_tracer_warnings_unless_debugging(tmp_path):
     done = edgesd("export", "random:tiny-sd1", "-o", tmp_path / "m")
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr and "model folder written" in done.stderr
+
+
+def test_an_unknown_family_is_one_line(optimum_exported, tmp_path):
+    """An optimum SDXL folder (second text encoder, text_time UNet) is refused before any engine sees it."""
+    folder = tmp_path / "sdxl"
+    shutil.copytree(optimum_exported["onnx"], folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
+    done = edgesd("img2img", folder, "-i", INPUT, "-p", "x", "-o", tmp_path / "o.png")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "is a 'sdxl'-family model; this edgesd runs sd1, sd2" in done.stderr
