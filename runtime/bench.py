@@ -46,6 +46,7 @@ def run_benchmark(model: str | Path, backend="auto", device="auto", precision="a
     t0 = time.perf_counter()
     pipe = Img2ImgPipeline.load(model, backend=backend, device=device, inference_precision=precision, threads=threads,
                                 low_memory=low_memory)
+    pipe.reuse_encodings = False  # every run pays for its own text and image encoding
     resolution = resolution or pipe.folder.native_size  # the size the model is made for
     image = bench_image(resolution)
     load = time.perf_counter() - t0

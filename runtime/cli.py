@@ -4,6 +4,7 @@ are added through the `edgesd.commands` entry points, so this module imports non
 
 import json
 import logging
+import secrets
 import statistics
 import sys
 import time
@@ -129,6 +130,10 @@ def img2img(
                  num_images=num_images, **{k: v[0] for k, v in lists.items()})
     settings = {k: v if v is not None else stored.get(k) for k, v in given.items()}
     settings["num_images"] = settings["num_images"] or 1
+    if replay and num_images is not None and num_images != stored.get("num_images", 1):
+        fail("--replay regenerates the stored batch of --num-images; drop --num-images")
+    if iterations > 1 and settings["seed"] is None:  # one random seed, then seed + 1 each pass
+        settings["seed"] = lists["seed"][0] = secrets.randbelow(2**63)
     size = run_guarded(_requested_size, resize, width, height) or (tuple(stored["size"]) if stored.get("size") else None)
     backend = backend or stored.get("backend") or "auto"
     precision = precision or stored.get("inference_precision") or "auto"
@@ -143,14 +148,20 @@ def img2img(
     # Everything that can be checked without the weights is, before the (slow) load.
     folder = run_guarded(open_model_folder, model)
     backend = run_guarded(choose_backend, backend, device, folder.common_formats)
-    resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": 0, **run.overrides})[0] for run in runs]
+    last_seed = (settings["seed"] or 0) + iterations - 1
+    resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides})[0] for run in runs]
     # A replay regenerates the stored batch and keeps the stored image of it.
     per_run = 1 if replay else settings["num_images"]
     suffixes = [run.suffix for run in runs] if iterations == 1 else [f"-iter{k}" for k in range(1, iterations + 1)]
-    plan = run_guarded(plan_jobs, image, output, per_run, overwrite, suffixes)
+    plan = run_guarded(plan_jobs, image, output, per_run, overwrite, suffixes, grid)
     say = (lambda text: None) if quiet or as_json else (lambda text: typer.echo(text, err=True))
-    for path, why in plan.skipped:
-        say(f"skipped {path}: {why}")
+    skipped = [{"image": str(p), "reason": why} for p, why in plan.skipped]
+    for entry in skipped:
+        say(f"skipped {entry['image']}: {entry['reason']}")
+    if not plan.jobs:  # all done already: no need for the model
+        if as_json:
+            typer.echo(json.dumps({"results": [], "failures": [], "skipped": skipped}))
+        return
     if not image.is_dir():
         first = run_guarded(load_image, image, max_pixels)
         width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size)
@@ -196,15 +207,18 @@ def img2img(
                     save_image(contact_sheet(cells), job.grid, {"grid_of": [p for d in done if d["image"] == str(job.image)
                                                                              for p in d["outputs"]]}, overwrite)
                     say(f"wrote {job.grid}")
-            except EdgesdError as e:
+            except Exception as e:  # a batch goes on past any input's failure; --json reports every one
                 if len(plan.jobs) == 1 and not as_json:
-                    exit_with(e)
-                failures.append({"image": str(job.image), "error": str(e)})
-                typer.echo(f"failed {job.image}: {e}", err=True)
+                    if isinstance(e, EdgesdError):
+                        exit_with(e)
+                    raise
+                message = str(e) if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"
+                failures.append({"image": str(job.image), "error": message})
+                typer.echo(f"failed {job.image}: {message}", err=True)
     finally:
         if as_json:
             typer.echo(json.dumps({"results": done, "failures": failures,
-                                   "skipped": [{"image": str(p), "reason": why} for p, why in plan.skipped],
+                                   "skipped": skipped,
                                    "backend": pipe.backend, "load_seconds": load_time,
                                    **({"outputs": done[0]["outputs"], "seed": done[0]["seed"]} if len(done) == 1 else {})}))
     say(f"{pipe.backend}, load {load_time:.2f}s")

@@ -30,15 +30,20 @@ def _job(image: Path, base: Path, num_images: int, suffixes: list[str]) -> Job:
     return Job(image, outputs, base.with_name(f"{base.stem}-grid.png"))
 
 
-def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool, suffixes: list[str] = ("",)) -> Plan:
-    """The jobs to run, each with `num_images` outputs per run named OUT{suffix}. A single input
-    whose output exists is an error: nothing is overwritten silently; in a folder such an input is
-    skipped (all outputs there) or refused (some)."""
+def _files_of(job: Job, grid: bool) -> list[Path]:
+    return [p for paths in job.outputs for p in paths] + ([job.grid] if grid else [])
+
+
+def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool, suffixes: list[str] = ("",),
+              grid: bool = False) -> Plan:
+    """The jobs to run, each with `num_images` outputs per run named OUT{suffix} (and a contact sheet
+    with `grid`). A single input whose output exists is an error: nothing is overwritten silently;
+    in a folder such an input is skipped (all outputs there) or refused (some)."""
     if not image.is_dir():
         if not image.is_file():
             raise InvalidInputError(f"image {image} does not exist")
         job = _job(image, output or Path("out.png"), num_images, list(suffixes))
-        existing = [str(p) for paths in job.outputs for p in paths if p.exists()]
+        existing = [str(p) for p in _files_of(job, grid) if p.exists()]
         if existing and not overwrite:
             raise InvalidInputError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
         return Plan([job], [])
@@ -50,9 +55,14 @@ def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool
     plan = Plan([], [(p, f"not an image input (reads {' '.join(IMAGE_SUFFIXES)})") for p in files if p not in inputs])
     if not inputs:
         raise InvalidInputError(f"{image} holds no image inputs ({' '.join(IMAGE_SUFFIXES)})")
+    planned = {}
     for path, name in _output_names(inputs).items():
         job = _job(path, out_dir / f"{name}.png", num_images, list(suffixes))
-        outputs = [p for paths in job.outputs for p in paths]
+        outputs = _files_of(job, grid)
+        for file in outputs:  # e.g. a.png's a-grid.png against an input a-grid.png's own output
+            if planned.setdefault(file.name.casefold(), path) != path:
+                raise InvalidInputError(f"inputs {planned[file.name.casefold()].name} and {path.name} would both write "
+                                        f"{file.name}; rename one")
         existing = [o for o in outputs if o.exists()]
         if overwrite or not existing:
             plan.jobs.append(job)

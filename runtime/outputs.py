@@ -36,12 +36,25 @@ def _write_atomic(path: Path, write, overwrite: bool = True) -> None:
         if overwrite:
             os.replace(tmp, path)
         else:
-            try:
-                os.link(tmp, path)  # fails if path exists: no check-then-write race
-            except FileExistsError:
-                raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it") from None
+            _move_no_clobber(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _move_no_clobber(tmp: str, path: Path) -> None:
+    """Move tmp to path unless path exists, with no check-then-write race."""
+    try:
+        os.link(tmp, path)  # fails if path exists
+        return
+    except FileExistsError:
+        raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it") from None
+    except OSError:  # no hard links here (FAT/exFAT cards, some network shares): claim the name instead
+        pass
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it") from None
+    os.replace(tmp, path)
 
 
 def _umask() -> int:
@@ -66,7 +79,7 @@ def save_image(image: Image.Image, path: Path, parameters: dict, overwrite: bool
         options["pnginfo"].add_text(PARAMETERS_KEY, text)
     elif path.suffix.lower() in WITH_EXIF:
         exif = Image.Exif()
-        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _ASCII + text.encode("ascii")
+        exif[_EXIF_IFD] = {_USER_COMMENT: _ASCII + text.encode("ascii")}  # (get_ifd() is writable only from Pillow 11.1)
         options["exif"] = exif
         options["quality"] = 95
     _write_atomic(path, lambda f: image.save(f, format=fmt, **options), overwrite)

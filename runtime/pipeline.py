@@ -73,7 +73,9 @@ class Img2ImgPipeline:
         self.vae_scaling_factor = manifest["vae_scaling_factor"]
         self.unet_latent_multiple = folder.unet_latent_multiple
         self._said_size_floor = self._said_far_above_native = False
-        self._last_prompts = self._last_moments = None  # (key, encoding) of the last call, reused by the next
+        self.reuse_encodings = True  # a call with the last call's prompts or image reuses their encodings (sweeps)
+        self._last_prompts = self._last_moments = None  # (key, encoding)
+        self._said_negative_ignored = False
         self.max_pixels = MAX_PIXELS  # larger inputs are refused (raise it for big images: memory grows with it)
         self.vae_tile = folder.vae_sample_size  # low-memory mode tiles larger images, as diffusers' enable_vae_tiling
 
@@ -130,7 +132,8 @@ class Img2ImgPipeline:
         settings["size"] = [width, height]
         self._say_when_far_above_native(width, height)
         do_guidance = guidance_scale > 1
-        if negative_prompt and not do_guidance:
+        if negative_prompt and not do_guidance and not self._said_negative_ignored:
+            self._said_negative_ignored = True
             log.warning("the negative prompt is ignored: guidance_scale %g <= 1 turns guidance off", guidance_scale)
         memory.check_fits(memory.call_bytes(self.folder, width, height, num_images, do_guidance, self.backend, self.low_memory)
                           + (memory.weights_bytes(self.folder, self.format, True) if self.low_memory else 0),
@@ -196,22 +199,24 @@ class Img2ImgPipeline:
 
     def _encode_prompt(self, prompt, negative_prompt, do_guidance: bool, num_images: int) -> np.ndarray:
         prompts = (negative_prompt or "", prompt) if do_guidance else (prompt,)
-        if self._last_prompts is None or self._last_prompts[0] != prompts:  # a sweep encodes its prompt once
+        cached = self._last_prompts
+        if not self.reuse_encodings or cached is None or cached[0] != prompts:
             session = self._submodel("text_encoder")
             ids = self.tokenizer(list(prompts)).astype(session.input_types["input_ids"])
-            self._last_prompts = (prompts, session.run({"input_ids": ids})[0])
+            cached = self._last_prompts = (prompts, session.run({"input_ids": ids})[0])
         # Each prompt's embedding repeated num_images times; [negatives..., positives...] under guidance.
-        embeddings = np.repeat(self._last_prompts[1], num_images, axis=0)
+        embeddings = np.repeat(cached[1], num_images, axis=0)
         embeddings.setflags(write=False)  # fed unchanged to every UNet call: engines may keep it on the device
         return embeddings
 
     def _encode_image(self, pixels: np.ndarray, generator: TorchGenerator) -> np.ndarray:
-        key = hashlib.sha256(pixels.tobytes()).digest() + bytes(str(pixels.shape), "ascii")
-        if self._last_moments is None or self._last_moments[0] != key:  # a sweep encodes its image once
+        key = (hashlib.sha256(pixels.tobytes()).digest(), pixels.shape, self.low_memory, self.vae_tile)
+        cached = self._last_moments
+        if not self.reuse_encodings or cached is None or cached[0] != key:
             encoder = self._submodel("vae_encoder")
             moments = self._vae(lambda x: encoder.run({"sample": x})[0], pixels, self.vae_tile, self.vae_tile // self.vae_scale_factor)
-            self._last_moments = (key, moments)
-        mean, logvar = np.split(self._last_moments[1], 2, axis=1)
+            cached = self._last_moments = (key, moments)
+        mean, logvar = np.split(cached[1], 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         sample = mean + std * generator.randn(mean.shape)
         return (np.float32(self.vae_scaling_factor) * sample).astype(np.float32)

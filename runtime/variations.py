@@ -38,7 +38,7 @@ def parse_list(text: str | None, kind: type, option: str, low: float | None = No
             raise InvalidInputError(f"{option} must be {bounds}, got {value}")
     if not values:
         raise InvalidInputError(f"{option} is empty")
-    return values
+    return list(dict.fromkeys(values))  # a repeated value would name the same output twice
 
 
 def variants(lists: dict[str, list]) -> list[Variant]:

@@ -48,6 +48,8 @@ def test_replay_of_one_image_of_a_batch(model, tmp_path):
     again = tmp_path / "again.png"
     assert edgesd("img2img", model, "-i", INPUT, "--replay", second, "-o", again).returncode == 0
     assert np.array_equal(np.asarray(Image.open(second)), np.asarray(Image.open(again)))
+    other = edgesd("img2img", model, "-i", INPUT, "--replay", second, "--num-images", 1, "-o", tmp_path / "x.png")
+    assert other.returncode == 2 and "drop --num-images" in other.stderr
 
 
 def test_existing_output_is_not_overwritten(model, tmp_path):
@@ -229,6 +231,24 @@ def test_sweep_writes_each_variation_and_a_grid_equal_to_single_runs(model, tmp_
     assert np.array_equal(_pixels(single), _pixels(tmp_path / "v-strength0.6-seed2.png"))  # reused encodings change nothing
     grid = Image.open(tmp_path / "v-grid.png")
     assert grid.width >= 4 * 512 and grid.height > 384
+
+
+def test_sweep_edge_cases_fail_before_any_work(model, tmp_path):
+    out = tmp_path / "v.png"
+    (tmp_path / "v-grid.png").write_bytes(b"keep")
+    done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--steps", 10, "--strength", "0.5,.5,0.7", "--grid", "-o", out)
+    assert done.returncode == 2 and "v-grid.png already exists" in done.stderr
+    assert _files(tmp_path) == ["v-grid.png"]  # checked before any image was made
+    done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--steps", 10, "--strength", "0.5,.5,0.7", "-o", out, "--json")
+    assert done.returncode == 0, done.stderr
+    assert [r["settings"]["strength"] for r in json.loads(done.stdout)["results"]] == [0.5, 0.7]  # repeats dropped
+
+
+def test_iterations_without_a_seed_use_consecutive_seeds(model, tmp_path):
+    done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--iterations", 3, "-o", tmp_path / "it.png", "--json")
+    assert done.returncode == 0, done.stderr
+    seeds = [r["seed"] for r in json.loads(done.stdout)["results"]]
+    assert seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
 
 
 def test_iterations_feed_each_output_back(model, tmp_path):

@@ -65,6 +65,8 @@ def test_api_refuses_what_will_not_fit(exported, monkeypatch, caplog):
 
 def test_cli_refuses_an_oversized_input_in_one_line_before_loading(exported, tmp_path):
     """tiny-sd1 (64 px native) at 512x384: 12,288-token attention; onnxruntime would take ~87 GB."""
+    if (memory.available_bytes() or 0) > 90 * 2**30:
+        pytest.skip("this machine would fit the 87 GB call")
     out = tmp_path / "o.png"
     done = subprocess.run([sys.executable, "-c", "from edgesd.cli import main; main()", "img2img", exported["tiny-sd1"],
                            "-i", ROOT / "examples/input.png", "-p", "x", "--backend", "onnxruntime", "-o", out],
