@@ -294,7 +294,7 @@ def info(
     m = folder.manifest
     typer.echo(f"{folder.path}  (format {m['format_version']}, family {m['family']}, {m['prediction_type']} prediction)")
     typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
-               f"scaling factor {m['vae_scaling_factor']}; sample size {m.get('sample_size', '?')}")
+               f"scaling factor {m['vae_scaling_factor']}; sample size {m.get('sample_size') or folder.native_size}")
     typer.echo("defaults: " + ", ".join(f"{k}={v}" for k, v in folder.defaults.items()))
     typer.echo(f"{'submodel':<14}{'format':<10}{'precision':<14}{'size':>11}  max |export - torch|  (quantized: vs fp32)")
     for name, entry in m["submodels"].items():
@@ -375,7 +375,7 @@ def main() -> None:
     except click_errors.ClickException as e:
         typer.echo(f"error: {e.format_message()}", err=True)
         code = e.exit_code
-    except click_errors.Abort:
+    except typer.Abort:
         typer.echo("interrupted", err=True)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
