@@ -282,7 +282,7 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
                 timer.add(self._stage, time.perf_counter() - t0)
 
     stage_of = {"text_encoder": "text", "vae_encoder": "encode", "unet": "unet", "vae_decoder": "decode"}
-    pipe.sessions = {name: TimedSession(s, stage_of.get(name, name)) for name, s in pipe.sessions.items()}
+    pipe.wrap_sessions(lambda name, session: TimedSession(session, stage_of.get(name, name)))
     image = bench_image(spec["resolution"])
     args = _call_args(spec)
 
@@ -293,17 +293,7 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
         return np.asarray(result.images[0])
 
     def info():
-        out = {"backend": pipe.backend}
-        session = pipe.sessions["unet"]._session
-        if backend == "openvino":
-            try:  # what the plugin actually computes in (private attributes: informative only)
-                request = getattr(session, "_request", None)
-                if request is None and getattr(session, "_requests", None):
-                    request = list(session._requests.values())[-1]
-                out["effective_precision"] = _type_name(request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
-            except Exception:
-                pass
-        return out
+        return {"backend": pipe.backend, "effective_precision": pipe.provenance["inference_precision"]}
 
     return run, info
 

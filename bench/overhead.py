@@ -42,7 +42,7 @@ def main():
     args = parser.parse_args()
     pipe = Img2ImgPipeline.load(args.model, backend=args.backend, device="cpu", inference_precision=args.precision)
     logs = {name: [] for name in pipe.sessions}
-    pipe.sessions = {name: TimedSession(s, logs[name]) for name, s in pipe.sessions.items()}
+    pipe.wrap_sessions(lambda name, session: TimedSession(session, logs[name]))
     image = bench_image(args.resolution)
     kwargs = dict(num_inference_steps=args.steps, strength=args.strength, guidance_scale=args.guidance, seed=0)
     pipe(image, "warm up", **kwargs)

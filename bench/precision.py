@@ -32,10 +32,10 @@ from functools import partial
 from pathlib import Path
 
 from edgesd.model_folder import MANIFEST
+from edgesd.sessions import BACKENDS
 
 SCHEMA = "edgesd-bench-precision/1"
 ROOT = Path(__file__).resolve().parent.parent
-BACKEND_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
 TARGETS = (  # (what, numerator row, denominator row, quantity, bound)
     ("int8 UNet call on onnxruntime", ("onnxruntime", "int8", "auto"), ("onnxruntime", "fp32", "auto"), "step", 0.6),
     ("int8 UNet call on OpenVINO, against bf16", ("openvino", "int8", "auto"), ("openvino", "fp32", "auto"), "step", 0.7),
@@ -151,12 +151,12 @@ def run(args, argv) -> None:
     for spec in args.variants:
         name, _, path = spec.partition("=")
         variants[name] = Path(path)
-    formats = [BACKEND_FORMAT[b] for b in args.backends]
+    formats = [BACKENDS[b].format for b in args.backends]
     for folder in variants.values():  # hash checks once, before any timing
         open_model_folder(folder).verify_once(formats)
     rows = _rows(variants, args.backends)
     results = {_key(r): {"backend": r[0], "precision": r[1], "inference_precision": r[2], "folder": str(variants[r[1]]),
-                         "disk_mib": disk_mib(variants[r[1]], BACKEND_FORMAT[r[0]]), "runs": []} for r in rows}
+                         "disk_mib": disk_mib(variants[r[1]], BACKENDS[r[0]].format), "runs": []} for r in rows}
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgesd-precision-") as work:
         for round_index in range(args.rounds):

@@ -15,11 +15,11 @@ from importlib import metadata
 from pathlib import Path
 
 from edgesd.errors import EdgesdError
-from edgesd.model_folder import FORMAT_VERSION, MAIN_FILE, MANIFEST, SUBMODELS, sha256
+from edgesd.model_folder import FORMAT_VERSION, MANIFEST, SUBMODELS, sha256
+from edgesd.sessions import BACKEND_OF_FORMAT
 
 log = logging.getLogger("edgesd")
 FORMATS = ("onnx", "openvino")
-_BACKEND_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino"}
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2"}
 _PACKAGES = ("edgesd", "torch", "diffusers", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "openvino")
 
@@ -104,11 +104,11 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
 
         for name in SUBMODELS:
             log.info("converting %s to OpenVINO IR", name)
-            convert_to_openvino(folder / name / MAIN_FILE["onnx"])
+            convert_to_openvino(folder / name / BACKEND_OF_FORMAT["onnx"].main_file)
     for fmt in formats:
         for name in SUBMODELS:
-            backend = _BACKEND_OF_FORMAT[fmt]
-            validation[name][backend] = max_deviation(name, *references[name], backend, folder / name / MAIN_FILE[fmt])
+            backend = BACKEND_OF_FORMAT[fmt].name
+            validation[name][backend] = max_deviation(name, *references[name], backend, folder / name / BACKEND_OF_FORMAT[fmt].main_file)
             log.info("validated %s on %s: max deviation from torch %.2e", name, backend, validation[name][backend])
     if "onnx" not in formats:
         for file in folder.glob("*/model.onnx*"):
@@ -147,10 +147,9 @@ def _write_tokenizer_json(folder: Path) -> None:
 
 
 def _files(folder: Path, fmt: str) -> dict:
-    patterns = {"onnx": ["model.onnx", "model.onnx_data"], "openvino": ["openvino_model.xml", "openvino_model.bin"]}[fmt]
     return {
         name: {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
-        for name in patterns
+        for name in BACKEND_OF_FORMAT[fmt].files
         if (folder / name).exists()
     }
 

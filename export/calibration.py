@@ -59,6 +59,21 @@ class RecordingSession:
         self.feeds: list[dict] = []
         self.outputs: list[list] = []
 
+    @classmethod
+    def around(cls, pipe, submodel: str = "unet", keep_outputs: bool = False) -> "RecordingSession":
+        """Record every call `pipe` makes to `submodel` (through its wrap_sessions hook; the pipeline
+        must hold its sessions, i.e. not be in low-memory mode)."""
+        made = []
+
+        def wrap(name, session):
+            if name != submodel:
+                return session
+            made.append(cls(session, keep_outputs))
+            return made[-1]
+
+        pipe.wrap_sessions(wrap)
+        return made[-1]
+
     def run(self, feeds: dict) -> list:
         outputs = self._session.run(feeds)
         self.feeds.append({name: np.array(value, copy=True) for name, value in feeds.items()})
@@ -97,8 +112,7 @@ def collect_unet_calibration(
     images = user_images(images_dir, size) if images_dir else builtin_images(size, runs)
     top_strength = defaults["strength"] or 1.0
     calls = max(math.ceil(num_samples / runs), MIN_CALLS_PER_RUN)
-    recorder = RecordingSession(pipe.sessions["unet"])
-    pipe.sessions["unet"] = recorder
+    recorder = RecordingSession.around(pipe, "unet")
     log.info("calibration: %d img2img runs at %dx%d to record %d UNet inputs", runs, size, size, num_samples)
     for i in range(runs):
         strength = top_strength * (i + 1) / runs

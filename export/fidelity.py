@@ -86,8 +86,7 @@ def measure(
     ref_pipe = Img2ImgPipeline.load(reference, backend=backend, device="cpu", inference_precision="fp32")
     size = size or ref_pipe.folder.manifest.get("sample_size") or 512
     images = builtin_images(size, len(cases), seed=1)
-    recorder = RecordingSession(ref_pipe.sessions["unet"], keep_outputs=True)
-    ref_pipe.sessions["unet"] = recorder
+    recorder = RecordingSession.around(ref_pipe, "unet", keep_outputs=True)
     refs, calls = [], []  # per case: the output image, and the (feeds, outputs) of its UNet calls
     for image, (prompt, seed) in zip(images, cases):
         first_call = len(recorder.feeds)

@@ -17,7 +17,8 @@ import numpy as np
 from edgesd.export import quantize_onnx, quantize_openvino
 from edgesd.export.calibration import DEFAULT_SAMPLES, collect_unet_calibration, image_size
 from edgesd.export.precision import PrecisionPlan
-from edgesd.model_folder import MAIN_FILE, MANIFEST
+from edgesd.model_folder import MANIFEST
+from edgesd.sessions import BACKEND_OF_FORMAT
 from edgesd.sessions import open_session
 
 log = logging.getLogger("edgesd")
@@ -65,7 +66,7 @@ def apply_precision(
             results[name]["methods"][fmt] = method
             if references:
                 backend = _BACKEND[fmt]
-                deviation = max_abs_deviation(*references[name], backend, folder / name / MAIN_FILE[fmt])
+                deviation = max_abs_deviation(*references[name], backend, folder / name / BACKEND_OF_FORMAT[fmt].main_file)
                 results[name]["quantized_max_abs_deviation"][backend] = deviation
                 log.info("%s %s on %s: max deviation from fp32 %.3g", name, precision, backend, deviation)
     return results
@@ -115,7 +116,7 @@ def _replace(submodel: Path, fmt: str, convert, *args) -> str:
     """convert(src, dst, *args) into a scratch folder beside the files, then move the result over them."""
     if fmt == "onnx":
         return quantize_onnx.replace_model(submodel, convert, *args)
-    xml = submodel / MAIN_FILE["openvino"]
+    xml = submodel / BACKEND_OF_FORMAT["openvino"].main_file
     with tempfile.TemporaryDirectory(prefix="edgesd-quantize-", dir=submodel) as scratch:
         method = convert(xml, Path(scratch) / xml.name, *args)
         for produced in Path(scratch).iterdir():

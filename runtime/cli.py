@@ -101,7 +101,7 @@ def img2img(
     replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in an image edgesd wrote (with the same --image, the same image).", show_default=False),
     backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto (with --replay, the stored one).", show_default=False),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto.", show_default=False),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores).", show_default=False),
     low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded and tile the VAE for large images (less memory, slower)."),
     max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse inputs with more pixels than this."),
@@ -113,10 +113,10 @@ def img2img(
     from edgesd import memory
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
-    from edgesd.model_folder import FORMAT_OF_BACKEND, open_model_folder
+    from edgesd.model_folder import open_model_folder
     from edgesd.outputs import read_parameters, save_image
     from edgesd.pipeline import Img2ImgPipeline, resolve_settings
-    from edgesd.sessions import choose_backend
+    from edgesd.sessions import BACKENDS, choose_backend
     from edgesd.variations import contact_sheet, parse_list, variants
 
     global _json_errors
@@ -135,8 +135,8 @@ def img2img(
     if iterations > 1 and settings["seed"] is None:  # one random seed, then seed + 1 each pass
         settings["seed"] = lists["seed"][0] = secrets.randbelow(2**63)
     size = run_guarded(_requested_size, resize, width, height) or (tuple(stored["size"]) if stored.get("size") else None)
-    backend = backend or stored.get("backend") or "auto"
-    precision = precision or stored.get("inference_precision") or "auto"
+    backend = backend or stored.get("backend") or "auto"  # a replay's precision is compared, not forced (see below)
+    precision = precision or "auto"
     runs = variants(lists)
     if settings["prompt"] is None:
         fail("--prompt is required (or --replay an image written by edgesd)")
@@ -167,7 +167,7 @@ def img2img(
         width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size)
         guided = any(r["guidance_scale"] > 1 for r in resolved)
         needed = memory.call_bytes(folder, width, height, settings["num_images"], guided, backend, low_memory)
-        run_guarded(memory.check_fits, needed + memory.weights_bytes(folder, FORMAT_OF_BACKEND[backend], low_memory),
+        run_guarded(memory.check_fits, needed + memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
                     f"{image.name} at {width}x{height} on {backend}")
     t0 = time.perf_counter()
     pipe = run_guarded(Img2ImgPipeline.load, model, backend=backend, device=device, inference_precision=precision,
@@ -252,7 +252,7 @@ def _warn_replay_differences(stored: dict, pipe, image: Path, replay: Path) -> N
     if not image.is_dir():
         now["input_sha256"] = image_sha256(load_image(image, pipe.max_pixels))
     names = {"manifest_sha256": "model", "backend": "backend", "inference_precision": "inference precision",
-             "input_sha256": "input image"}
+             "input_sha256": "input image", "edgesd_version": "edgesd version"}
     differs = [f"{label} ({stored[key][:12] if key.endswith('sha256') else stored[key]} -> "
                f"{now[key][:12] if key.endswith('sha256') else now[key]})"
                for key, label in names.items() if key in stored and key in now and stored[key] != now[key]]
@@ -289,6 +289,7 @@ def info(
 ):
     """Show a model folder's manifest: family, defaults, submodels, validation, provenance."""
     from edgesd.model_folder import open_model_folder
+    from edgesd.sessions import BACKEND_OF_FORMAT
 
     folder = run_guarded(open_model_folder, model)
     m = folder.manifest
@@ -300,7 +301,7 @@ def info(
     for name, entry in m["submodels"].items():
         for fmt, spec in entry["formats"].items():
             size = sum(f.get("bytes", 0) for f in spec.get("files", {}).values())
-            backend = {"onnx": "onnxruntime"}.get(fmt, fmt)
+            backend = BACKEND_OF_FORMAT[fmt].name
             dev = entry.get("validation_max_abs_deviation", {}).get(backend)
             quantized = entry.get("quantized_max_abs_deviation", {}).get(backend)
             typer.echo(f"{name:<14}{fmt:<10}{spec.get('precision', '?'):<14}{size / 2**20:>7.1f} MiB  "

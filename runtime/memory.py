@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from edgesd.errors import InvalidInputError
-from edgesd.model_folder import MAIN_FILE, ModelFolder
+from edgesd.model_folder import ModelFolder
+from edgesd.sessions import BACKEND_OF_FORMAT
 
 GIB = 2**30
 ATTENTION_SCORE_COPIES = {"onnxruntime": 9, "openvino": 0}
@@ -64,8 +65,8 @@ def available_bytes() -> int | None:
 
 def weights_bytes(folder: ModelFolder, fmt: str, low_memory: bool) -> int:
     """What loading the folder's `fmt` files adds (in low-memory mode, one submodel at a time)."""
-    stem = MAIN_FILE[fmt].split(".")[0]
-    sizes = [sum(f.stat().st_size for f in (folder.path / name).glob(f"{stem}.*")) for name in folder.manifest["submodels"]]
+    files = BACKEND_OF_FORMAT[fmt].files
+    sizes = [sum(f.stat().st_size for f in (folder.path / name).iterdir() if f.name in files) for name in folder.manifest["submodels"]]
     return max(sizes) if low_memory else sum(sizes)
 
 

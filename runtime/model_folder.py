@@ -9,13 +9,11 @@ from pathlib import Path
 
 from edgesd.cache import cache_root
 from edgesd.errors import ModelFolderError
+from edgesd.sessions import BACKEND_OF_FORMAT
 
 FORMAT_VERSION = 1
 MANIFEST = "edgesd.json"
 SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-# On-disk format of each engine's files, and the file that names the model.
-FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino"}
-MAIN_FILE = {"onnx": "model.onnx", "openvino": "openvino_model.xml"}
 FAMILIES = ("sd1", "sd2", "sd")  # what this runtime runs ("sd": an SD 1.x/2.x folder of unknown version)
 DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
 
@@ -81,7 +79,7 @@ class ModelFolder:
         return list(self.manifest["submodels"][submodel]["formats"])
 
     def model_file(self, submodel: str, fmt: str) -> Path:
-        return self.path / submodel / MAIN_FILE[fmt]
+        return self.path / submodel / BACKEND_OF_FORMAT[fmt].main_file
 
     def verify(self, hashes: bool = True, formats: list[str] | None = None, stamps: dict | None = None) -> list[str]:
         """Problems found: missing files, wrong sizes and (if `hashes`) sha256 mismatches, for all
@@ -182,7 +180,8 @@ def _manifest_from_optimum_folder(path: Path) -> dict:
         return {"family": "sdxl"}  # refused by the caller with the families this runtime has
     submodels = {}
     for submodel in SUBMODELS:
-        formats = {fmt: {"files": {main: {}}} for fmt, main in MAIN_FILE.items() if (path / submodel / main).exists()}
+        formats = {fmt: {"files": {b.main_file: {}}} for fmt, b in BACKEND_OF_FORMAT.items()
+                   if (path / submodel / b.main_file).exists()}
         if not formats:
             raise ModelFolderError(
                 f"{path} is not a model folder: {submodel}/ has neither model.onnx nor openvino_model.xml "

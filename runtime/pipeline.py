@@ -22,10 +22,10 @@ from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
 from edgesd import __version__
 from edgesd.image import MAX_PIXELS, image_sha256, load_image, postprocess, preprocess, target_size
-from edgesd.model_folder import FORMAT_OF_BACKEND, SUBMODELS, ModelFolder, open_model_folder
+from edgesd.model_folder import SUBMODELS, ModelFolder, open_model_folder
 from edgesd.outputs import save_image
 from edgesd.schedulers.base import Plan
-from edgesd.sessions import Session, choose_backend, open_session
+from edgesd.sessions import BACKENDS, Session, choose_backend, open_session
 from edgesd.tokenizer import ClipTokenizer
 from edgesd.vae_tiling import tiled
 
@@ -54,16 +54,18 @@ class Img2ImgResult:
 
 class Img2ImgPipeline:
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False,
-                 inference_precision: str = "auto"):
+                 inference_precision: str = "auto", device: str = "auto"):
         """Use `load`. `open_submodel(name)` compiles a submodel. With `low_memory` only the one in
         use stays loaded (slower: each call recompiles, from the engine's cache where it has one),
         and images larger than the VAE's native size are encoded and decoded in blended tiles."""
         self.folder = folder
         self.backend = backend
-        self.format = FORMAT_OF_BACKEND[backend]
+        self.format = BACKENDS[backend].format
+        stored = folder.manifest["submodels"]["unet"]["formats"][self.format].get("precision", "fp32")
         self.provenance = {"model": folder.name, "model_path": str(folder.path.resolve()),
                            "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
-                           "backend": backend, "inference_precision": inference_precision}
+                           "backend": backend, "device": device, "weights_precision": stored,
+                           "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
         self.low_memory = low_memory
         self._open_submodel = open_submodel
         self.sessions = {} if low_memory else {name: open_submodel(name) for name in SUBMODELS}
@@ -93,14 +95,21 @@ class Img2ImgPipeline:
         """Open a model folder and compile its four submodels on the chosen engine and device."""
         folder = open_model_folder(path)
         backend = choose_backend(backend, device, folder.common_formats)
-        fmt = FORMAT_OF_BACKEND[backend]
+        fmt = BACKENDS[backend].format
         folder.verify_once([fmt])
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
 
         def open_submodel(name: str) -> Session:
             return open_session(backend, folder.model_file(name, fmt), device, inference_precision, **options)
 
-        return cls(folder, open_submodel, backend, low_memory, inference_precision)
+        return cls(folder, open_submodel, backend, low_memory, inference_precision, device)
+
+    def wrap_sessions(self, wrap: Callable[[str, Session], Session]) -> None:
+        """Put `wrap(name, session)` around every submodel's session, now and whenever one is opened
+        later (low-memory mode): how tools time, record or swap engine calls."""
+        opener = self._open_submodel
+        self._open_submodel = lambda name: wrap(name, opener(name))
+        self.sessions = {name: wrap(name, session) for name, session in self.sessions.items()}
 
     def _submodel(self, name: str) -> Session:
         """The compiled submodel; in low-memory mode opened here, and freed when the stage using it returns."""

@@ -123,7 +123,8 @@ def test_result_save_carries_parameters_and_never_overwrites(exported, tmp_path,
     assert "the negative prompt is ignored" in caplog.text
     result.save(tmp_path / "a.webp")
     stored = read_parameters(tmp_path / "a.webp")
-    assert stored["seed"] == 3 and stored["backend"] == "onnxruntime" and stored["inference_precision"] == "fp32"
+    assert stored["seed"] == 3 and stored["backend"] == "onnxruntime" and stored["device"] == "cpu"
+    assert stored["inference_precision"] == "fp32"
     assert stored["index"] == 0 and stored["size"] == [64, 48] and len(stored["input_sha256"]) == 64
     with pytest.raises(InvalidInputError, match="already exists; pass --overwrite"):
         result.save(tmp_path / "a.webp")

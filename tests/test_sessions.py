@@ -79,3 +79,27 @@ def test_releasing_pages_of_a_mapped_file_keeps_its_contents(tmp_path):
         assert view[:] == data
     assert released >= len(data) or not sys.platform.startswith("linux")
     assert mapped_weights.release(tmp_path / "not-mapped.bin") == 0
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_wrap_sessions_sees_every_engine_call(exported, low_memory):
+    """The public hook tools use to time or record calls, also for sessions opened later (low memory)."""
+    from collections import Counter
+
+    from edgesd import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.load(exported["tiny-sd2"], backend="onnxruntime", device="cpu", low_memory=low_memory)
+    calls = Counter()
+
+    class Counting:
+        def __init__(self, name, session):
+            self.name, self.session, self.input_types = name, session, session.input_types
+
+        def run(self, feeds):
+            calls[self.name] += 1
+            return self.session.run(feeds)
+
+    pipe.wrap_sessions(Counting)
+    result = pipe(np.zeros((64, 64, 3), np.uint8), "x", num_inference_steps=4, strength=1.0, guidance_scale=0, seed=0)
+    assert calls == {"text_encoder": 1, "vae_encoder": 1, "unet": len(result.timings["steps"]), "vae_decoder": 1}
+    assert len(result.timings["steps"]) == 4

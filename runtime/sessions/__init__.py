@@ -1,16 +1,45 @@
-"""Inference engines behind one small `Session` interface (see base.py)."""
+"""Inference engines behind one small `Session` interface (see base.py), and the one registry of
+them: which on-disk format each runs, its files, and how a session is opened."""
 
+import importlib
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgesd.errors import BackendUnavailableError
 from edgesd.sessions.base import Session
 
 log = logging.getLogger("edgesd")
-BACKENDS = ("onnxruntime", "openvino")
 DEVICES = ("auto", "cpu", "gpu", "cuda", "npu")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # what users pass as backend=, also the engine's import name
+    format: str  # the model-folder format it runs (the manifest's key)
+    main_file: str  # the file that names a submodel in that format
+    files: tuple[str, ...]  # every file of a submodel in that format
+    session: str  # "module:Class" of its Session, imported only when one is opened
+    options: tuple[str, ...]  # the open() options this engine takes
+
+    def open(self, path: Path, device: str, precision: str, **options) -> Session:
+        module, cls = self.session.split(":")
+        taken = {name: options.get(name) for name in self.options}
+        return getattr(importlib.import_module(module), cls)(path, device, precision, **taken)
+
+    def effective_precision(self, device: str, requested: str, stored: str) -> str:
+        """What the engine computes in for `requested` ("auto" resolved) on weights stored as `stored`."""
+        return importlib.import_module(self.session.split(":")[0]).effective_precision(device, requested, stored)
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("onnxruntime", "onnx", "model.onnx", ("model.onnx", "model.onnx_data"),
+            "edgesd.sessions.onnxruntime:OnnxRuntimeSession", ("threads",)),
+    Backend("openvino", "openvino", "openvino_model.xml", ("openvino_model.xml", "openvino_model.bin"),
+            "edgesd.sessions.openvino:OpenVINOSession", ("cache_dir",)),
+)}
+BACKEND_OF_FORMAT = {b.format: b for b in BACKENDS.values()}
 
 
 def installed_backends() -> list[str]:
@@ -24,7 +53,7 @@ def choose_backend(backend: str, device: str, formats: list[str]) -> str:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise BackendUnavailableError(f"unknown device {device!r}; choose {', '.join(DEVICES)}")
-    usable = [b for b in installed_backends() if {"onnxruntime": "onnx", "openvino": "openvino"}[b] in formats]
+    usable = [b for b in installed_backends() if BACKENDS[b].format in formats]
     if backend != "auto":
         if backend not in usable:
             raise BackendUnavailableError(
@@ -44,11 +73,6 @@ def choose_backend(backend: str, device: str, formats: list[str]) -> str:
 
 
 def open_session(backend: str, path: Path, device: str = "auto", precision: str = "auto", **options) -> Session:
-    """Compile one submodel; device "auto" means CUDA/GPU when present, else CPU."""
-    if backend == "onnxruntime":
-        from edgesd.sessions.onnxruntime import OnnxRuntimeSession
-
-        return OnnxRuntimeSession(path, device, precision, threads=options.get("threads"))
-    from edgesd.sessions.openvino import OpenVINOSession
-
-    return OpenVINOSession(path, device, precision, cache_dir=options.get("cache_dir"))
+    """Compile one submodel; device "auto" means CUDA/GPU when present, else CPU. `options`: threads
+    (onnxruntime), cache_dir (OpenVINO); each engine takes the ones it has."""
+    return BACKENDS[backend].open(path, device, precision, **options)

@@ -30,6 +30,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def effective_precision(device: str, requested: str, stored: str) -> str:
+    """onnxruntime computes in the precision the model was exported in."""
+    return stored
+
+
 class OnnxRuntimeSession:
     """On CUDA, inputs go through IO binding: an input fed again as the same unchanged array (the
     prompt embeddings, every denoising step) stays on the GPU instead of being copied each call."""

@@ -44,6 +44,18 @@ def resolve_device(device: str) -> str:
     return _DEVICES[device]
 
 
+def effective_precision(device: str, requested: str, stored: str) -> str:
+    """The plugin's precision hint: the one requested, else its default for the device (bf16 on CPUs
+    with AVX512-BF16/AMX, f16 on GPUs, f32 elsewhere); quantized layers run int8 either way."""
+    if requested != "auto":
+        return requested
+    try:
+        hint = _import().Core().get_property(resolve_device(device), "INFERENCE_PRECISION_HINT").get_type_name()
+    except (BackendUnavailableError, RuntimeError):
+        return "auto"
+    return {"f32": "fp32", "f16": "fp16"}.get(hint, hint)
+
+
 class OpenVINOSession:
     backend = "openvino"
 
