@@ -85,7 +85,7 @@ class RecordingSession:
 def load_pipeline(folder: Path, backend: str):
     """The runtime's pipeline on the fp32 folder, computing in exact fp32 on the CPU."""
     try:
-        from edgesd.pipeline import Img2ImgPipeline
+        from edgesd.pipelines import Img2ImgPipeline
     except ImportError as e:  # the runtime is part of the same distribution; this is a broken install
         raise EdgesdError(f"calibration runs the edgesd runtime pipeline, which does not import here ({e})") from None
     return Img2ImgPipeline.load(folder, backend=backend, device="cpu", inference_precision="fp32")

@@ -79,7 +79,7 @@ def measure(
     None for steps/strength/guidance means the model folder's defaults; `size`: square image side
     (default: the model's native sample size). Returns means and worst cases, plus per-case values.
     """
-    from edgesd.pipeline import Img2ImgPipeline
+    from edgesd.pipelines import Img2ImgPipeline
 
     settings = dict(num_inference_steps=num_inference_steps, strength=strength, guidance_scale=guidance_scale)
     # One pipeline at a time: a full-size model on onnxruntime holds ~12 GB at 512x512, two would not fit.

@@ -9,11 +9,14 @@ from edgesd.errors import (
     ModelFolderError,
     UnsupportedSchedulerError,
 )
-from edgesd.pipeline import Img2ImgPipeline, Img2ImgResult
+from edgesd.pipelines import Img2ImgPipeline, Result
+
+Img2ImgResult = Result  # the name of 0.1
 
 __all__ = [
     "Img2ImgPipeline",
     "Img2ImgResult",
+    "Result",
     "EdgesdError",
     "ModelFolderError",
     "InvalidInputError",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgesd.pipeline import Img2ImgPipeline
+from edgesd.pipelines import Img2ImgPipeline
 
 STAGES = ("text", "encode", "step", "decode", "total")
 

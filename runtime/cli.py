@@ -115,7 +115,7 @@ def img2img(
     from edgesd.jobs import plan_jobs
     from edgesd.model_folder import open_model_folder
     from edgesd.outputs import read_parameters, save_image
-    from edgesd.pipeline import Img2ImgPipeline, resolve_settings
+    from edgesd.pipelines import Img2ImgPipeline, resolve_settings
     from edgesd.sessions import BACKENDS, choose_backend
     from edgesd.variations import contact_sheet, parse_list, variants
 

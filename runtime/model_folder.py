@@ -14,7 +14,6 @@ from edgesd.sessions import BACKEND_OF_FORMAT
 FORMAT_VERSION = 1
 MANIFEST = "edgesd.json"
 SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-FAMILIES = ("sd1", "sd2", "sd")  # what this runtime runs ("sd": an SD 1.x/2.x folder of unknown version)
 DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
 
 
@@ -163,9 +162,11 @@ def open_model_folder(path: str | Path) -> ModelFolder:
             )
     else:
         manifest = _manifest_from_optimum_folder(path)
+    from edgesd.families import FAMILIES
+
     if manifest.get("family") not in FAMILIES:
         raise ModelFolderError(
-            f"{path} is a {manifest.get('family')!r}-family model; this edgesd runs {', '.join(FAMILIES[:2])} (SD 1.x/2.x) models"
+            f"{path} is a {manifest.get('family')!r}-family model; this edgesd runs {', '.join(FAMILIES)} (SD 1.x/2.x) models"
         )
     folder = ModelFolder(path, manifest)
     problems = folder.verify(hashes=False)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from edgesd import Img2ImgPipeline
+from edgesd.families import Conditioning
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -182,7 +183,7 @@ def test_catches_an_off_by_one_start_timestep(pipes, reference_pipes):
 
 def test_catches_a_wrong_vae_scaling_factor(pipes, reference_pipes, monkeypatch):
     pipe = pipes["tiny-sd1", "onnxruntime"]
-    monkeypatch.setattr(pipe, "vae_scaling_factor", 0.2)  # the model's is 0.18215
+    monkeypatch.setattr(pipe.vae, "scaling_factor", 0.2)  # the model's is 0.18215
     with pytest.raises(AssertionError):
         assert_images_close(ours(pipe, "EulerDiscreteScheduler", 0.75, 6.0),
                             reference(reference_pipes, "tiny-sd1", "EulerDiscreteScheduler", 0.75, 6.0))
@@ -190,13 +191,14 @@ def test_catches_a_wrong_vae_scaling_factor(pipes, reference_pipes, monkeypatch)
 
 def test_catches_swapped_guidance_halves(pipes, reference_pipes, monkeypatch):
     pipe = pipes["tiny-sd1", "onnxruntime"]
-    encode = pipe._encode_prompt
+    encode = pipe.encode_prompt
 
     def swapped(*args):
-        negative, positive = np.split(encode(*args), 2)
-        return np.concatenate([positive, negative])
+        negative, positive = np.split(encode(*args).hidden_states, 2)
+        return Conditioning(np.concatenate([positive, negative]))
 
-    monkeypatch.setattr(pipe, "_encode_prompt", swapped)
+    monkeypatch.setattr(pipe, "encode_prompt", swapped)
+    pipe.reuse_encodings = False
     with pytest.raises(AssertionError):
         assert_images_close(ours(pipe, "EulerDiscreteScheduler", 0.75, 6.0),
                             reference(reference_pipes, "tiny-sd1", "EulerDiscreteScheduler", 0.75, 6.0))

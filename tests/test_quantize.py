@@ -333,7 +333,7 @@ def test_fidelity_holds_one_pipeline_at_a_time(folders, fp32_folder, monkeypatch
     import weakref
 
     from edgesd.export.fidelity import CASES, measure
-    from edgesd.pipeline import Img2ImgPipeline
+    from edgesd.pipelines import Img2ImgPipeline
 
     load, alive, most_alive = Img2ImgPipeline.load, weakref.WeakSet(), []
 

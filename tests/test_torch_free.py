@@ -55,7 +55,7 @@ def run(venv_dir: Path, *args, **kwargs) -> subprocess.CompletedProcess:
 
 def test_wheel_installs_the_runtime_only(runtime_venv):
     pins = dict(p.split("==") for p in lowest_requirements())
-    code = ("import importlib.util as u, importlib.metadata as m, json, edgesd, edgesd.pipeline, edgesd.cli; "
+    code = ("import importlib.util as u, importlib.metadata as m, json, edgesd, edgesd.pipelines, edgesd.cli; "
             "print([x for x in ('torch', 'diffusers', 'transformers', 'optimum') if u.find_spec(x)]); "
             f"print(json.dumps({{p: m.version(p) for p in {sorted(pins)}}}))")
     done = run(runtime_venv, "python", "-c", code)

@@ -1,0 +1,185 @@
+"""What every task pipeline shares: loading a model folder on an engine, the typed submodels, the
+input checks and sizes, the memory check, provenance, and reusing the last encodings (sweeps)."""
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from edgesd import __version__, memory, schedulers
+from edgesd.errors import InvalidInputError
+from edgesd.families import FAMILIES, Conditioning
+from edgesd.image import MAX_PIXELS, target_size
+from edgesd.model_folder import ModelFolder, open_model_folder
+from edgesd.models import TextEncoder, UNet, Vae
+from edgesd.outputs import save_image
+from edgesd.schedulers.base import Plan
+from edgesd.sessions import BACKENDS, Session, choose_backend, open_session
+from edgesd.tokenizer import ClipTokenizer
+
+log = logging.getLogger("edgesd")
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    seed: int
+    settings: dict  # the values actually used (defaults resolved)
+    timings: dict = field(default_factory=dict)  # seconds: text, encode, steps (list), decode, total
+    cancelled: bool = False
+    provenance: dict = field(default_factory=dict)  # model, backend, precisions, device, input's sha256, version
+
+    @property
+    def parameters(self) -> dict:
+        """What reproduces the images: the settings and where they were made (stored in saved files)."""
+        return {**self.settings, **self.provenance}
+
+    def save(self, path: str | Path, index: int = 0, overwrite: bool = False) -> None:
+        """Write image `index` atomically, its parameters inside (PNG text chunk; EXIF in JPEG/WebP)."""
+        save_image(self.images[index], Path(path), {**self.parameters, "index": index}, overwrite)
+
+
+class Pipeline:
+    def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False,
+                 inference_precision: str = "auto", device: str = "auto"):
+        """Use `load`. `open_submodel(name)` compiles a submodel. With `low_memory` only the one in
+        use stays loaded (slower: each call recompiles, from the engine's cache where it has one),
+        and images larger than the VAE's native size are encoded and decoded in blended tiles."""
+        self.folder = folder
+        self.family = FAMILIES[folder.manifest["family"]]
+        self.backend = backend
+        self.format = BACKENDS[backend].format
+        self.low_memory = low_memory
+        self._open_submodel = open_submodel
+        self.sessions = {} if low_memory else {name: open_submodel(name) for name in self.family.submodels}
+        manifest = folder.manifest
+        self.text_encoder = TextEncoder(ClipTokenizer(folder.path / "tokenizer"), lambda: self._submodel("text_encoder"))
+        self.unet = UNet(lambda: self._submodel("unet"), folder.unet_config.get("in_channels", 4))
+        self.vae = Vae(lambda: self._submodel("vae_encoder"), lambda: self._submodel("vae_decoder"),
+                       manifest["vae_scale_factor"], manifest["vae_scaling_factor"], folder.vae_sample_size)
+        self.vae.tiling = low_memory  # as diffusers' enable_vae_tiling
+        self.unet_latent_multiple = folder.unet_latent_multiple
+        self.max_pixels = MAX_PIXELS  # larger inputs are refused (raise it for big images: memory grows with it)
+        self.reuse_encodings = True  # a call with the last call's prompts or image reuses their encodings (sweeps)
+        self._last_prompts = self._last_moments = None  # (key, encoding)
+        self._said = set()  # warnings given once per pipeline
+        stored = manifest["submodels"]["unet"]["formats"][self.format].get("precision", "fp32")
+        self.provenance = {"model": folder.name, "model_path": str(folder.path.resolve()),
+                           "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
+                           "backend": backend, "device": device, "weights_precision": stored,
+                           "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", inference_precision: str = "auto",
+             threads: int | None = None, cache_dir: str | Path | None = None, low_memory: bool = False):
+        """Open a model folder and compile its submodels on the chosen engine and device."""
+        folder = open_model_folder(path)
+        backend = choose_backend(backend, device, folder.common_formats)
+        fmt = BACKENDS[backend].format
+        folder.verify_once([fmt])
+        options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
+
+        def open_submodel(name: str) -> Session:
+            return open_session(backend, folder.model_file(name, fmt), device, inference_precision, **options)
+
+        return cls(folder, open_submodel, backend, low_memory, inference_precision, device)
+
+    def wrap_sessions(self, wrap: Callable[[str, Session], Session]) -> None:
+        """Put `wrap(name, session)` around every submodel's session, now and whenever one is opened
+        later (low-memory mode): how tools time, record or swap engine calls."""
+        opener = self._open_submodel
+        self._open_submodel = lambda name: wrap(name, opener(name))
+        self.sessions = {name: wrap(name, session) for name, session in self.sessions.items()}
+
+    def _submodel(self, name: str) -> Session:
+        """The compiled submodel; in low-memory mode opened here, and freed when the stage using it returns."""
+        return self.sessions.get(name) or self._open_submodel(name)
+
+    def say_once(self, key: str, message: str, *args) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning(message, *args)
+
+    def input_size(self, size: tuple[int, int], requested=None) -> tuple[int, int]:
+        """The (width, height) an input of `size` is processed at (see image.target_size); folders whose
+        UNet upsamples by a fixed 2x floor further, to what it can take, and say so once."""
+        scale = self.vae.scale_factor
+        width, height = target_size(size, scale, requested)
+        multiple = scale * self.unet_latent_multiple
+        floored = (width - width % multiple, height - height % multiple)
+        if 0 in floored:
+            raise InvalidInputError(f"image {width}x{height} is smaller than {multiple} pixels on a side, the least this model's UNet takes")
+        if floored != (width, height):
+            self.say_once("floor", "this model folder's UNet takes sides that are multiples of %d px only (exported by "
+                          "optimum or an older edgesd), so %dx%d is floored to %dx%d; re-export it with `edgesd export` "
+                          "for any multiple of %d", multiple, width, height, *floored, scale)
+        native = self.folder.native_size
+        if floored[0] * floored[1] > 4 * native**2:
+            self.say_once("native", "%dx%d is %.0fx the pixels of this model's native %dx%d: slower, and SD models repeat "
+                          "content far above their native size; resize it (size=, --resize/--width/--height) to stay "
+                          "near it", *floored, floored[0] * floored[1] / native**2, native, native)
+        return floored
+
+    def check_memory(self, width: int, height: int, num_images: int, guided: bool) -> None:
+        loading = memory.weights_bytes(self.folder, self.format, True) if self.low_memory else 0
+        memory.check_fits(memory.call_bytes(self.folder, width, height, num_images, guided, self.backend, self.low_memory)
+                          + loading, f"{width}x{height} x{num_images} on {self.backend}")
+
+    def encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float, num_images: int) -> Conditioning:
+        """The family's conditioning; the negative prompt only where guidance applies (scale > 1), as diffusers."""
+        guided = guidance_scale > 1
+        if negative_prompt and not guided:
+            self.say_once("negative", "the negative prompt is ignored: guidance_scale %g <= 1 turns guidance off", guidance_scale)
+        prompts = self.family.prompts(prompt, negative_prompt, guided)
+        cached = self._last_prompts
+        if not self.reuse_encodings or cached is None or cached[0] != prompts:
+            cached = self._last_prompts = (prompts, self.text_encoder(list(prompts)))
+        return self.family.conditioning(cached[1], num_images)
+
+    def encode_image(self, pixels: np.ndarray, generator) -> np.ndarray:
+        """Scaled latents sampled from the VAE's distribution (one generator draw); the moments of the
+        last image are reused by the next call on the same pixels."""
+        key = (hashlib.sha256(pixels.tobytes()).digest(), pixels.shape, self.vae.tiling, self.vae.tile)
+        cached = self._last_moments
+        if not self.reuse_encodings or cached is None or cached[0] != key:
+            cached = self._last_moments = (key, self.vae.moments(pixels))
+        return self.vae.sample(cached[1], generator)
+
+
+def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength=None, num_inference_steps=None,
+                     guidance_scale=None, seed=None, num_images=1, scheduler=None) -> tuple[dict, Plan]:
+    """Check a call's options against the model folder (no submodel is needed: the CLI runs this
+    before loading) and fill in defaults: None means the folder's recommended value. Returns the
+    settings actually used and the scheduler's plan."""
+    defaults = folder.defaults
+    strength = defaults["strength"] if strength is None else strength
+    steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+    guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+    seed = secrets.randbelow(2**63) if seed is None else seed
+    if not isinstance(prompt, str) or (negative_prompt is not None and not isinstance(negative_prompt, str)):
+        raise InvalidInputError("prompt and negative_prompt must be strings")
+    if not 0 <= strength <= 1:
+        raise InvalidInputError(f"strength must be between 0 and 1, got {strength}")
+    if int(steps) != steps or steps < 1:
+        raise InvalidInputError(f"num_inference_steps must be a positive integer, got {steps}")
+    if guidance_scale < 0:
+        raise InvalidInputError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if int(num_images) != num_images or num_images < 1:
+        raise InvalidInputError(f"num_images must be a positive integer, got {num_images}")
+    if int(seed) != seed or not 0 <= seed < 2**64:
+        raise InvalidInputError(f"seed must be an integer in [0, 2**64), got {seed}")
+    plan = schedulers.from_config(folder.scheduler_config, scheduler).plan(steps, strength)
+    if strength > 0 and len(plan.timesteps) == 0:
+        raise InvalidInputError(
+            f"strength {strength} with {steps} steps leaves no denoising step (int(steps * strength) = 0); "
+            "increase strength or num_inference_steps"
+        )
+    settings = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
+                    guidance_scale=guidance_scale, seed=seed, num_images=num_images,
+                    scheduler=scheduler or folder.scheduler_config["_class_name"])
+    return settings, plan
