@@ -9,12 +9,13 @@ from edgesd.errors import (
     ModelFolderError,
     UnsupportedSchedulerError,
 )
-from edgesd.pipelines import Img2ImgPipeline, Result
+from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, Result
 
 Img2ImgResult = Result  # the name of 0.1
 
 __all__ = [
     "Img2ImgPipeline",
+    "InpaintPipeline",
     "Img2ImgResult",
     "Result",
     "EdgesdError",

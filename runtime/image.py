@@ -17,11 +17,14 @@ from edgesd.errors import InvalidInputError
 MAX_PIXELS = 4096 * 4096
 
 
-def load_image(image, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """A path, PIL image or HxWx3 uint8 array -> an RGB PIL image, or a clear InvalidInputError."""
+def load_image(image, max_pixels: int = MAX_PIXELS, keep_gray: bool = False) -> Image.Image:
+    """A path, PIL image or HxWx3 uint8 array -> an RGB PIL image, or a clear InvalidInputError.
+    `keep_gray` (masks): grayscale PIL images and HxW arrays stay grayscale ("L"), as diffusers'
+    mask processor resizes them in their own mode."""
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise InvalidInputError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
+        gray = keep_gray and image.ndim == 2
+        if image.dtype != np.uint8 or not (gray or (image.ndim == 3 and image.shape[2] == 3)):
+            raise InvalidInputError(f"an image array must be HxWx3{' or HxW' * keep_gray} uint8, got {image.shape} {image.dtype}")
         image = Image.fromarray(image)
     elif isinstance(image, (str, Path)):
         image = _open(Path(image), max_pixels)
@@ -30,7 +33,7 @@ def load_image(image, max_pixels: int = MAX_PIXELS) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidInputError(f"image is {width}x{height}, over the limit of {max_pixels} pixels; resize it or raise the limit")
-    if image.mode != "RGB":
+    if image.mode != "RGB" and not (keep_gray and image.mode == "L"):
         image = image.convert("RGB")
     return image
 

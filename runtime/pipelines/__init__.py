@@ -2,5 +2,6 @@
 
 from edgesd.pipelines.base import Pipeline, Result, resolve_settings
 from edgesd.pipelines.img2img import Img2ImgPipeline
+from edgesd.pipelines.inpaint import InpaintPipeline
 
-__all__ = ["Pipeline", "Result", "resolve_settings", "Img2ImgPipeline"]
+__all__ = ["Pipeline", "Result", "resolve_settings", "Img2ImgPipeline", "InpaintPipeline"]

@@ -64,6 +64,7 @@ class Pipeline:
                        manifest["vae_scale_factor"], manifest["vae_scaling_factor"], folder.vae_sample_size)
         self.vae.tiling = low_memory  # as diffusers' enable_vae_tiling
         self.unet_latent_multiple = folder.unet_latent_multiple
+        self.latent_channels = manifest["latent_channels"]
         self.max_pixels = MAX_PIXELS  # larger inputs are refused (raise it for big images: memory grows with it)
         self.reuse_encodings = True  # a call with the last call's prompts or image reuses their encodings (sweeps)
         self._last_prompts = self._last_moments = None  # (key, encoding)

@@ -54,11 +54,17 @@ class Plan:
     begin: int  # position of timesteps[0] in schedule.timesteps (diffusers' begin_index)
     timesteps: np.ndarray  # what the UNet gets, one per call
 
-    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Noise clean latents to timesteps[0] (the img2img start)."""
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int = 0) -> np.ndarray:
+        """Noise clean latents to timesteps[index]: 0 is the img2img start; inpainting re-noises the
+        known region to the next step's level (as diffusers' add_noise does after step `index - 1`)."""
         if len(self.timesteps) == 0:
             raise InvalidInputError("this plan has no denoising step: increase strength or num_inference_steps")
-        return self.scheduler.add_noise(self, original, noise)
+        return self.scheduler.add_noise(self, original, noise, index)
+
+    @property
+    def init_noise_sigma(self) -> np.float32:
+        """The spread of pure-noise starting latents (diffusers' init_noise_sigma)."""
+        return self.scheduler.init_noise_sigma(self)
 
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         """The UNet input for step `index` (some schedulers divide by sqrt(sigma**2 + 1))."""
@@ -124,10 +130,13 @@ class Scheduler:
     def scale_model_input(self, plan: Plan, sample: np.ndarray, index: int) -> np.ndarray:
         return sample
 
-    def add_noise(self, plan: Plan, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    def add_noise(self, plan: Plan, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
         """Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (DDPM eq. 4)."""
-        alpha_prod = self.alphas_cumprod[int(plan.timesteps[0])]
+        alpha_prod = self.alphas_cumprod[int(plan.timesteps[index])]
         return np.sqrt(alpha_prod) * original + np.sqrt(F32(1) - alpha_prod) * noise
+
+    def init_noise_sigma(self, plan: Plan) -> np.float32:
+        return F32(1)
 
 
 class SigmaScheduler(Scheduler):
@@ -138,13 +147,18 @@ class SigmaScheduler(Scheduler):
         sigma = plan.schedule.sigmas[plan.begin + index]
         return sample / np.sqrt(sigma * sigma + 1)
 
-    def add_noise(self, plan: Plan, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return original + noise * plan.schedule.sigmas[plan.begin]
+    def add_noise(self, plan: Plan, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        return original + noise * plan.schedule.sigmas[plan.begin + index]
+
+    def init_noise_sigma(self, plan: Plan) -> np.float32:
+        """The largest sigma, with the UNet-input scaling folded in unless the spacing starts at T."""
+        top = F32(plan.schedule.sigmas.max())
+        return top if self.config.get("timestep_spacing") in ("linspace", "trailing") else np.sqrt(top * top + F32(1))
 
 
 class MultistepScheduler(Scheduler):
     """DPM-Solver and UniPC: variance-preserving sigmas, UNet input unscaled."""
 
-    def add_noise(self, plan: Plan, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        alpha_t, sigma_t = common.sigma_to_alpha_sigma_t(plan.schedule.sigmas[plan.begin])
+    def add_noise(self, plan: Plan, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        alpha_t, sigma_t = common.sigma_to_alpha_sigma_t(plan.schedule.sigmas[plan.begin + index])
         return alpha_t * original + sigma_t * noise

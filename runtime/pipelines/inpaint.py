@@ -1,0 +1,107 @@
+"""InpaintPipeline: repaint the white part of a mask, keep the black, torch-free.
+
+Follows diffusers' StableDiffusionInpaintPipeline step for step, so an fp32 export reproduces its
+CPU output for the same seed: the mask is resized, made grayscale and binarised (>= 0.5 repaints)
+as its mask processor does and taken to latent size by nearest neighbour; the generator is drawn
+in its order, including the masked image's encoding that a 4-channel UNet never uses. Two kinds of
+UNet: a 9-channel inpainting UNet sees the mask and the masked image's latents beside the latents;
+a normal 4-channel one denoises everything and, after each step, the known region is put back,
+noised to the next timestep (on_step). One departure: without `size`, the input keeps its own size
+(floored to the VAE's multiple), where diffusers resizes to the model's native square.
+"""
+
+import time
+
+import numpy as np
+from PIL import Image
+
+from edgesd.denoise import Callback, denoise, guided
+from edgesd.errors import InvalidInputError
+from edgesd.generator import TorchGenerator
+from edgesd.image import image_sha256, load_image, postprocess, preprocess
+from edgesd.pipelines.base import Pipeline, Result, resolve_settings
+
+
+def mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """(1, 1, H, W) float32 of 0 (keep) and 1 (repaint): resized (Lanczos, in the mask's own mode),
+    made grayscale, binarised at 0.5, as diffusers' mask processor does."""
+    if mask.size != size:
+        mask = mask.resize(size, resample=Image.Resampling.LANCZOS)
+    gray = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    return (gray >= 0.5).astype(np.float32)[None, None]
+
+
+class InpaintPipeline(Pipeline):
+    def __call__(
+        self,
+        image,
+        mask_image,
+        prompt: str,
+        negative_prompt: str | None = None,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        num_images: int = 1,
+        scheduler: str | None = None,
+        callback: Callback | None = None,
+        size: tuple[int | None, int | None] | None = None,
+    ) -> Result:
+        """`mask_image`: white repaints, black keeps (a path, PIL image or array). `strength` 1 (the
+        default without a model default) ignores the masked area's content."""
+        start = time.perf_counter()
+        timings = {}
+        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, 1.0 if strength is None else strength,
+                                          num_inference_steps, guidance_scale, seed, num_images, scheduler)
+        if len(plan.timesteps) == 0:
+            raise InvalidInputError("inpainting needs at least one denoising step: increase strength or num_inference_steps")
+        image = load_image(image, self.max_pixels)
+        mask = load_image(mask_image, self.max_pixels, keep_gray=True)
+        width, height = self.input_size(image.size, size)
+        settings["size"] = [width, height]
+        guidance_scale = settings["guidance_scale"]
+        self.check_memory(width, height, num_images, guidance_scale > 1)
+        provenance = {**self.provenance, "input_sha256": image_sha256(image), "mask_sha256": image_sha256(mask)}
+        generator = TorchGenerator(settings["seed"])
+        t0 = time.perf_counter()
+        conditioning = self.encode_prompt(prompt, negative_prompt, guidance_scale, num_images)
+        timings["text"] = time.perf_counter() - t0
+        # Latents, in diffusers' draw order: image latents (4-channel UNet, or strength < 1), noise,
+        # then the masked image's latents (drawn even where a 4-channel UNet will not use them).
+        t0 = time.perf_counter()
+        pixels = preprocess(image, (width, height))
+        full_strength = settings["strength"] == 1.0
+        image_latents = None
+        if self.unet.in_channels == 4 or not full_strength:
+            image_latents = np.repeat(self.encode_image(pixels, generator), num_images, axis=0)
+        batch, shape = num_images, (num_images, self.latent_channels, height // self.vae.scale_factor,
+                                    width // self.vae.scale_factor)
+        noise = generator.randn(shape)
+        latents = noise * plan.init_noise_sigma if full_strength else plan.add_noise(image_latents, noise)
+        mask = mask_array(mask, (width, height))
+        masked_latents = self.encode_image(pixels * (mask < 0.5), generator)
+        latent_mask = mask[:, :, :: self.vae.scale_factor, :: self.vae.scale_factor]
+        timings["encode"] = time.perf_counter() - t0
+        # Denoise.
+        doubled = 2 if guidance_scale > 1 else 1
+        if self.unet.in_channels == 9:
+            extra = np.concatenate([np.repeat(latent_mask, batch * doubled, axis=0),
+                                    np.repeat(masked_latents, batch * doubled, axis=0)], axis=1)
+            on_step = None
+        else:
+            extra = None
+            keep = np.float32(1) - latent_mask
+
+            def on_step(i: int, latents: np.ndarray) -> np.ndarray:
+                known = image_latents if i == len(plan.timesteps) - 1 else plan.add_noise(image_latents, noise, i + 1)
+                return keep * known + latent_mask * latents
+
+        predict = guided(self.unet, conditioning.hidden_states, guidance_scale, extra)
+        latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback, on_step)
+        if cancelled:
+            return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)
+        t0 = time.perf_counter()
+        images = postprocess(self.vae.decode(latents))
+        timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+        return Result(images, settings["seed"], settings, timings, provenance=provenance)

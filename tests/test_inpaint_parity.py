@@ -1,0 +1,158 @@
+"""InpaintPipeline against diffusers' StableDiffusionInpaintPipeline, by seed, on random test models:
+a 4-channel UNet (tiny-sd1, tiny-sd2: known region re-noised and blended after each step) and a
+9-channel inpainting UNet (tiny-sd1-inpaint: mask and masked-image latents beside the latents).
+Same tolerance as the img2img parity tests (tests/test_pipeline_parity.py); an inverted mask and a
+wrong draw order must fail it."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesd import InpaintPipeline
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from test_pipeline_parity import assert_images_close  # noqa: E402
+
+PROMPT, NEGATIVE = "a red house by a lake", "blurry, grey"
+SIZES = {"tiny-sd1": (86, 54), "tiny-sd2": (88, 56), "tiny-sd1-inpaint": (86, 54)}  # multiples of the VAE factor, not square
+
+
+def picture(width: int, height: int) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    return Image.fromarray(np.stack([(x * 3) % 256, (y * 5) % 256, ((x + y) * 7) % 256], axis=-1).astype(np.uint8))
+
+
+def mask_of(width: int, height: int) -> Image.Image:
+    """A white rectangle to repaint, and a grey (140) band on the left that binarises to repaint too."""
+    m = np.zeros((height, width), np.uint8)
+    m[height // 4 : 3 * height // 4, width // 3 : width - 4] = 255
+    m[:, :6] = 140
+    return Image.fromarray(m)
+
+
+@pytest.fixture(scope="module")
+def folders(diffusers_folders, exported, tmp_path_factory) -> dict:
+    """model -> (diffusers folder, edgesd folder); the 9-channel model is built and exported here."""
+    from edgesd.export import export_model, recipes
+    from edgesd.export.random_model import build_random_pipeline
+
+    root = tmp_path_factory.mktemp("inpaint")
+    build_random_pipeline(recipes.load("tiny-sd1-inpaint"), root / "diffusers")
+    logging.getLogger("edgesd").setLevel(logging.WARNING)
+    export_model("random:tiny-sd1-inpaint", root / "edgesd", formats=("onnx", "openvino"))
+    return {"tiny-sd1": (diffusers_folders["tiny-sd1"], exported["tiny-sd1"]),
+            "tiny-sd2": (diffusers_folders["tiny-sd2"], exported["tiny-sd2"]),
+            "tiny-sd1-inpaint": (root / "diffusers", root / "edgesd")}
+
+
+@pytest.fixture(scope="module")
+def reference_pipes(folders):
+    return {name: diffusers.StableDiffusionInpaintPipeline.from_pretrained(src, safety_checker=None,
+                                                                          requires_safety_checker=False)
+            for name, (src, _) in folders.items()}
+
+
+@pytest.fixture(scope="module")
+def pipes(folders):
+    return {(name, backend): InpaintPipeline.load(folder, backend=backend, device="cpu", inference_precision="fp32")
+            for name, (_, folder) in folders.items() for backend in ("onnxruntime", "openvino")}
+
+
+def reference(pipe, scheduler, strength, guidance, mask=None, seed=7, num_images=2, size=None):
+    width, height = size
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE if guidance > 1 else None, image=picture(width, height),
+                mask_image=mask or mask_of(width, height), height=height, width=width, strength=strength,
+                num_inference_steps=4, guidance_scale=guidance, num_images_per_prompt=num_images,
+                generator=torch.Generator("cpu").manual_seed(seed)).images
+
+
+def ours(pipe, scheduler, strength, guidance, mask=None, seed=7, num_images=2, size=None):
+    width, height = size
+    return pipe(picture(width, height), mask or mask_of(width, height), PROMPT,
+                negative_prompt=NEGATIVE if guidance > 1 else None, strength=strength, num_inference_steps=4,
+                guidance_scale=guidance, seed=seed, num_images=num_images, scheduler=scheduler).images
+
+
+CASES = [
+    ("tiny-sd1", "PNDMScheduler", 1.0, 0.0), ("tiny-sd1", "EulerAncestralDiscreteScheduler", 0.75, 6.0),
+    ("tiny-sd2", "EulerDiscreteScheduler", 1.0, 6.0), ("tiny-sd2", "DPMSolverMultistepScheduler", 0.75, 0.0),
+    ("tiny-sd1-inpaint", "PNDMScheduler", 1.0, 6.0), ("tiny-sd1-inpaint", "EulerDiscreteScheduler", 0.75, 0.0),
+    ("tiny-sd1-inpaint", "DDPMScheduler", 1.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("model,scheduler,strength,guidance", CASES)
+def test_matches_diffusers(pipes, reference_pipes, model, scheduler, strength, guidance, backend):
+    size = SIZES[model]
+    got = ours(pipes[model, backend], scheduler, strength, guidance, size=size)
+    assert got[0].size == size
+    assert_images_close(got, reference(reference_pipes[model], scheduler, strength, guidance, size=size))
+
+
+def test_leading_spacing_starts_from_the_scaled_top_sigma(folders, tmp_path):
+    """Euler with 'leading' spacing starts pure noise at sqrt(sigma_max^2 + 1), not sigma_max."""
+    src, folder = folders["tiny-sd1"]
+    for root, name in ((src, "diffusers"), (folder, "edgesd")):
+        copy = tmp_path / name
+        shutil.copytree(root, copy)
+        config = copy / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": "EulerDiscreteScheduler",
+                                      "timestep_spacing": "leading"}))
+    reference_pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(tmp_path / "diffusers", safety_checker=None,
+                                                                             requires_safety_checker=False)
+    pipe = InpaintPipeline.load(tmp_path / "edgesd", backend="onnxruntime", device="cpu", inference_precision="fp32")
+    size = SIZES["tiny-sd1"]
+    assert_images_close(ours(pipe, None, 1.0, 0.0, size=size), reference(reference_pipe, "EulerDiscreteScheduler", 1.0, 0.0, size=size))
+
+
+def test_white_repaints_and_black_keeps(pipes):
+    """4-channel UNet: after the last step the kept region's latents are the input's, whatever the
+    prompt; the repainted region follows the prompt."""
+    pipe, size = pipes["tiny-sd2", "onnxruntime"], SIZES["tiny-sd2"]
+    finals = []
+    for prompt in ("a red house", "a green field"):
+        pipe(picture(*size), mask_of(*size), prompt, strength=1.0, num_inference_steps=4, guidance_scale=0, seed=3,
+             scheduler="EulerDiscreteScheduler", callback=lambda step, total, latents: finals.append(latents.copy()))
+    repaint = np.asarray(mask_of(*size))[::8, ::8] >= 128  # the mask at latent resolution (VAE factor 8)
+    first, second = finals[3], finals[7]
+    assert np.array_equal(first[..., ~repaint], second[..., ~repaint])
+    assert not np.allclose(first[..., repaint], second[..., repaint])
+
+
+def test_catches_an_inverted_mask(pipes, reference_pipes):
+    size = SIZES["tiny-sd1-inpaint"]
+    inverted = Image.fromarray(255 - np.asarray(mask_of(*size)))
+    with pytest.raises(AssertionError):
+        assert_images_close(ours(pipes["tiny-sd1-inpaint", "onnxruntime"], "EulerDiscreteScheduler", 1.0, 0.0, mask=inverted, size=size),
+                            reference(reference_pipes["tiny-sd1-inpaint"], "EulerDiscreteScheduler", 1.0, 0.0, size=size))
+
+
+def test_catches_a_wrong_draw_order(pipes, reference_pipes, monkeypatch):
+    """The masked image's encoding draws from the generator although a 4-channel UNet ignores it;
+    skipping that draw shifts every later ancestral step's noise."""
+    pipe = pipes["tiny-sd1", "onnxruntime"]
+    encode = InpaintPipeline.encode_image
+    calls = []
+
+    def masked_draws_nothing(self, pixels, generator):  # every second encoding is the masked image's
+        calls.append(pixels)
+        return encode(self, pixels, generator if len(calls) % 2 else _NoDraw())
+
+    monkeypatch.setattr(InpaintPipeline, "encode_image", masked_draws_nothing)
+    size = SIZES["tiny-sd1"]
+    with pytest.raises(AssertionError):
+        assert_images_close(ours(pipe, "EulerAncestralDiscreteScheduler", 1.0, 0.0, size=size),
+                            reference(reference_pipes["tiny-sd1"], "EulerAncestralDiscreteScheduler", 1.0, 0.0, size=size))
+
+
+class _NoDraw:
+    def randn(self, shape):
+        return np.zeros(shape, np.float32)
