@@ -2,6 +2,7 @@
 (a traceback only with --debug). Commands from other parts of the distribution (`edgesd export`)
 are added through the `edgesd.commands` entry points, so this module imports none of them."""
 
+import inspect
 import json
 import logging
 import secrets
@@ -80,8 +81,7 @@ def exit_with(error: EdgesdError) -> None:
     fail(str(error))
 
 
-@app.command()
-def img2img(
+def _shared_options(
     model: Optional[Path] = typer.Argument(None, help="Model folder written by `edgesd export` (or by optimum's exporters); with --replay, default: the one stored in the image.", show_default=False),
     image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, BMP, TIFF), or a folder of them (batch).", show_default=False),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens).", show_default=False),
@@ -109,13 +109,40 @@ def img2img(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout (also when inputs fail)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
-    """Transform IMAGE with PROMPT using the model folder MODEL."""
+    """The options every generating command (img2img, inpaint) takes; see _task_command."""
+
+
+def _inpaint_options(
+    mask: Path = typer.Option(..., "--mask", "-m", help="Mask image: white repaints, black keeps (grey >= 50% repaints).", show_default=False),
+):
+    """What inpaint adds to the shared options."""
+
+
+def _task_command(task: str, help: str, extra=None) -> None:
+    """Register `edgesd TASK` with the shared options (and `extra`'s), running generate(task, ...)."""
+    params = [*inspect.signature(_shared_options).parameters.values()]
+    if extra is not None:
+        params[2:2] = inspect.signature(extra).parameters.values()  # after MODEL and --image
+
+    def command(**options):
+        generate(task, **options)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__, command.__doc__ = task, help
+    app.command(name=task)(command)
+
+
+def generate(task: str, model, image, prompt, output, negative_prompt, strength, steps, guidance, seed, scheduler,
+             num_images, resize, width, height, grid, iterations, replay, backend, device, precision, threads,
+             low_memory, max_pixels, overwrite, as_json, quiet, mask=None):
+    """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs."""
     from edgesd import memory
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
     from edgesd.model_folder import open_model_folder
     from edgesd.outputs import read_parameters, save_image
-    from edgesd.pipelines import Img2ImgPipeline, resolve_settings
+    from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, resolve_settings
     from edgesd.sessions import BACKENDS, choose_backend
     from edgesd.variations import contact_sheet, parse_list, variants
 
@@ -162,6 +189,8 @@ def img2img(
         if as_json:
             typer.echo(json.dumps({"results": [], "failures": [], "skipped": skipped}))
         return
+    if mask is not None:
+        run_guarded(load_image, mask, max_pixels, keep_gray=True)
     if not image.is_dir():
         first = run_guarded(load_image, image, max_pixels)
         width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size)
@@ -170,12 +199,13 @@ def img2img(
         run_guarded(memory.check_fits, needed + memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
                     f"{image.name} at {width}x{height} on {backend}")
     t0 = time.perf_counter()
-    pipe = run_guarded(Img2ImgPipeline.load, model, backend=backend, device=device, inference_precision=precision,
+    pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline}[task]
+    pipe = run_guarded(pipeline.load, model, backend=backend, device=device, inference_precision=precision,
                        threads=threads, low_memory=low_memory)
     pipe.max_pixels = max_pixels
     load_time = time.perf_counter() - t0
     if stored:
-        _warn_replay_differences(stored, pipe, image, replay)
+        _warn_replay_differences(stored, pipe, image, mask, replay)
     done, failures = [], []
     show = not quiet and not as_json and sys.stderr.isatty()
     try:
@@ -189,7 +219,7 @@ def img2img(
                         call["seed"] += k
                     label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
                     with _progress(show, label) as callback:
-                        result = pipe(source, callback=callback, size=size, **call)
+                        result = pipe(source, *([mask] if mask else []), callback=callback, size=size, **call)
                     indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
                     for index, path in zip(indices, outputs):
                         result.save(path, index, overwrite=overwrite)
@@ -244,20 +274,26 @@ def _requested_size(resize: str | None, width: int | None, height: int | None):
     return w, h
 
 
-def _warn_replay_differences(stored: dict, pipe, image: Path, replay: Path) -> None:
+def _warn_replay_differences(stored: dict, pipe, image: Path, mask: Path | None, replay: Path) -> None:
     """Say what differs from the run that made the replayed image (the output may then differ)."""
     from edgesd.image import image_sha256, load_image
 
     now = {**pipe.provenance}
     if not image.is_dir():
         now["input_sha256"] = image_sha256(load_image(image, pipe.max_pixels))
-    names = {"manifest_sha256": "model", "backend": "backend", "inference_precision": "inference precision",
-             "input_sha256": "input image", "edgesd_version": "edgesd version"}
+    if mask is not None:
+        now["mask_sha256"] = image_sha256(load_image(mask, pipe.max_pixels, keep_gray=True))
+    names = {"task": "task", "manifest_sha256": "model", "backend": "backend", "inference_precision": "inference precision",
+             "input_sha256": "input image", "mask_sha256": "mask", "edgesd_version": "edgesd version"}
     differs = [f"{label} ({stored[key][:12] if key.endswith('sha256') else stored[key]} -> "
                f"{now[key][:12] if key.endswith('sha256') else now[key]})"
                for key, label in names.items() if key in stored and key in now and stored[key] != now[key]]
     if differs:
         log.warning("warning: %s was made with another %s; the image will differ", replay, "; ".join(differs))
+
+
+_task_command("img2img", "Transform IMAGE with PROMPT using the model folder MODEL.")
+_task_command("inpaint", "Repaint the white part of MASK in IMAGE with PROMPT (keeps the black part).", _inpaint_options)
 
 
 class _progress:

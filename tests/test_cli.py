@@ -357,3 +357,23 @@ def test_an_unknown_family_is_one_line(optimum_exported, tmp_path):
     done = edgesd("img2img", folder, "-i", INPUT, "-p", "x", "-o", tmp_path / "o.png")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "is a 'sdxl'-family model; this edgesd runs sd1, sd2" in done.stderr
+
+
+def test_inpaint_writes_replays_and_warns_on_another_mask(model, tmp_path):
+    mask = tmp_path / "mask.png"
+    m = np.zeros((384, 512), np.uint8)
+    m[100:300, 150:400] = 255
+    Image.fromarray(m).save(mask)
+    out = tmp_path / "in.png"
+    done = edgesd("inpaint", model, "-i", INPUT, "--mask", mask, "-p", "a boat", "--seed", 2, "-o", out, "--json")
+    assert done.returncode == 0, done.stderr
+    stored = json.loads(done.stdout)["results"][0]["settings"]
+    assert stored["task"] == "inpaint" and stored["strength"] == 1.0 and len(stored["mask_sha256"]) == 64
+    again = edgesd("inpaint", "-i", INPUT, "--mask", mask, "--replay", out, "-o", tmp_path / "again.png")
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert np.array_equal(_pixels(out), _pixels(tmp_path / "again.png"))
+    Image.fromarray(255 - m).save(tmp_path / "other.png")
+    other = edgesd("inpaint", "-i", INPUT, "--mask", tmp_path / "other.png", "--replay", out, "-o", tmp_path / "o.png")
+    assert other.returncode == 0 and "mask (" in other.stderr
+    missing = edgesd("inpaint", model, "-i", INPUT, "--mask", tmp_path / "none.png", "-p", "x", "-o", tmp_path / "n.png")
+    assert missing.returncode == 2 and "none.png does not exist" in missing.stderr

@@ -101,3 +101,17 @@ def test_bench_runs_without_torch(runtime_venv, exported, tmp_path):
     assert result["warm"]["step"]["n"] == 2 * 3 and result["warm"]["total"]["median"] > 0
     assert result["peak_rss_mib"] > 0 and result["model_folder_mib"] > 0
     assert "median" in done.stdout
+
+
+def test_inpaint_runs_without_torch(runtime_venv, exported, tmp_path):
+    from PIL import Image
+
+    mask = tmp_path / "mask.png"
+    canvas = Image.new("L", (64, 48))
+    canvas.paste(255, (16, 8, 48, 40))
+    canvas.save(mask)
+    out = tmp_path / "out.png"
+    done = run(runtime_venv, "edgesd", "inpaint", str(exported["tiny-sd2"]), "--image", str(ROOT / "tests/data/small.png"),
+               "--mask", str(mask), "--prompt", "a boat", "--seed", "1", "-o", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"][0]["settings"]["task"] == "inpaint" and out.stat().st_size > 0

@@ -45,6 +45,8 @@ class Result:
 
 
 class Pipeline:
+    task = ""  # what its __call__ does, stored with every output ("img2img", "inpaint")
+
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False,
                  inference_precision: str = "auto", device: str = "auto"):
         """Use `load`. `open_submodel(name)` compiles a submodel. With `low_memory` only the one in
@@ -70,7 +72,7 @@ class Pipeline:
         self._last_prompts = self._last_moments = None  # (key, encoding)
         self._said = set()  # warnings given once per pipeline
         stored = manifest["submodels"]["unet"]["formats"][self.format].get("precision", "fp32")
-        self.provenance = {"model": folder.name, "model_path": str(folder.path.resolve()),
+        self.provenance = {"task": self.task, "model": folder.name, "model_path": str(folder.path.resolve()),
                            "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
                            "backend": backend, "device": device, "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}

@@ -16,6 +16,8 @@ from edgesd.pipelines.base import Pipeline, Result, resolve_settings
 
 
 class Img2ImgPipeline(Pipeline):
+    task = "img2img"
+
     def __call__(
         self,
         image,

@@ -32,6 +32,8 @@ def mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 class InpaintPipeline(Pipeline):
+    task = "inpaint"
+
     def __call__(
         self,
         image,
