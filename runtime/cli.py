@@ -9,6 +9,7 @@ import secrets
 import statistics
 import sys
 import time
+from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Optional
@@ -118,6 +119,16 @@ def _inpaint_options(
     """What inpaint adds to the shared options."""
 
 
+def _outpaint_options(
+    left: int = typer.Option(0, min=0, help="Pixels to add on the left."),
+    right: int = typer.Option(0, min=0, help="Pixels to add on the right (rounded up to the model's multiple, said when it is)."),
+    top: int = typer.Option(0, min=0, help="Pixels to add on top."),
+    bottom: int = typer.Option(0, min=0, help="Pixels to add at the bottom (rounded up like --right)."),
+    overlap: Optional[int] = typer.Option(None, min=0, help="How far the repainted band reaches into the image, so the seam blends. Default: 2 latent cells (16 px on SD).", show_default=False),
+):
+    """What outpaint adds to the shared options."""
+
+
 def _task_command(task: str, help: str, extra=None) -> None:
     """Register `edgesd TASK` with the shared options (and `extra`'s), running generate(task, ...)."""
     params = [*inspect.signature(_shared_options).parameters.values()]
@@ -135,8 +146,9 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 def generate(task: str, model, image, prompt, output, negative_prompt, strength, steps, guidance, seed, scheduler,
              num_images, resize, width, height, grid, iterations, replay, backend, device, precision, threads,
-             low_memory, max_pixels, overwrite, as_json, quiet, mask=None):
-    """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs."""
+             low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **extension):
+    """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
+    `mask`: inpaint's; `extension`: outpaint's left/right/top/bottom/overlap."""
     from edgesd import memory
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
@@ -199,13 +211,19 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         run_guarded(memory.check_fits, needed + memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
                     f"{image.name} at {width}x{height} on {backend}")
     t0 = time.perf_counter()
-    pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline}[task]
+    pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
     pipe = run_guarded(pipeline.load, model, backend=backend, device=device, inference_precision=precision,
                        threads=threads, low_memory=low_memory)
     pipe.max_pixels = max_pixels
     load_time = time.perf_counter() - t0
+    if task == "outpaint":
+        if stored.get("extension") and not any(extension.values()):  # a replay: the stored extension
+            extension = stored["extension"]
+        run_task = partial(pipe.outpaint, **extension)
+    else:
+        run_task = partial(pipe, mask_image=mask) if task == "inpaint" else pipe
     if stored:
-        _warn_replay_differences(stored, pipe, image, mask, replay)
+        _warn_replay_differences(stored, task, pipe, image, mask, replay)
     done, failures = [], []
     show = not quiet and not as_json and sys.stderr.isatty()
     try:
@@ -219,7 +237,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
                         call["seed"] += k
                     label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
                     with _progress(show, label) as callback:
-                        result = pipe(source, *([mask] if mask else []), callback=callback, size=size, **call)
+                        result = run_task(source, callback=callback, size=size, **call)
                     indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
                     for index, path in zip(indices, outputs):
                         result.save(path, index, overwrite=overwrite)
@@ -274,11 +292,11 @@ def _requested_size(resize: str | None, width: int | None, height: int | None):
     return w, h
 
 
-def _warn_replay_differences(stored: dict, pipe, image: Path, mask: Path | None, replay: Path) -> None:
+def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: Path | None, replay: Path) -> None:
     """Say what differs from the run that made the replayed image (the output may then differ)."""
     from edgesd.image import image_sha256, load_image
 
-    now = {**pipe.provenance}
+    now = {**pipe.provenance, "task": task}
     if not image.is_dir():
         now["input_sha256"] = image_sha256(load_image(image, pipe.max_pixels))
     if mask is not None:
@@ -294,6 +312,8 @@ def _warn_replay_differences(stored: dict, pipe, image: Path, mask: Path | None,
 
 _task_command("img2img", "Transform IMAGE with PROMPT using the model folder MODEL.")
 _task_command("inpaint", "Repaint the white part of MASK in IMAGE with PROMPT (keeps the black part).", _inpaint_options)
+_task_command("outpaint", "Extend IMAGE by --left/--right/--top/--bottom pixels, painting the new area with PROMPT.",
+              _outpaint_options)
 
 
 class _progress:

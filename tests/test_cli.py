@@ -377,3 +377,14 @@ def test_inpaint_writes_replays_and_warns_on_another_mask(model, tmp_path):
     assert other.returncode == 0 and "mask (" in other.stderr
     missing = edgesd("inpaint", model, "-i", INPUT, "--mask", tmp_path / "none.png", "-p", "x", "-o", tmp_path / "n.png")
     assert missing.returncode == 2 and "none.png does not exist" in missing.stderr
+
+
+def test_outpaint_writes_the_grown_canvas_and_replays(model, tmp_path):
+    out = tmp_path / "wide.png"
+    done = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "-p", "sky", "--left", 32, "--right", 20,
+                  "--seed", 3, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (120, 48) and "right 20 -> 24" in done.stderr  # 64 + 32 + 24: multiples of 8
+    again = edgesd("outpaint", "-i", ROOT / "tests/data/small.png", "--replay", out, "-o", tmp_path / "again.png")
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert np.array_equal(_pixels(out), _pixels(tmp_path / "again.png"))

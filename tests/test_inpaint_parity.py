@@ -156,3 +156,22 @@ def test_catches_a_wrong_draw_order(pipes, reference_pipes, monkeypatch):
 class _NoDraw:
     def randn(self, shape):
         return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_optimum_inpainting_folders_load_as_they_are(folders, reference_pipes, tmp_path, fmt):
+    """`optimum-cli export onnx|openvino --task inpainting` of the 9-channel model, at a size its
+    fixed-2x UNet takes (multiples of 4 px for tiny-sd1)."""
+    src = str(folders["tiny-sd1-inpaint"][0])
+    if fmt == "onnx":
+        from optimum.exporters.onnx import main_export
+
+        main_export(src, tmp_path / "optimum", task="inpainting", do_validation=False)
+    else:
+        from optimum.exporters.openvino import main_export
+
+        main_export(src, tmp_path / "optimum", task="inpainting")
+    pipe = InpaintPipeline.load(tmp_path / "optimum", device="cpu", inference_precision="fp32")
+    size = (84, 52)
+    assert_images_close(ours(pipe, "EulerDiscreteScheduler", 1.0, 6.0, size=size),
+                        reference(reference_pipes["tiny-sd1-inpaint"], "EulerDiscreteScheduler", 1.0, 6.0, size=size))

@@ -115,3 +115,11 @@ def test_inpaint_runs_without_torch(runtime_venv, exported, tmp_path):
                "--mask", str(mask), "--prompt", "a boat", "--seed", "1", "-o", str(out), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["settings"]["task"] == "inpaint" and out.stat().st_size > 0
+
+
+def test_outpaint_runs_without_torch(runtime_venv, exported, tmp_path):
+    out = tmp_path / "out.png"
+    done = run(runtime_venv, "edgesd", "outpaint", str(exported["tiny-sd2"]), "--image", str(ROOT / "tests/data/small.png"),
+               "--left", "16", "--prompt", "sky", "--seed", "1", "-o", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"][0]["settings"]["extension"]["left"] == 16 and out.stat().st_size > 0

@@ -18,7 +18,8 @@ from PIL import Image
 from edgesd.denoise import Callback, denoise, guided
 from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
-from edgesd.image import image_sha256, load_image, postprocess, preprocess
+from edgesd.image import image_sha256, load_image, postprocess, preprocess, target_size
+from edgesd.outpaint import extend
 from edgesd.pipelines.base import Pipeline, Result, resolve_settings
 
 
@@ -107,3 +108,22 @@ class InpaintPipeline(Pipeline):
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         return Result(images, settings["seed"], settings, timings, provenance=provenance)
+
+    def outpaint(self, image, prompt: str, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+                 overlap: int | None = None, size: tuple[int | None, int | None] | None = None, **options) -> Result:
+        """Extend `image` by the given pixels on each side and paint the new area (see edgesd.outpaint);
+        `size` resizes the input first; `overlap` (default: two latent cells) is how far the repainted
+        band reaches into the image. Other options as for __call__."""
+        image = load_image(image, self.max_pixels)
+        if size is not None:
+            image = image.resize(target_size(image.size, 1, size), resample=Image.Resampling.LANCZOS)
+        multiple = self.vae.scale_factor * self.unet_latent_multiple
+        overlap = 2 * self.vae.scale_factor if overlap is None else overlap
+        canvas, mask = extend(image, left, right, top, bottom, multiple, overlap)
+        right, bottom = canvas.width - image.width - left, canvas.height - image.height - top  # as rounded
+        result = self(canvas, mask, prompt, **options)
+        result.settings.update(extension=dict(left=left, right=right, top=top, bottom=bottom, overlap=overlap),
+                               size=list(image.size))  # the input's size: the canvas follows from it
+        result.provenance.update(task="outpaint", input_sha256=image_sha256(image))  # the mask follows from these
+        del result.provenance["mask_sha256"]
+        return result

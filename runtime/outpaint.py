@@ -1,0 +1,39 @@
+"""Outpainting as inpainting: extend the canvas, fill the new area from the image's edges, and mask
+it (reaching a little into the image, so the seam is repainted too and blends)."""
+
+import logging
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from edgesd.errors import InvalidInputError
+
+log = logging.getLogger("edgesd")
+
+
+def extend(image: Image.Image, left: int, right: int, top: int, bottom: int, multiple: int,
+           overlap: int) -> tuple[Image.Image, Image.Image]:
+    """(canvas, mask): the image on a canvas grown by the given pixels (right/bottom rounded up so
+    both sides are multiples of `multiple`, said when they are), the new area filled by stretching
+    the image's border pixels outwards and blurring them (a start SD can paint over, where black or
+    noise would show through at strength < 1); the mask white over the new area and `overlap`
+    pixels into the image."""
+    if min(left, right, top, bottom) < 0 or not any((left, right, top, bottom)):
+        raise InvalidInputError("outpaint needs a non-negative extension on at least one side (left, right, top, bottom)")
+    width, height = image.width + left + right, image.height + top + bottom
+    more_right, more_bottom = -width % multiple, -height % multiple
+    if more_right or more_bottom:
+        changes = [f"{side} {before} -> {before + more}" for side, before, more in
+                   (("right", right, more_right), ("bottom", bottom, more_bottom)) if more]
+        log.warning("outpaint: extension rounded so the canvas sides are multiples of %d px: %s", multiple, ", ".join(changes))
+        right, bottom = right + more_right, bottom + more_bottom
+    pixels = np.pad(np.asarray(image.convert("RGB")), ((top, bottom), (left, right), (0, 0)), mode="edge")
+    radius = max(left, right, top, bottom) / 4
+    canvas = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius))
+    canvas.paste(image.convert("RGB"), (left, top))
+    mask = Image.new("L", canvas.size, 255)
+    inner = (left + overlap * (left > 0), top + overlap * (top > 0),
+             left + image.width - overlap * (right > 0), top + image.height - overlap * (bottom > 0))
+    if inner[0] < inner[2] and inner[1] < inner[3]:
+        mask.paste(0, inner)
+    return canvas, mask
