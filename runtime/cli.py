@@ -115,6 +115,7 @@ def _shared_options(
 
 def _inpaint_options(
     mask: Path = typer.Option(..., "--mask", "-m", help="Mask image: white repaints, black keeps (grey >= 50% repaints).", show_default=False),
+    padding_mask_crop: Optional[int] = typer.Option(None, "--padding-mask-crop", min=0, metavar="PX", help="Inpaint only the mask's box grown by PX pixels, at full size, and paste it back (sharper small repairs).", show_default=False),
 ):
     """What inpaint adds to the shared options."""
 
@@ -146,9 +147,9 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 def generate(task: str, model, image, prompt, output, negative_prompt, strength, steps, guidance, seed, scheduler,
              num_images, resize, width, height, grid, iterations, replay, backend, device, precision, threads,
-             low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **extension):
+             low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
-    `mask`: inpaint's; `extension`: outpaint's left/right/top/bottom/overlap."""
+    `mask` and `task_options`: inpaint's (padding_mask_crop) or outpaint's (left, right, top, bottom, overlap)."""
     from edgesd import memory
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
@@ -217,11 +218,14 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     pipe.max_pixels = max_pixels
     load_time = time.perf_counter() - t0
     if task == "outpaint":
-        if stored.get("extension") and not any(extension.values()):  # a replay: the stored extension
-            extension = stored["extension"]
-        run_task = partial(pipe.outpaint, **extension)
+        if stored.get("extension") and not any(task_options.values()):  # a replay: the stored extension
+            task_options = stored["extension"]
+        run_task = partial(pipe.outpaint, **task_options)
+    elif task == "inpaint":
+        crop = task_options["padding_mask_crop"]
+        run_task = partial(pipe, mask_image=mask, padding_mask_crop=stored.get("padding_mask_crop") if crop is None else crop)
     else:
-        run_task = partial(pipe, mask_image=mask) if task == "inpaint" else pipe
+        run_task = pipe
     if stored:
         _warn_replay_differences(stored, task, pipe, image, mask, replay)
     done, failures = [], []

@@ -377,6 +377,11 @@ def test_inpaint_writes_replays_and_warns_on_another_mask(model, tmp_path):
     assert other.returncode == 0 and "mask (" in other.stderr
     missing = edgesd("inpaint", model, "-i", INPUT, "--mask", tmp_path / "none.png", "-p", "x", "-o", tmp_path / "n.png")
     assert missing.returncode == 2 and "none.png does not exist" in missing.stderr
+    cropped = tmp_path / "crop.png"
+    done = edgesd("inpaint", model, "-i", INPUT, "--mask", mask, "-p", "x", "--padding-mask-crop", 8, "-o", cropped, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["results"][0]["settings"]["padding_mask_crop"] == 8
+    outside = m == 0  # pasted back over the original there
+    assert np.array_equal(_pixels(cropped)[outside], np.asarray(Image.open(INPUT).convert("RGB"))[outside])
 
 
 def test_outpaint_writes_the_grown_canvas_and_replays(model, tmp_path):

@@ -175,3 +175,41 @@ def test_optimum_inpainting_folders_load_as_they_are(folders, reference_pipes, t
     size = (84, 52)
     assert_images_close(ours(pipe, "EulerDiscreteScheduler", 1.0, 6.0, size=size),
                         reference(reference_pipes["tiny-sd1-inpaint"], "EulerDiscreteScheduler", 1.0, 6.0, size=size))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sd1-inpaint"])
+def test_padding_mask_crop_matches_diffusers(pipes, reference_pipes, model, backend):
+    """A small mask: only its padded box, widened to the image's aspect ratio, is inpainted at full
+    size and pasted back over the original."""
+    width, height = SIZES[model]
+    m = np.zeros((height, width), np.uint8)
+    m[20:34, 50:70] = 255
+    mask = Image.fromarray(m)
+    pipe = reference_pipes[model]
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    expected = pipe(prompt=PROMPT, image=picture(width, height), mask_image=mask, height=height, width=width,
+                    strength=1.0, num_inference_steps=4, guidance_scale=6.0, padding_mask_crop=4,
+                    generator=torch.Generator("cpu").manual_seed(5)).images
+    got = pipes[model, backend](picture(width, height), mask, PROMPT, strength=1.0, num_inference_steps=4, guidance_scale=6.0,
+                                seed=5, scheduler="EulerDiscreteScheduler", padding_mask_crop=4).images
+    assert_images_close(got, expected)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(np.asarray(got[0])[outside], np.asarray(picture(width, height))[outside])  # pasted back
+
+
+def test_catches_an_unblended_last_step(pipes, reference_pipes, monkeypatch):
+    """4-channel UNet: the known region must be put back after the last step too (unnoised)."""
+    from edgesd.pipelines import inpaint
+
+    denoise = inpaint.denoise
+
+    def skip_last_blend(plan, predict, latents, generator, callback=None, on_step=None):
+        last = len(plan.timesteps) - 1
+        return denoise(plan, predict, latents, generator, callback, lambda i, z: z if i == last else on_step(i, z))
+
+    monkeypatch.setattr(inpaint, "denoise", skip_last_blend)
+    size = SIZES["tiny-sd2"]
+    with pytest.raises(AssertionError):
+        assert_images_close(ours(pipes["tiny-sd2", "onnxruntime"], "EulerDiscreteScheduler", 1.0, 0.0, size=size),
+                            reference(reference_pipes["tiny-sd2"], "EulerDiscreteScheduler", 1.0, 0.0, size=size))

@@ -19,6 +19,7 @@ from edgesd.denoise import Callback, denoise, guided
 from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
 from edgesd.image import image_sha256, load_image, postprocess, preprocess, target_size
+from edgesd.mask_crop import crop_region, paste_back, resize_fill
 from edgesd.outpaint import extend
 from edgesd.pipelines.base import Pipeline, Result, resolve_settings
 
@@ -49,9 +50,11 @@ class InpaintPipeline(Pipeline):
         scheduler: str | None = None,
         callback: Callback | None = None,
         size: tuple[int | None, int | None] | None = None,
+        padding_mask_crop: int | None = None,
     ) -> Result:
-        """`mask_image`: white repaints, black keeps (a path, PIL image or array). `strength` 1 (the
-        default without a model default) ignores the masked area's content."""
+        """`mask_image`: white repaints, black keeps (a path, PIL image or array). `strength` defaults
+        to 1 (the masked area's content is ignored). `padding_mask_crop`: inpaint only the mask's
+        bounding box grown by this many pixels, at the full processing size, and paste it back."""
         start = time.perf_counter()
         timings = {}
         settings, plan = resolve_settings(self.folder, prompt, negative_prompt, 1.0 if strength is None else strength,
@@ -61,7 +64,7 @@ class InpaintPipeline(Pipeline):
         image = load_image(image, self.max_pixels)
         mask = load_image(mask_image, self.max_pixels, keep_gray=True)
         width, height = self.input_size(image.size, size)
-        settings["size"] = [width, height]
+        settings.update(size=[width, height], padding_mask_crop=padding_mask_crop)
         guidance_scale = settings["guidance_scale"]
         self.check_memory(width, height, num_images, guidance_scale > 1)
         provenance = {**self.provenance, "input_sha256": image_sha256(image), "mask_sha256": image_sha256(mask)}
@@ -72,6 +75,12 @@ class InpaintPipeline(Pipeline):
         # Latents, in diffusers' draw order: image latents (4-channel UNet, or strength < 1), noise,
         # then the masked image's latents (drawn even where a 4-channel UNet will not use them).
         t0 = time.perf_counter()
+        original, original_mask = image, mask
+        if padding_mask_crop is not None:
+            if not np.asarray(mask.convert("L")).any():
+                raise InvalidInputError("the mask is all black: there is nothing to inpaint (nor to crop around)")
+            box = crop_region(mask, width, height, padding_mask_crop)
+            image, mask = (resize_fill(im.crop(box), width, height) for im in (image, mask))
         pixels = preprocess(image, (width, height))
         full_strength = settings["strength"] == 1.0
         image_latents = None
@@ -105,6 +114,8 @@ class InpaintPipeline(Pipeline):
             return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)
         t0 = time.perf_counter()
         images = postprocess(self.vae.decode(latents))
+        if padding_mask_crop is not None:
+            images = [paste_back(original_mask, original, im, box) for im in images]
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         return Result(images, settings["seed"], settings, timings, provenance=provenance)
