@@ -1,0 +1,91 @@
+"""Pipeline logic on fake sessions (edgesd.sessions.fake): batching, guidance, encoding reuse,
+cancelling, tiling and the generator's draw order, in milliseconds, with no export and no engine.
+Numerical parity with diffusers is tests/test_pipeline_parity.py's and tests/test_inpaint_parity.py's."""
+
+import numpy as np
+import pytest
+
+from edgesd import Img2ImgPipeline, InpaintPipeline
+from edgesd.generator import TorchGenerator
+from edgesd.sessions.fake import FakeSession, fake_model_folder
+
+IMAGE = np.full((48, 64, 3), 128, np.uint8)
+MASK = np.zeros((48, 64), np.uint8)
+MASK[8:40, 16:48] = 255
+
+
+def fake(cls, tmp_path, **folder_options):
+    sessions = {}
+    pipe = cls(fake_model_folder(tmp_path, **folder_options), lambda name: sessions.setdefault(name, FakeSession(name)),
+               "onnxruntime")
+    return pipe, sessions
+
+
+def test_guidance_doubles_the_unet_batch_and_images_share_one_encoding(tmp_path):
+    pipe, sessions = fake(Img2ImgPipeline, tmp_path)
+    result = pipe(IMAGE, "a cat", negative_prompt="dog", strength=0.5, num_inference_steps=8, guidance_scale=7.5,
+                  num_images=3, seed=1)
+    assert len(result.images) == 3 and result.images[0].size == (64, 48)
+    unet = sessions["unet"].calls
+    assert len(unet) == 4 and unet[0]["sample"] == (6, 4, 6, 8) and unet[0]["encoder_hidden_states"] == (6, 77, 8)
+    assert sessions["text_encoder"].calls == [{"input_ids": (2, 77)}] and len(sessions["vae_encoder"].calls) == 1
+    pipe(IMAGE, "a cat", strength=0.5, num_inference_steps=8, guidance_scale=1.0, seed=1)
+    assert sessions["unet"].calls[-1]["sample"] == (1, 4, 6, 8)  # no guidance: no doubling
+
+
+def test_a_sweep_encodes_prompt_and_image_once(tmp_path):
+    pipe, sessions = fake(Img2ImgPipeline, tmp_path)
+    for strength in (0.3, 0.6, 0.9):
+        pipe(IMAGE, "a cat", strength=strength, num_inference_steps=10, guidance_scale=0, seed=2)
+    assert len(sessions["text_encoder"].calls) == 1 and len(sessions["vae_encoder"].calls) == 1
+    pipe.reuse_encodings = False
+    pipe(IMAGE, "a cat", strength=0.3, num_inference_steps=10, guidance_scale=0, seed=2)
+    assert len(sessions["text_encoder"].calls) == 2 and len(sessions["vae_encoder"].calls) == 2
+
+
+def test_callback_sees_every_step_and_cancels(tmp_path):
+    pipe, _ = fake(Img2ImgPipeline, tmp_path)
+    seen = []
+    result = pipe(IMAGE, "x", strength=1.0, num_inference_steps=5, guidance_scale=0, seed=0,
+                  callback=lambda step, total, latents: seen.append((step, total)))
+    assert seen == [(i, 5) for i in range(1, 6)] and not result.cancelled
+    result = pipe(IMAGE, "x", strength=1.0, num_inference_steps=5, guidance_scale=0, seed=0,
+                  callback=lambda step, total, latents: step < 2)
+    assert result.cancelled and result.images == [] and len(result.timings["steps"]) == 2
+
+
+def test_low_memory_tiles_the_vae_above_its_native_size(tmp_path):
+    pipe, sessions = fake(Img2ImgPipeline, tmp_path)
+    pipe.vae.tiling = True  # what low_memory=True sets
+    big = np.full((96, 160, 3), 100, np.uint8)  # the fake VAE's native size is 64 px
+    assert pipe(big, "x", strength=0.5, num_inference_steps=4, guidance_scale=0, seed=0).images[0].size == (160, 96)
+    assert len(sessions["vae_encoder"].calls) > 1 and all(c["sample"][2] <= 64 for c in sessions["vae_encoder"].calls)
+
+
+class Recording(TorchGenerator):
+    draws: list = []
+
+    def randn(self, shape):
+        Recording.draws.append(tuple(shape))
+        return super().randn(shape)
+
+
+ONE, BATCH = (1, 4, 6, 8), (2, 4, 6, 8)  # a VAE sample of the single input; the noise of 2 images
+
+
+@pytest.mark.parametrize("channels,strength,expected", [
+    (4, 1.0, [ONE, BATCH, ONE]),  # image latents (a 4-channel UNet needs them even at strength 1), noise, masked
+    (9, 1.0, [BATCH, ONE]),  # noise, masked image latents
+    (9, 0.5, [ONE, BATCH, ONE]),
+])
+def test_inpaint_draws_in_diffusers_order(tmp_path, monkeypatch, channels, strength, expected):
+    from edgesd.pipelines import inpaint
+
+    monkeypatch.setattr(inpaint, "TorchGenerator", Recording)
+    Recording.draws = []
+    pipe, sessions = fake(InpaintPipeline, tmp_path, unet_in_channels=channels)
+    pipe(IMAGE, MASK, "x", strength=strength, num_inference_steps=4, guidance_scale=7.5, num_images=2, seed=0)
+    steps = len(sessions["unet"].calls)
+    assert Recording.draws == expected + [BATCH] * steps  # then one draw per ancestral step
+    assert sessions["unet"].calls[0]["sample"] == (4, channels, 6, 8)  # 2 images x guidance; 9: + mask + masked latents
+    assert len(sessions["vae_encoder"].calls) == expected.count(ONE)
