@@ -127,6 +127,19 @@ def bench_image(resolution: int):
     return Image.fromarray(rgb)
 
 
+def bench_mask(resolution: int):
+    """The inpainting mask every system gets: the centre half of the picture repainted."""
+    from PIL import Image
+
+    mask = Image.new("L", (resolution, resolution))
+    mask.paste(255, (resolution // 4, resolution // 4, 3 * resolution // 4, 3 * resolution // 4))
+    return mask
+
+
+def _inpainting(spec: dict) -> bool:
+    return spec.get("task") == "inpaint"
+
+
 def _status_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -260,12 +273,14 @@ def _call_args(spec: dict) -> dict:
 def load_edgesd(key: str, spec: dict, timer: StageTimer):
     import numpy as np
 
-    from edgesd import Img2ImgPipeline
+    from edgesd import Img2ImgPipeline, InpaintPipeline
 
     system = SYSTEMS[key]
     backend = system["engine"]
     precision = system["precision"]
-    pipe = Img2ImgPipeline.load(spec["edgesd"], backend=backend, device="cpu", inference_precision=precision)
+    pipeline = InpaintPipeline if _inpainting(spec) else Img2ImgPipeline
+    pipe = pipeline.load(spec["edgesd"], backend=backend, device="cpu", inference_precision=precision)
+    pipe.reuse_encodings = False  # every call pays for its own encodings, as the other systems do
 
     class TimedSession:
         def __init__(self, session, stage):
@@ -286,8 +301,10 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
     image = bench_image(spec["resolution"])
     args = _call_args(spec)
 
+    masks = [bench_mask(spec["resolution"])] if _inpainting(spec) else []
+
     def run():
-        result = pipe(image, args["prompt"], negative_prompt=args["negative_prompt"], strength=args["strength"],
+        result = pipe(image, *masks, args["prompt"], negative_prompt=args["negative_prompt"], strength=args["strength"],
                       num_inference_steps=args["num_inference_steps"], guidance_scale=args["guidance_scale"],
                       seed=spec["seed"])
         return np.asarray(result.images[0])
@@ -301,22 +318,30 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
 def load_diffusers(key: str, spec: dict, timer: StageTimer):
     import numpy as np
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(spec["diffusers"], torch_dtype=torch.float32,
-                                                          safety_checker=None, requires_safety_checker=False)
+    pipeline = StableDiffusionInpaintPipeline if _inpainting(spec) else StableDiffusionImg2ImgPipeline
+    pipe = pipeline.from_pretrained(spec["diffusers"], torch_dtype=torch.float32, safety_checker=None,
+                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     timer.wrap(pipe.text_encoder, "forward", "text")
     timer.wrap(pipe.unet, "forward", "unet")
     timer.wrap(pipe.vae, "encode", "encode")
     timer.wrap(pipe.vae, "decode", "decode")
     image = bench_image(spec["resolution"])
+    extra = _inpaint_args(spec)
 
     def run():
         generator = torch.Generator("cpu").manual_seed(spec["seed"])
-        return np.asarray(pipe(image=image, generator=generator, **_call_args(spec)).images[0])
+        return np.asarray(pipe(image=image, generator=generator, **_call_args(spec), **extra).images[0])
 
     return run, lambda: {"torch_threads": torch.get_num_threads()}
+
+
+def _inpaint_args(spec: dict) -> dict:
+    """The mask, and the size (diffusers' inpainting pipelines default to the native square otherwise)."""
+    side = spec["resolution"]
+    return dict(mask_image=bench_mask(side), height=side, width=side) if _inpainting(spec) else {}
 
 
 def _optimum_runner(pipe, spec: dict, timer: StageTimer):
@@ -328,27 +353,30 @@ def _optimum_runner(pipe, spec: dict, timer: StageTimer):
     for part, stage in (("text_encoder", "text"), ("unet", "unet"), ("vae_encoder", "encode"), ("vae_decoder", "decode")):
         timer.wrap(getattr(pipe, part), "forward", stage)
     image = bench_image(spec["resolution"])
+    extra = _inpaint_args(spec)
 
     def run():
         generator = torch.Generator("cpu").manual_seed(spec["seed"])
-        return np.asarray(pipe(image=image, generator=generator, **_call_args(spec)).images[0])
+        return np.asarray(pipe(image=image, generator=generator, **_call_args(spec), **extra).images[0])
 
     return run
 
 
 def load_optimum_ort(key: str, spec: dict, timer: StageTimer):
-    from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline
+    from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline, ORTStableDiffusionInpaintPipeline
 
-    pipe = ORTStableDiffusionImg2ImgPipeline.from_pretrained(spec["edgesd"], provider="CPUExecutionProvider")
+    pipeline = ORTStableDiffusionInpaintPipeline if _inpainting(spec) else ORTStableDiffusionImg2ImgPipeline
+    pipe = pipeline.from_pretrained(spec["edgesd"], provider="CPUExecutionProvider")
     return _optimum_runner(pipe, spec, timer), lambda: {"use_io_binding": getattr(pipe.unet, "use_io_binding", None)}
 
 
 def load_optimum_intel(key: str, spec: dict, timer: StageTimer):
-    from optimum.intel import OVStableDiffusionImg2ImgPipeline
+    from optimum.intel import OVStableDiffusionImg2ImgPipeline, OVStableDiffusionInpaintPipeline
 
     ov_config = {"INFERENCE_PRECISION_HINT": "f32"} if SYSTEMS[key]["precision"] == "fp32" else None
     kwargs = {"ov_config": ov_config} if ov_config else {}
-    pipe = OVStableDiffusionImg2ImgPipeline.from_pretrained(spec["edgesd"], device="CPU", **kwargs)
+    pipeline = OVStableDiffusionInpaintPipeline if _inpainting(spec) else OVStableDiffusionImg2ImgPipeline
+    pipe = pipeline.from_pretrained(spec["edgesd"], device="CPU", **kwargs)
     run = _optimum_runner(pipe, spec, timer)
 
     def info():
@@ -370,16 +398,20 @@ def load_genai(key: str, spec: dict, timer: StageTimer):
     if spec.get("genai") is None:
         raise RuntimeError(spec.get("genai_reason") or "no prepared model folder for openvino_genai")
     props = {"INFERENCE_PRECISION_HINT": "f32"} if SYSTEMS[key]["precision"] == "fp32" else {}
-    pipe = openvino_genai.Image2ImagePipeline(spec["genai"], "CPU", **props)
+    pipeline = openvino_genai.InpaintingPipeline if _inpainting(spec) else openvino_genai.Image2ImagePipeline
+    pipe = pipeline(spec["genai"], "CPU", **props)
     image = ov.Tensor(np.asarray(bench_image(spec["resolution"]))[None])
+    masks = [ov.Tensor(np.asarray(bench_mask(spec["resolution"]).convert("RGB"))[None])] if _inpainting(spec) else []
     args = _call_args(spec)
     kwargs = dict(strength=args["strength"], num_inference_steps=args["num_inference_steps"],
                   guidance_scale=args["guidance_scale"])
     if args["negative_prompt"] is not None:
         kwargs["negative_prompt"] = args["negative_prompt"]
+    if _inpainting(spec):  # its inpainting pipeline otherwise works at the model's native size
+        kwargs.update(height=spec["resolution"], width=spec["resolution"])
 
     def run():
-        out = pipe.generate(args["prompt"], image, generator=openvino_genai.TorchGenerator(spec["seed"]), **kwargs)
+        out = pipe.generate(args["prompt"], image, *masks, generator=openvino_genai.TorchGenerator(spec["seed"]), **kwargs)
         return np.array(out.data[0])
 
     def collect():
@@ -517,9 +549,11 @@ def prepare_genai(edgesd: Path, dest: Path) -> list[str]:
         adapted.append("tokenizer converted with openvino_tokenizers.convert_tokenizer")
     index = json.loads((edgesd / "model_index.json").read_text())
     name = index.get("_class_name", "")
-    if "Img2Img" in name:  # openvino_genai picks its implementation by the text-to-image class name
-        index["_class_name"] = name.replace("Img2Img", "")
-        adapted.append(f"model_index.json _class_name {name} -> {index['_class_name']}")
+    inpainting = json.loads((edgesd / "unet" / "config.json").read_text()).get("in_channels") == 9
+    wanted = "StableDiffusionInpaintPipeline" if inpainting else name.replace("Img2Img", "")
+    if wanted != name:  # openvino_genai picks its implementation by the class name (text-to-image's, or inpainting's)
+        index["_class_name"] = wanted
+        adapted.append(f"model_index.json _class_name {name} -> {wanted}")
     (dest / "model_index.json").write_text(json.dumps(index, indent=2))
 
     unet_src = edgesd / "unet"
@@ -757,7 +791,8 @@ def parent_main(args, argv):
 
     spec = {"diffusers": str(diffusers), "edgesd": str(edgesd), "resolution": args.resolution, "steps": args.steps,
             "strength": args.strength, "guidance": args.guidance, "prompt": args.prompt,
-            "negative_prompt": args.negative_prompt, "seed": args.seed, "latent": latent, "unet_batch": unet_batch}
+            "negative_prompt": args.negative_prompt, "seed": args.seed, "latent": latent, "unet_batch": unet_batch,
+            "task": args.task}
     systems = {}
     for key in selected:
         entry = {"label": SYSTEMS[key]["label"], "project": SYSTEMS[key]["project"], "engine": SYSTEMS[key]["engine"],
@@ -831,7 +866,7 @@ def parent_main(args, argv):
         "command": command,
         "cwd": os.getcwd(),
         "edgesd_commit": edgesd_commit(),
-        "settings": {"resolution": args.resolution, "steps": args.steps, "strength": args.strength,
+        "settings": {"task": args.task, "resolution": args.resolution, "steps": args.steps, "strength": args.strength,
                      "guidance": args.guidance, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
                      "seed": args.seed, "repeat": args.repeat, "runs_per_turn": args.runs, "warmup": args.warmup,
                      "isolation": args.isolation, "order": "rotated by one each round",
@@ -1002,6 +1037,8 @@ def main(argv=None):
     parser.add_argument("--prompt", default="a benchmark prompt: a watercolor painting of hills at sunset")
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=("img2img", "inpaint"), default="img2img",
+                        help="inpaint: every system repaints the same centred mask (bench_mask); use an inpainting model")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; every system runs once per round")
     parser.add_argument("--runs", type=int, default=1, help="timed calls per system per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls after each load (the first is the cold run)")

@@ -77,7 +77,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _title(d: dict) -> str:
     s = d["settings"]
     model = d.get("name") or Path(d["models"]["edgesd"]["path"]).name
-    return f"{model}, {s['resolution']}x{s['resolution']}"
+    task = ", inpainting" if s.get("task") == "inpaint" else ""
+    return f"{model}, {s['resolution']}x{s['resolution']}{task}"
 
 
 def _anchor(text: str) -> str:

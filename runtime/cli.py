@@ -241,7 +241,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
                         call["seed"] += k
                     label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
                     with _progress(show, label) as callback:
-                        result = run_task(source, callback=callback, size=size, **call)
+                        call_size = size or (_own_size(source, max_pixels) if task == "inpaint" else None)
+                        result = run_task(source, callback=callback, size=call_size, **call)
                     indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
                     for index, path in zip(indices, outputs):
                         result.save(path, index, overwrite=overwrite)
@@ -278,6 +279,13 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         if len(plan.jobs) > 1:
             typer.echo(f"error: {len(failures)} of {len(plan.jobs)} inputs failed", err=True)
         raise typer.Exit(2 if len(plan.jobs) == 1 else 1)
+
+
+def _own_size(source, max_pixels: int) -> tuple[int, int]:
+    """An input's size: what `edgesd inpaint` keeps (the API, as diffusers, uses the native square)."""
+    from edgesd.image import load_image
+
+    return load_image(source, max_pixels).size
 
 
 def _requested_size(resize: str | None, width: int | None, height: int | None):

@@ -168,6 +168,20 @@ def test_compare_runs_every_system_or_says_why(comparison):
     assert comparison["command"].startswith("python bench/compare.py ")
 
 
+def test_compare_inpainting_does_the_same_work_everywhere(diffusers_folders, exported, tmp_path):
+    """--task inpaint: every system repaints the same mask (tiny-sd1's 4-channel UNet: blended per step)."""
+    out = tmp_path / "inpaint.json"
+    _run(BENCH / "compare.py", diffusers_folders["tiny-sd1"], exported["tiny-sd1"], "--task", "inpaint", "--resolution", "64",
+         "--steps", "3", "--strength", "1.0", "--guidance", "7.5", "--repeat", "1", "--warmup", "0", "--isolation", "inline",
+         "--systems", "edgesd-ort,edgesd-ov-fp32,diffusers-torch,optimum-ort", "--no-flops", "--out", out, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["settings"]["task"] == "inpaint"
+    for key, entry in result["systems"].items():
+        assert entry["status"] == "ok", (key, entry.get("reason"))
+        assert entry["output_vs_reference"]["max_abs"] <= 2, (key, entry["output_vs_reference"])
+    assert {e["summary"]["unet_calls_per_run"] for e in result["systems"].values()} == {4}  # PNDM: 3 steps + 1 warm-up
+
+
 def test_compare_isolates_systems_and_records_failures(exported, tmp_path):
     """Process isolation gives each system its own memory figure; a broken system does not stop the run."""
     out = tmp_path / "iso.json"

@@ -77,7 +77,7 @@ def ours(pipe, scheduler, strength, guidance, mask=None, seed=7, num_images=2, s
     width, height = size
     return pipe(picture(width, height), mask or mask_of(width, height), PROMPT,
                 negative_prompt=NEGATIVE if guidance > 1 else None, strength=strength, num_inference_steps=4,
-                guidance_scale=guidance, seed=seed, num_images=num_images, scheduler=scheduler).images
+                guidance_scale=guidance, seed=seed, num_images=num_images, scheduler=scheduler, size=size).images
 
 
 CASES = [
@@ -95,6 +95,19 @@ def test_matches_diffusers(pipes, reference_pipes, model, scheduler, strength, g
     got = ours(pipes[model, backend], scheduler, strength, guidance, size=size)
     assert got[0].size == size
     assert_images_close(got, reference(reference_pipes[model], scheduler, strength, guidance, size=size))
+
+
+def test_without_a_size_it_works_at_the_native_square_as_diffusers(pipes, reference_pipes):
+    """tiny-sd1's native size is 64x64 (UNet sample 32 x VAE factor 2): the 86x54 input is stretched to it."""
+    width, height = SIZES["tiny-sd1"]
+    pipe = reference_pipes["tiny-sd1"]
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    expected = pipe(prompt=PROMPT, image=picture(width, height), mask_image=mask_of(width, height), num_inference_steps=4,
+                    guidance_scale=0, generator=torch.Generator("cpu").manual_seed(1)).images
+    got = pipes["tiny-sd1", "openvino"](picture(width, height), mask_of(width, height), PROMPT, num_inference_steps=4,
+                                        guidance_scale=0, seed=1, scheduler="EulerDiscreteScheduler").images
+    assert got[0].size == expected[0].size == (64, 64)
+    assert_images_close(got, expected)
 
 
 def test_leading_spacing_starts_from_the_scaled_top_sigma(folders, tmp_path):
@@ -119,7 +132,7 @@ def test_white_repaints_and_black_keeps(pipes):
     pipe, size = pipes["tiny-sd2", "onnxruntime"], SIZES["tiny-sd2"]
     finals = []
     for prompt in ("a red house", "a green field"):
-        pipe(picture(*size), mask_of(*size), prompt, strength=1.0, num_inference_steps=4, guidance_scale=0, seed=3,
+        pipe(picture(*size), mask_of(*size), prompt, strength=1.0, num_inference_steps=4, guidance_scale=0, seed=3, size=size,
              scheduler="EulerDiscreteScheduler", callback=lambda step, total, latents: finals.append(latents.copy()))
     repaint = np.asarray(mask_of(*size))[::8, ::8] >= 128  # the mask at latent resolution (VAE factor 8)
     first, second = finals[3], finals[7]
@@ -192,7 +205,7 @@ def test_padding_mask_crop_matches_diffusers(pipes, reference_pipes, model, back
                     strength=1.0, num_inference_steps=4, guidance_scale=6.0, padding_mask_crop=4,
                     generator=torch.Generator("cpu").manual_seed(5)).images
     got = pipes[model, backend](picture(width, height), mask, PROMPT, strength=1.0, num_inference_steps=4, guidance_scale=6.0,
-                                seed=5, scheduler="EulerDiscreteScheduler", padding_mask_crop=4).images
+                                seed=5, scheduler="EulerDiscreteScheduler", padding_mask_crop=4, size=(width, height)).images
     assert_images_close(got, expected)
     outside = np.asarray(mask) == 0
     assert np.array_equal(np.asarray(got[0])[outside], np.asarray(picture(width, height))[outside])  # pasted back

@@ -84,8 +84,16 @@ def test_inpaint_draws_in_diffusers_order(tmp_path, monkeypatch, channels, stren
     monkeypatch.setattr(inpaint, "TorchGenerator", Recording)
     Recording.draws = []
     pipe, sessions = fake(InpaintPipeline, tmp_path, unet_in_channels=channels)
-    pipe(IMAGE, MASK, "x", strength=strength, num_inference_steps=4, guidance_scale=7.5, num_images=2, seed=0)
+    pipe(IMAGE, MASK, "x", strength=strength, num_inference_steps=4, guidance_scale=7.5, num_images=2, seed=0, size=(64, 48))
     steps = len(sessions["unet"].calls)
     assert Recording.draws == expected + [BATCH] * steps  # then one draw per ancestral step
     assert sessions["unet"].calls[0]["sample"] == (4, channels, 6, 8)  # 2 images x guidance; 9: + mask + masked latents
     assert len(sessions["vae_encoder"].calls) == expected.count(ONE)
+
+
+def test_an_inpainting_model_is_refused_by_img2img_with_what_to_use(tmp_path):
+    from edgesd.errors import InvalidInputError
+
+    pipe, _ = fake(Img2ImgPipeline, tmp_path, unet_in_channels=9)
+    with pytest.raises(InvalidInputError, match="inpainting model .* use InpaintPipeline"):
+        pipe(IMAGE, "x", strength=0.5, num_inference_steps=4, seed=0)

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from edgesd.denoise import Callback, denoise, guided
+from edgesd.errors import InvalidInputError
 from edgesd.generator import TorchGenerator
 from edgesd.image import image_sha256, load_image, postprocess, preprocess
 from edgesd.pipelines.base import Pipeline, Result, resolve_settings
@@ -33,6 +34,9 @@ class Img2ImgPipeline(Pipeline):
         size: tuple[int | None, int | None] | None = None,
     ) -> Result:
         """`size`: (width, height) to resize the input to first; one side None keeps the aspect ratio."""
+        if self.unet.in_channels != self.latent_channels:
+            raise InvalidInputError(f"{self.folder.name} is an inpainting model ({self.unet.in_channels}-channel UNet): "
+                                    "use InpaintPipeline (edgesd inpaint / outpaint)")
         start = time.perf_counter()
         timings = {}
         # 1. Check inputs; None means the model folder's recommended default.

@@ -6,8 +6,8 @@ as its mask processor does and taken to latent size by nearest neighbour; the ge
 in its order, including the masked image's encoding that a 4-channel UNet never uses. Two kinds of
 UNet: a 9-channel inpainting UNet sees the mask and the masked image's latents beside the latents;
 a normal 4-channel one denoises everything and, after each step, the known region is put back,
-noised to the next timestep (on_step). One departure: without `size`, the input keeps its own size
-(floored to the VAE's multiple), where diffusers resizes to the model's native square.
+noised to the next timestep (on_step). Without `size` the input is resized to the model's native
+square, as in diffusers; `edgesd inpaint` passes the input's own size instead.
 """
 
 import time
@@ -53,8 +53,11 @@ class InpaintPipeline(Pipeline):
         padding_mask_crop: int | None = None,
     ) -> Result:
         """`mask_image`: white repaints, black keeps (a path, PIL image or array). `strength` defaults
-        to 1 (the masked area's content is ignored). `padding_mask_crop`: inpaint only the mask's
-        bounding box grown by this many pixels, at the full processing size, and paste it back."""
+        to 1 (the masked area's content is ignored). `size` defaults, as in diffusers, to the model's
+        native square (`edgesd inpaint` keeps the input's size instead). `padding_mask_crop`: inpaint
+        only the mask's bounding box grown by this many pixels, at the processing size, and paste it back."""
+        if self.unet.in_channels not in (4, 9):
+            raise InvalidInputError(f"this model's UNet takes {self.unet.in_channels} channels; inpainting needs 4 or 9")
         start = time.perf_counter()
         timings = {}
         settings, plan = resolve_settings(self.folder, prompt, negative_prompt, 1.0 if strength is None else strength,
@@ -63,7 +66,8 @@ class InpaintPipeline(Pipeline):
             raise InvalidInputError("inpainting needs at least one denoising step: increase strength or num_inference_steps")
         image = load_image(image, self.max_pixels)
         mask = load_image(mask_image, self.max_pixels, keep_gray=True)
-        width, height = self.input_size(image.size, size)
+        native = self.folder.native_size
+        width, height = self.input_size(image.size, size or (native, native))
         settings.update(size=[width, height], padding_mask_crop=padding_mask_crop)
         guidance_scale = settings["guidance_scale"]
         self.check_memory(width, height, num_images, guidance_scale > 1)
@@ -86,9 +90,8 @@ class InpaintPipeline(Pipeline):
         image_latents = None
         if self.unet.in_channels == 4 or not full_strength:
             image_latents = np.repeat(self.encode_image(pixels, generator), num_images, axis=0)
-        batch, shape = num_images, (num_images, self.latent_channels, height // self.vae.scale_factor,
-                                    width // self.vae.scale_factor)
-        noise = generator.randn(shape)
+        noise = generator.randn((num_images, self.latent_channels, height // self.vae.scale_factor,
+                                 width // self.vae.scale_factor))
         latents = noise * plan.init_noise_sigma if full_strength else plan.add_noise(image_latents, noise)
         mask = mask_array(mask, (width, height))
         masked_latents = self.encode_image(pixels * (mask < 0.5), generator)
@@ -97,8 +100,8 @@ class InpaintPipeline(Pipeline):
         # Denoise.
         doubled = 2 if guidance_scale > 1 else 1
         if self.unet.in_channels == 9:
-            extra = np.concatenate([np.repeat(latent_mask, batch * doubled, axis=0),
-                                    np.repeat(masked_latents, batch * doubled, axis=0)], axis=1)
+            extra = np.concatenate([np.repeat(latent_mask, num_images * doubled, axis=0),
+                                    np.repeat(masked_latents, num_images * doubled, axis=0)], axis=1)
             on_step = None
         else:
             extra = None
@@ -132,7 +135,7 @@ class InpaintPipeline(Pipeline):
         overlap = 2 * self.vae.scale_factor if overlap is None else overlap
         canvas, mask = extend(image, left, right, top, bottom, multiple, overlap)
         right, bottom = canvas.width - image.width - left, canvas.height - image.height - top  # as rounded
-        result = self(canvas, mask, prompt, **options)
+        result = self(canvas, mask, prompt, size=canvas.size, **options)
         result.settings.update(extension=dict(left=left, right=right, top=top, bottom=bottom, overlap=overlap),
                                size=list(image.size))  # the input's size: the canvas follows from it
         result.provenance.update(task="outpaint", input_sha256=image_sha256(image))  # the mask follows from these
