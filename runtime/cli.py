@@ -182,6 +182,9 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         fail("--prompt is required (or --replay an image written by edgesd)")
     if iterations > 1 and (len(runs) > 1 or settings["num_images"] > 1):
         fail("--iterations chains one image: give one strength, seed and guidance, and no --num-images")
+    if task == "outpaint" and not any(task_options[side] for side in ("left", "right", "top", "bottom")) \
+            and not stored.get("extension"):
+        fail("outpaint needs pixels to add: --left, --right, --top and/or --bottom")
     model = model or (Path(stored["model_path"]) if stored.get("model_path") else None)
     if model is None:
         fail("MODEL is required: the model folder to run")

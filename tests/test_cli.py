@@ -393,3 +393,5 @@ def test_outpaint_writes_the_grown_canvas_and_replays(model, tmp_path):
     again = edgesd("outpaint", "-i", ROOT / "tests/data/small.png", "--replay", out, "-o", tmp_path / "again.png")
     assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
     assert np.array_equal(_pixels(out), _pixels(tmp_path / "again.png"))
+    nothing = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "-p", "sky", "-o", tmp_path / "none.png")
+    assert nothing.returncode == 2 and "outpaint needs pixels to add" in nothing.stderr
