@@ -211,8 +211,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         first = run_guarded(load_image, image, max_pixels)
         width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size)
         guided = any(r["guidance_scale"] > 1 for r in resolved)
-        needed = memory.call_bytes(folder, width, height, settings["num_images"], guided, backend, low_memory)
-        run_guarded(memory.check_fits, needed + memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
+        run_guarded(memory.check_call, folder, width, height, settings["num_images"], guided, backend, low_memory,
+                    memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
                     f"{image.name} at {width}x{height} on {backend}")
     t0 = time.perf_counter()
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]

@@ -26,24 +26,29 @@ def _heads(unet: dict, level: int) -> int:
     return heads[level] if isinstance(heads, list) else heads
 
 
-def call_bytes(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
-               low_memory: bool = False) -> int:
-    """Working memory of one call at (width, height), beyond the loaded weights."""
+def _terms(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
+           low_memory: bool) -> tuple[int, int, int]:
+    """Bytes of what grows with the image: the UNet's attention, the VAE's attention, its full-resolution layers."""
     scale = folder.manifest["vae_scale_factor"]
     tokens = (width // scale) * (height // scale)
     unet = folder.unet_config
     unet_batch = num_images * (2 if guidance else 1)
-    scores = [unet_batch * _heads(unet, level) * (tokens // 4**level) ** 2
-              for level, kind in enumerate(unet["down_block_types"]) if "CrossAttn" in kind]
+    unet_scores = max((unet_batch * _heads(unet, level) * (tokens // 4**level) ** 2
+                       for level, kind in enumerate(unet["down_block_types"]) if "CrossAttn" in kind), default=0)
     vae = folder.vae_config
     vae_pixels = width * height
     if low_memory and max(width, height) > folder.vae_sample_size:  # tiled: one tile at a time
         vae_pixels = folder.vae_sample_size**2
-    if vae.get("mid_block_add_attention", True):
-        scores.append(num_images * (vae_pixels // scale**2) ** 2)
-    attention = ATTENTION_SCORE_COPIES.get(backend, 1) * max(scores, default=0)
+    vae_scores = num_images * (vae_pixels // scale**2) ** 2 if vae.get("mid_block_add_attention", True) else 0
+    copies = ATTENTION_SCORE_COPIES.get(backend, 1)
     vae_layers = VAE_FULL_RESOLUTION_COPIES * num_images * vae["block_out_channels"][0] * vae_pixels
-    return 4 * max(attention, vae_layers)
+    return 4 * copies * unet_scores, 4 * copies * vae_scores, 4 * vae_layers
+
+
+def call_bytes(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
+               low_memory: bool = False) -> int:
+    """Working memory of one call at (width, height), beyond the loaded weights."""
+    return max(_terms(folder, width, height, num_images, guidance, backend, low_memory))
 
 
 def available_bytes() -> int | None:
@@ -70,14 +75,21 @@ def weights_bytes(folder: ModelFolder, fmt: str, low_memory: bool) -> int:
     return max(sizes) if low_memory else sum(sizes)
 
 
-def check_fits(needed: int, what: str) -> None:
-    """Raise InvalidInputError when `needed` bytes exceed what is available (EDGESD_MEMORY_CHECK=0 skips)."""
+def check_call(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
+               low_memory: bool, loading: int, what: str) -> None:
+    """Raise InvalidInputError, naming what would help, when the call (plus `loading` bytes of
+    weights still to load) needs more than is available (EDGESD_MEMORY_CHECK=0 skips the check)."""
+    unet_attention, vae_attention, vae_layers = terms = _terms(folder, width, height, num_images, guidance, backend,
+                                                               low_memory)
+    needed = max(terms) + loading
     available = available_bytes()
     if available is None or os.environ.get("EDGESD_MEMORY_CHECK") == "0" or needed <= available:
         return
-    raise InvalidInputError(
-        f"{what} needs about {needed / GIB:.1f} GiB of memory and {available / GIB:.1f} GiB is available: "
-        "make it smaller with --resize WxH (or --width/--height; API: size=(w, h)) or fewer --num-images, "
-        "use --low-memory (tiles the VAE, one submodel loaded at a time) or the OpenVINO backend (fused attention); "
-        "EDGESD_MEMORY_CHECK=0 runs it anyway"
-    )
+    remedies = ["make it smaller with --resize WxH (or --width/--height; API: size=(w, h))"
+                + (" or fewer --num-images" if num_images > 1 else "")]
+    if max(vae_attention, vae_layers) >= unet_attention and not low_memory:
+        remedies.append("use --low-memory (tiles the VAE, one submodel loaded at a time)")
+    if max(unet_attention, vae_attention) > vae_layers and backend == "onnxruntime":
+        remedies.append("use --backend openvino (its fused attention keeps no score matrices)")
+    raise InvalidInputError(f"{what} needs about {needed / GIB:.1f} GiB of memory and {available / GIB:.1f} GiB is "
+                            f"available: {'; '.join(remedies)}; EDGESD_MEMORY_CHECK=0 runs it anyway")

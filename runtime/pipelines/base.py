@@ -130,8 +130,8 @@ class Pipeline:
 
     def check_memory(self, width: int, height: int, num_images: int, guided: bool) -> None:
         loading = memory.weights_bytes(self.folder, self.format, True) if self.low_memory else 0
-        memory.check_fits(memory.call_bytes(self.folder, width, height, num_images, guided, self.backend, self.low_memory)
-                          + loading, f"{width}x{height} x{num_images} on {self.backend}")
+        memory.check_call(self.folder, width, height, num_images, guided, self.backend, self.low_memory, loading,
+                          f"{width}x{height} x{num_images} on {self.backend}")
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float, num_images: int) -> Conditioning:
         """The family's conditioning; the negative prompt only where guidance applies (scale > 1), as diffusers."""
