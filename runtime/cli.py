@@ -238,13 +238,14 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
             cells, source = [], job.image
             schedule = runs if iterations == 1 else [runs[0]] * iterations
             try:
+                # inpaint keeps the input's size (the API, as diffusers, would use the native square)
+                call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
                 for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
                     call = {**settings, **run.overrides}
                     if iterations > 1 and call["seed"] is not None:
                         call["seed"] += k
                     label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
                     with _progress(show, label) as callback:
-                        call_size = size or (_own_size(source, max_pixels) if task == "inpaint" else None)
                         result = run_task(source, callback=callback, size=call_size, **call)
                     indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
                     for index, path in zip(indices, outputs):
@@ -285,7 +286,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
 
 
 def _own_size(source, max_pixels: int) -> tuple[int, int]:
-    """An input's size: what `edgesd inpaint` keeps (the API, as diffusers, uses the native square)."""
+    """An input's size, EXIF orientation applied."""
     from edgesd.image import load_image
 
     return load_image(source, max_pixels).size

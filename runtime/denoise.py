@@ -40,14 +40,26 @@ def guided(unet, hidden_states: np.ndarray, guidance_scale: float, extra: np.nda
     """The UNet's prediction with classifier-free guidance as diffusers applies it (scale > 1: one
     batched call on [unconditional, conditional] latents, hidden_states ordered the same way);
     `extra`: inputs concatenated to the latents on the channel axis (inpainting's mask and masked
-    image latents), already doubled under guidance."""
-    do_guidance = guidance_scale > 1
+    image latents), already doubled under guidance. The UNet's input is one buffer, allocated on the
+    first step and refilled in place on the next ones (the extra channels are written once)."""
+    copies = 2 if guidance_scale > 1 else 1
     scale = np.float32(guidance_scale)
+    sample = None
 
     def predict(latents: np.ndarray, t) -> np.ndarray:
-        batch = np.concatenate([latents, latents]) if do_guidance else latents
-        noise_pred = unet(batch, t, hidden_states, extra)
-        if not do_guidance:
+        nonlocal sample
+        if copies == 1 and extra is None:
+            return unet(latents, t, hidden_states)
+        n, channels = latents.shape[:2]
+        if sample is None:
+            width = channels + (0 if extra is None else extra.shape[1])
+            sample = np.empty((copies * n, width, *latents.shape[2:]), np.float32)
+            if extra is not None:
+                sample[:, channels:] = extra
+        for k in range(copies):
+            sample[k * n : (k + 1) * n, :channels] = latents
+        noise_pred = unet(sample, t, hidden_states)
+        if copies == 1:
             return noise_pred
         uncond, text = np.split(noise_pred, 2)
         return uncond + scale * (text - uncond)

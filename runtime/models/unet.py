@@ -1,4 +1,5 @@
-"""The denoising UNet: (latents [+ extra channels], timestep, text hidden states) -> noise prediction."""
+"""The denoising UNet: (sample, timestep, text hidden states) -> noise prediction; the sample is the
+latents, with inpainting's mask and masked-image latents on extra channels for 9-channel UNets."""
 
 from typing import Callable
 
@@ -12,9 +13,8 @@ class UNet:
         self._session = session
         self.in_channels = in_channels  # 4, or 9 for inpainting UNets (latents + mask + masked-image latents)
 
-    def __call__(self, latents: np.ndarray, timestep, hidden_states: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, sample: np.ndarray, timestep, hidden_states: np.ndarray) -> np.ndarray:
         session = self._session()
-        sample = latents if extra is None else np.concatenate([latents, extra], axis=1)
         feeds = {"sample": sample, "timestep": np.asarray(timestep, dtype=session.input_types["timestep"]),
                  "encoder_hidden_states": hidden_states}
         return session.run(feeds)[0]
