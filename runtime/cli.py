@@ -82,6 +82,23 @@ def exit_with(error: EdgesdError) -> None:
     fail(str(error))
 
 
+_LORA_HELP = ("A LoRA (.safetensors, kohya or diffusers format) merged into the model as it loads, with its weight "
+              "(default 1), e.g. style.safetensors:0.8; repeat for several.")
+
+
+def parse_lora(spec: str):
+    """FILE[:WEIGHT] -> the LoRA read (errors before the model loads); a colon not followed by a
+    number belongs to the path."""
+    from edgesd.lora import read_lora
+
+    path, _, text = spec.rpartition(":")
+    try:
+        weight = float(text)
+    except ValueError:
+        path = ""
+    return read_lora(path, weight) if path else read_lora(spec)
+
+
 def _shared_options(
     model: Optional[Path] = typer.Argument(None, help="Model folder written by `edgesd export` (or by optimum's exporters); with --replay, default: the one stored in the image.", show_default=False),
     image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, BMP, TIFF), or a folder of them (batch).", show_default=False),
@@ -100,6 +117,7 @@ def _shared_options(
     grid: bool = typer.Option(False, help="Also write a labelled contact sheet of each input's images (OUT-grid.png)."),
     iterations: int = typer.Option(1, min=1, help="Feed each output back as the next input, N times (OUT-iter1.png ...; seed + 1 each time)."),
     replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in an image edgesd wrote (with the same --image, the same image).", show_default=False),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto.", show_default=False),
@@ -146,7 +164,7 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 
 def generate(task: str, model, image, prompt, output, negative_prompt, strength, steps, guidance, seed, scheduler,
-             num_images, resize, width, height, grid, iterations, replay, backend, device, precision, threads,
+             num_images, resize, width, height, grid, iterations, replay, lora, backend, device, precision, threads,
              low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: inpaint's (padding_mask_crop) or outpaint's (left, right, top, bottom, overlap)."""
@@ -185,6 +203,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     if task == "outpaint" and not any(task_options[side] for side in ("left", "right", "top", "bottom")) \
             and not stored.get("extension"):
         fail("outpaint needs pixels to add: --left, --right, --top and/or --bottom")
+    loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
     model = model or (Path(stored["model_path"]) if stored.get("model_path") else None)
     if model is None:
         fail("MODEL is required: the model folder to run")
@@ -217,7 +236,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     t0 = time.perf_counter()
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
     pipe = run_guarded(pipeline.load, model, backend=backend, device=device, inference_precision=precision,
-                       threads=threads, low_memory=low_memory)
+                       threads=threads, low_memory=low_memory, loras=loras)
     pipe.max_pixels = max_pixels
     load_time = time.perf_counter() - t0
     if task == "outpaint":
@@ -322,6 +341,10 @@ def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: P
     differs = [f"{label} ({stored[key][:12] if key.endswith('sha256') else stored[key]} -> "
                f"{now[key][:12] if key.endswith('sha256') else now[key]})"
                for key, label in names.items() if key in stored and key in now and stored[key] != now[key]]
+    loras = [[(lora["file"], lora["sha256"], lora["weight"]) for lora in source.get("loras", [])] for source in (stored, now)]
+    if loras[0] != loras[1]:
+        listed = [", ".join(f"{file}:{weight:g}" for file, _, weight in entries) or "none" for entries in loras]
+        differs.append(f"LoRAs ({listed[0]} -> {listed[1]}; give them with --lora FILE:WEIGHT)")
     if differs:
         log.warning("warning: %s was made with another %s; the image will differ", replay, "; ".join(differs))
 
@@ -406,6 +429,7 @@ def bench(
     warmup: int = typer.Option(1, min=0, help="Untimed runs after the cold start."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime."),
     low_memory: bool = typer.Option(False, help="Measure the low-memory mode (one submodel loaded at a time, tiled VAE)."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this file."),
 ):
     """Measure cold start, per-stage warm latency (median, min, max), peak memory and model size."""
@@ -413,10 +437,11 @@ def bench(
 
     result = run_guarded(run_benchmark, model, backend=backend, device=device, precision=precision, resolution=resolution,
                          steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads,
-                         low_memory=low_memory)
+                         low_memory=low_memory, loras=[run_guarded(parse_lora, spec) for spec in lora or ()])
     resolution = result["resolution"]
     typer.echo(f"{result['model']} on {result['backend']}{' (low memory)' if low_memory else ''}, {resolution}x{resolution}, "
-               f"{result['unet_steps']} UNet steps, precision {precision}")
+               f"{result['unet_steps']} UNet steps, precision {precision}"
+               + "".join(f", LoRA {entry['file']}:{entry['weight']:g}" for entry in result["loras"]))
     typer.echo(f"cold start: load {result['cold_start']['load']:.2f}s, first run {result['cold_start']['first_run']:.2f}s")
     for stage, s in result["warm"].items():
         typer.echo(f"  {stage:<7} median {s['median'] * 1000:9.1f} ms   [{s['min'] * 1000:.1f} .. {s['max'] * 1000:.1f}]  n={s['n']}")

@@ -16,7 +16,7 @@ MASK[8:40, 16:48] = 255
 
 def fake(cls, tmp_path, **folder_options):
     sessions = {}
-    pipe = cls(fake_model_folder(tmp_path, **folder_options), lambda name: sessions.setdefault(name, FakeSession(name)),
+    pipe = cls(fake_model_folder(tmp_path, **folder_options), lambda name, lora: sessions.setdefault(name, FakeSession(name)),
                "onnxruntime")
     return pipe, sessions
 

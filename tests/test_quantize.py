@@ -385,3 +385,22 @@ def test_models_over_2gb_use_external_data(fp32_folder, tmp_path, monkeypatch, c
     assert set(_files(unet, "onnx")) == {"model.onnx", "model.onnx_data"}  # both recorded in the manifest
     out = onnxruntime.InferenceSession(str(unet / "model.onnx")).run(None, feeds)[0]
     assert out.shape == (2, 4, 32, 32) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_loras_merge_into_fp16_weights_and_refuse_int8(folders, fp32_folder, lora_files, fmt):
+    """fp16 weights take a LoRA (merged in fp32, stored back in fp16): the image stays near the fp32
+    folder's with the same LoRA, by the fp16 bound. int8 folders refuse it, saying what to do."""
+    from edgesd import Img2ImgPipeline
+    from edgesd.export.fidelity import psnr
+    from edgesd.lora import LoraError
+
+    loras = [(lora_files["sd1-both"], 0.8)]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    call = dict(strength=0.75, num_inference_steps=4, seed=2)
+    images = [Img2ImgPipeline.load(folder, backend=BACKEND[fmt], device="cpu", inference_precision="fp32", loras=loras)(
+        image, "a lake", **call).images[0] for folder in (folders["fp16"], fp32_folder)]
+    assert psnr(*(np.asarray(i, np.float64) for i in images)) >= BOUNDS["fp16"][0]
+    for precision in ("int8-weights", "int8"):
+        with pytest.raises(LoraError, match=r"quantized \(int8\).*exported without quantization"):
+            Img2ImgPipeline.load(folders[precision], backend=BACKEND[fmt], device="cpu", loras=loras)

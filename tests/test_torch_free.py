@@ -123,3 +123,25 @@ def test_outpaint_runs_without_torch(runtime_venv, exported, tmp_path):
                "--left", "16", "--prompt", "sky", "--seed", "1", "-o", str(out), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["settings"]["extension"]["left"] == 16 and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_loras_merge_without_torch(runtime_venv, backend, exported, lora_files, tmp_path):
+    """Two LoRAs (kohya and diffusers format) read with safetensors' numpy API and found in the graph
+    with onnx at the lowest versions allowed: the same image as in the development environment."""
+    from PIL import Image
+    from test_pipeline_parity import assert_images_close
+
+    from edgesd import Img2ImgPipeline
+
+    kohya, unet_only = lora_files["sd1-both-kohya"], lora_files["sd1-unet"]
+    out = tmp_path / "out.png"
+    done = run(runtime_venv, "edgesd", "img2img", str(exported["tiny-sd1"]), "--image", str(ROOT / "tests/data/small.png"),
+               "--prompt", "hills", "--seed", "1", "--steps", "4", "--backend", backend, "--precision", "fp32",
+               "--lora", f"{kohya}:0.7", "--lora", str(unet_only), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32",
+                                loras=[(kohya, 0.7), unet_only])
+    expected = pipe(Image.open(ROOT / "tests/data/small.png"), "hills", seed=1, num_inference_steps=4).images
+    with Image.open(out) as made:
+        assert_images_close([made.convert("RGB")], expected)

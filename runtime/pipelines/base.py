@@ -6,7 +6,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,6 +15,7 @@ from edgesd import __version__, memory, schedulers
 from edgesd.errors import InvalidInputError
 from edgesd.families import FAMILIES, Conditioning
 from edgesd.image import MAX_PIXELS, target_size
+from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
 from edgesd.model_folder import ModelFolder, open_model_folder
 from edgesd.models import TextEncoder, UNet, Vae
 from edgesd.outputs import save_image
@@ -47,18 +48,20 @@ class Result:
 class Pipeline:
     task = ""  # what its __call__ does, stored with every output ("img2img", "inpaint")
 
-    def __init__(self, folder: ModelFolder, open_submodel: Callable[[str], Session], backend: str, low_memory: bool = False,
-                 inference_precision: str = "auto", device: str = "auto"):
-        """Use `load`. `open_submodel(name)` compiles a submodel. With `low_memory` only the one in
-        use stays loaded (slower: each call recompiles, from the engine's cache where it has one),
-        and images larger than the VAE's native size are encoded and decoded in blended tiles."""
+    def __init__(self, folder: ModelFolder, open_submodel: Callable[[str, LoraMerge | None], Session], backend: str,
+                 low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=()):
+        """Use `load`. `open_submodel(name, lora)` compiles a submodel with a LoRA merge (or None).
+        With `low_memory` only the one in use stays loaded (slower: each call recompiles, from the
+        engine's cache where it has one), and images larger than the VAE's native size are encoded
+        and decoded in blended tiles."""
         self.folder = folder
         self.family = FAMILIES[folder.manifest["family"]]
         self.backend = backend
         self.format = BACKENDS[backend].format
         self.low_memory = low_memory
+        self.loras = _read_loras(loras)
         self._open_submodel = open_submodel
-        self.sessions = {} if low_memory else {name: open_submodel(name) for name in self.family.submodels}
+        self.sessions = {} if low_memory else {name: self._open(name) for name in self.family.submodels}
         manifest = folder.manifest
         self.text_encoder = TextEncoder(ClipTokenizer(folder.path / "tokenizer"), lambda: self._submodel("text_encoder"))
         self.unet = UNet(lambda: self._submodel("unet"), folder.unet_config.get("in_channels", 4))
@@ -76,32 +79,63 @@ class Pipeline:
                            "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
                            "backend": backend, "device": device, "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
+        self._record_loras()
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", inference_precision: str = "auto",
-             threads: int | None = None, cache_dir: str | Path | None = None, low_memory: bool = False):
-        """Open a model folder and compile its submodels on the chosen engine and device."""
+             threads: int | None = None, cache_dir: str | Path | None = None, low_memory: bool = False,
+             loras: Sequence[tuple[str | Path, float] | str | Path] = ()):
+        """Open a model folder and compile its submodels on the chosen engine and device. `loras`:
+        LoRA files (.safetensors; kohya or diffusers format) with their weights, e.g.
+        [("style.safetensors", 0.8)], merged into the text encoder's and UNet's weights as they load."""
         folder = open_model_folder(path)
         backend = choose_backend(backend, device, folder.common_formats)
         fmt = BACKENDS[backend].format
         folder.verify_once([fmt])
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
 
-        def open_submodel(name: str) -> Session:
-            return open_session(backend, folder.model_file(name, fmt), device, inference_precision, **options)
+        def open_submodel(name: str, lora: LoraMerge | None) -> Session:
+            return open_session(backend, folder.model_file(name, fmt), device, inference_precision, lora=lora, **options)
 
-        return cls(folder, open_submodel, backend, low_memory, inference_precision, device)
+        return cls(folder, open_submodel, backend, low_memory, inference_precision, device, loras)
+
+    def set_loras(self, loras: Sequence[tuple[str | Path, float] | str | Path]) -> None:
+        """Use these LoRAs instead of the loaded ones ([] for none): the submodels they change are
+        opened again from the folder (the VAE stays as it is)."""
+        old, new = self.loras, _read_loras(loras)
+        changed = [name for name in SUBMODELS if name in self.sessions and any(l.layers.get(name) for l in (*old, *new))]
+        for name in changed:  # the old session goes first: never two UNets in memory
+            del self.sessions[name]
+        try:
+            self.loras = new
+            self.sessions.update({name: self._open(name) for name in changed})
+        except Exception:  # e.g. a LoRA that does not fit: back to the old ones
+            self.loras = old
+            self.sessions.update({name: self._open(name) for name in changed})
+            raise
+        finally:
+            self._last_prompts = None
+            self._record_loras()
+
+    def _record_loras(self) -> None:
+        self.provenance.pop("loras", None)
+        if self.loras:
+            self.provenance["loras"] = [lora.record for lora in self.loras]
+
+    def _open(self, name: str) -> Session:
+        lora = LoraMerge(name, self.loras, self.folder.unet_config.get("layers_per_block", 2)) if name in SUBMODELS else None
+        return self._open_submodel(name, lora or None)
 
     def wrap_sessions(self, wrap: Callable[[str, Session], Session]) -> None:
         """Put `wrap(name, session)` around every submodel's session, now and whenever one is opened
         later (low-memory mode): how tools time, record or swap engine calls."""
         opener = self._open_submodel
-        self._open_submodel = lambda name: wrap(name, opener(name))
+        self._open_submodel = lambda name, lora: wrap(name, opener(name, lora))
         self.sessions = {name: wrap(name, session) for name, session in self.sessions.items()}
 
     def _submodel(self, name: str) -> Session:
         """The compiled submodel; in low-memory mode opened here, and freed when the stage using it returns."""
-        return self.sessions.get(name) or self._open_submodel(name)
+        return self.sessions.get(name) or self._open(name)
 
     def say_once(self, key: str, message: str, *args) -> None:
         if key not in self._said:
@@ -152,6 +186,12 @@ class Pipeline:
         if not self.reuse_encodings or cached is None or cached[0] != key:
             cached = self._last_moments = (key, self.vae.moments(pixels))
         return self.vae.sample(cached[1], generator)
+
+
+def _read_loras(loras) -> list[Lora]:
+    """LoRAs given as paths (weight 1), (path, weight) pairs or read Loras."""
+    return [lora if isinstance(lora, Lora) else read_lora(lora) if isinstance(lora, (str, Path)) else read_lora(*lora)
+            for lora in loras]
 
 
 def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength=None, num_inference_steps=None,

@@ -35,9 +35,9 @@ class Backend:
 
 BACKENDS = {b.name: b for b in (
     Backend("onnxruntime", "onnx", "model.onnx", ("model.onnx", "model.onnx_data"),
-            "edgesd.sessions.onnxruntime:OnnxRuntimeSession", ("threads",)),
+            "edgesd.sessions.onnxruntime:OnnxRuntimeSession", ("threads", "lora")),
     Backend("openvino", "openvino", "openvino_model.xml", ("openvino_model.xml", "openvino_model.bin"),
-            "edgesd.sessions.openvino:OpenVINOSession", ("cache_dir",)),
+            "edgesd.sessions.openvino:OpenVINOSession", ("cache_dir", "lora")),
 )}
 BACKEND_OF_FORMAT = {b.format: b for b in BACKENDS.values()}
 
@@ -74,5 +74,6 @@ def choose_backend(backend: str, device: str, formats: list[str]) -> str:
 
 def open_session(backend: str, path: Path, device: str = "auto", precision: str = "auto", **options) -> Session:
     """Compile one submodel; device "auto" means CUDA/GPU when present, else CPU. `options`: threads
-    (onnxruntime), cache_dir (OpenVINO); each engine takes the ones it has."""
+    (onnxruntime), cache_dir (OpenVINO), lora (a LoraMerge for this submodel); each engine takes the
+    ones it has."""
     return BACKENDS[backend].open(path, device, precision, **options)

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesd.errors import BackendUnavailableError
+from edgesd.lora import LoraMerge, add_delta, module_of
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32, "tensor(double)": np.float64}
@@ -42,7 +43,7 @@ class OnnxRuntimeSession:
     backend = "onnxruntime"
 
     def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", threads: int | None = None,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, lora: "LoraMerge | None" = None):
         ort = _import()
         if precision not in ("auto", "fp32"):
             raise BackendUnavailableError(
@@ -52,7 +53,14 @@ class OnnxRuntimeSession:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(path), options, providers=_PROVIDERS[resolve_device(device)])
+        model = str(path)
+        if lora:
+            model, merged = _with_lora(Path(path), lora)
+            # replaced in the graph before onnxruntime optimizes it (casts, layouts, fusions read them)
+            # and used as they are (no copy): they live as long as the session
+            self._lora_weights = [(name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in merged.items()]
+            options.add_external_initializers([name for name, _ in self._lora_weights], [v for _, v in self._lora_weights])
+        self._session = ort.InferenceSession(model, options, providers=_PROVIDERS[resolve_device(device)])
         self.device = self._session.get_providers()[0]
         self.input_types = {i.name: np.dtype(_DTYPES[i.type]) for i in self._session.get_inputs()}
         self._io_binding = self.device == "CUDAExecutionProvider" if io_binding is None else io_binding
@@ -74,3 +82,47 @@ class OnnxRuntimeSession:
             binding.bind_output(output.name, self._ort_device)
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+
+def _with_lora(path: Path, lora: LoraMerge) -> tuple[str | bytes, dict[str, np.ndarray]]:
+    """(the model to open, {initializer: weight with the LoRAs' deltas added}) for every weight they
+    change. onnxruntime takes replacements before optimizing for initializers stored outside the
+    model file only: a model whose weights are inside it (under 2 GB) is opened from bytes in which
+    those initializers are marked external (and never read).
+
+    Linear weights are anonymous in torch.onnx's graphs (onnx::MatMul_123) and stored (in, out):
+    they are found through the MatMul/Gemm/Conv node using them, whose name carries the module."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    weights, modules = {}, {}
+    for node in graph.node:
+        module = module_of(node.name)
+        if module is None or len(node.input) < 2:
+            continue
+        if node.op_type in ("MatMul", "Gemm", "Conv") and node.input[1] in initializers:
+            transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not any(
+                a.name == "transB" and a.i for a in node.attribute))
+            weights[module] = (node.input[1], transposed)
+            dims = tuple(initializers[node.input[1]].dims)
+            modules[module] = dims[::-1] if transposed else dims
+        elif node.input[1] in dequantized or node.op_type in ("MatMulInteger", "ConvInteger"):
+            modules[module] = "quantized (int8)"
+    merged = {}
+    for module, delta in lora.deltas(modules):
+        name, transposed = weights[module]
+        base = numpy_helper.to_array(initializers[name], base_dir=str(path.parent))
+        merged[name] = add_delta(base, delta, transposed, module)
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in graph.initializer):
+        return str(path), merged
+    for name in merged:
+        tensor = initializers[name]
+        for field in ("raw_data", "float_data", "int32_data", "double_data"):
+            tensor.ClearField(field)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="replaced-by-edgesd")
+    return model.SerializeToString(), merged

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgesd.cache import cache_root
 from edgesd.errors import BackendUnavailableError
+from edgesd.lora import LoraMerge, add_delta, module_of
 from edgesd.sessions import mapped_weights
 
 _COMPILED_SHAPES = 4  # enough for a tiled VAE's full, right, bottom and corner tiles
@@ -59,7 +60,8 @@ def effective_precision(device: str, requested: str, stored: str) -> str:
 class OpenVINOSession:
     backend = "openvino"
 
-    def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", cache_dir: Path | None = None):
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", cache_dir: Path | None = None,
+                 lora: LoraMerge | None = None):
         ov = _import()
         if precision not in ("auto", *_HINTS):
             raise BackendUnavailableError(f"unknown inference precision {precision!r}; use auto, fp32, bf16 or fp16")
@@ -67,6 +69,9 @@ class OpenVINOSession:
         self._path = str(path)
         self._weights = Path(path).with_suffix(".bin")
         model = self._core.read_model(self._path)
+        self._lora = lora
+        if lora:  # a LoRA that does not fit fails here; it is merged when a shape is compiled
+            lora.targets(_weights(model)[1])
         self.device = resolve_device(device)
         self._config = {}
         if precision != "auto":
@@ -86,6 +91,8 @@ class OpenVINOSession:
         # Read afresh (weights are memory-mapped) and let go after compiling, giving back the mapped
         # pages as the engine copies them: the compiled model keeps its own copy (mapped_weights).
         model = self._core.read_model(self._path)
+        if self._lora:  # recomputed rather than held: the compiled model keeps its own copy
+            _merge(model, self._lora)
         model.reshape(dict(shapes))
         with mapped_weights.released_while(self._weights):
             self._requests[shapes] = self._core.compile_model(model, self.device, self._config).create_infer_request()
@@ -98,3 +105,35 @@ class OpenVINOSession:
         if fresh:  # in case the first inference repacked more weights
             mapped_weights.release(self._weights)
         return [result[i] for i in range(len(result))]
+
+
+def _weights(model) -> tuple[dict, dict]:
+    """The weight constants by module: {module: (constant, stored (in, out))} and {module: its shape
+    in torch's layout, or why it cannot take a delta}. A weight is the constant feeding a MatMul or Convolution, maybe through a Convert
+    (fp16 IR); one behind Subtract/Multiply is int8-compressed. The module comes from the consumer's
+    name (module_of)."""
+    constants, modules = {}, {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution") or (module := module_of(op.get_friendly_name())) is None:
+            continue
+        source = op.input_value(1).get_node()
+        while source.get_type_name() == "Convert":
+            source = source.input_value(0).get_node()
+        if source.get_type_name() == "Constant":
+            transposed = op.get_type_name() == "MatMul" and not op.get_attributes()["transpose_b"]
+            constants[module] = (source, transposed)
+            shape = tuple(source.get_output_shape(0))
+            modules[module] = shape[::-1] if transposed else shape
+        elif source.get_type_name() in ("Multiply", "Subtract", "FakeQuantize", "FakeConvert"):
+            modules[module] = "quantized (int8)"
+    return constants, modules
+
+
+def _merge(model, lora: LoraMerge) -> None:
+    """Replace each weight constant the LoRAs change with the merged one."""
+    ov = _import()
+    constants, modules = _weights(model)
+    for module, delta in lora.deltas(modules):
+        constant, transposed = constants[module]
+        merged = add_delta(constant.get_data(), delta, transposed, module)
+        constant.output(0).replace(ov.op.Constant(merged).output(0))

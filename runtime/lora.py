@@ -1,0 +1,289 @@
+"""LoRA files, read and merged into a model's weights when a pipeline loads (no re-export).
+
+Written by hand because the runtime is torch-free: diffusers/peft merge LoRAs in torch. The files
+are read with safetensors' numpy API; each engine session (sessions/onnxruntime.py, openvino.py)
+finds the weights in its own graph and asks `LoraMerge.deltas` what to add to them.
+
+Formats read:
+- diffusers/peft: `unet.<module>.lora_A.weight` / `.lora_B.weight` (and `text_encoder.`), diffusers'
+  older `.lora.down/.lora.up` and `.lora_linear_layer.down/up`; alpha from the file's
+  `lora_adapter_metadata` (lora_alpha, alpha_pattern) or `<module>.alpha`, else alpha = rank;
+- kohya/A1111: `lora_unet_<module with _ for .>.lora_down.weight` / `.lora_up.weight` / `.alpha`,
+  `lora_te_` (or `lora_te1_`) for the text encoder, and the original SD UNet's block names
+  (`input_blocks_4_1_...`, `middle_block_1_...`, `output_blocks_...`, `in_layers_2` ...).
+
+The delta of a module is weight x alpha / rank x up @ down, as diffusers fuses it (fuse_lora with
+lora_scale, or set_adapters' weights); several LoRAs add up."""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from edgesd.errors import InvalidInputError
+
+SUBMODELS = ("text_encoder", "unet")  # the submodels LoRAs change
+_DIFFUSERS = re.compile(r"(unet|text_encoder|text_encoder_2)\.(.+?)\.(lora_A|lora_B|lora\.down|lora\.up|"
+                        r"lora_linear_layer\.down|lora_linear_layer\.up)(\.default)?\.weight")
+_KOHYA = re.compile(r"(lora_unet|lora_te|lora_te1|lora_te2)_(.+?)\.(lora_down|lora_up)\.weight")
+_ALPHA = re.compile(r"(?:(unet|text_encoder|text_encoder_2)\.(.+)|(lora_unet|lora_te|lora_te1|lora_te2)_(.+))\.alpha")
+_SUBMODEL = {"unet": "unet", "lora_unet": "unet", "text_encoder": "text_encoder", "lora_te": "text_encoder",
+             "lora_te1": "text_encoder", "text_encoder_2": "text_encoder_2", "lora_te2": "text_encoder_2"}
+_DOWN = ("lora_A", "lora.down", "lora_linear_layer.down", "lora_down")
+
+
+class LoraError(InvalidInputError):
+    """A LoRA file that cannot be applied to this model as it is."""
+
+
+@dataclass
+class Layer:
+    """One LoRA layer: delta = scale x up @ down; `name` is its module as the file spells it."""
+    name: str
+    underscored: bool  # kohya: dots written as underscores
+    down: np.ndarray | None = None  # (rank, in[, kh, kw])
+    up: np.ndarray | None = None  # (out, rank[, 1, 1])
+    alpha: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of its delta: (out, in[, kh, kw])."""
+        return (self.up.shape[0], *self.down.shape[1:])
+
+    def delta(self, weight: float) -> np.ndarray:
+        """The change to the module's weight, in torch's layout (out, in[, kh, kw]), float32."""
+        rank = self.down.shape[0]
+        alpha = rank if self.alpha is None else self.alpha
+        up = self.up.astype(np.float32).reshape(self.up.shape[0], rank)
+        down = self.down.astype(np.float32).reshape(rank, -1)
+        delta = up @ down
+        delta *= np.float32(weight * alpha / rank)
+        return delta.reshape(self.up.shape[0], *self.down.shape[1:])
+
+
+@dataclass
+class Lora:
+    path: Path
+    weight: float
+    sha256: str
+    layers: dict[str, dict[str, Layer]] = field(default_factory=dict)  # submodel -> name -> layer
+
+    @property
+    def record(self) -> dict:
+        """What outputs store about it (the file's name, not its path: images are shared)."""
+        return {"file": self.path.name, "sha256": self.sha256, "weight": self.weight}
+
+
+def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
+    """Read a LoRA file (.safetensors) of any format above; layers of another family are an error."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise LoraError(f"LoRA file {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise LoraError(f"LoRA {path.name}: only .safetensors files are read (pickled .pt/.ckpt files can run code)")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise LoraError(f"LoRA {path.name} cannot be read as safetensors: {e}") from None
+    lora = Lora(path, float(weight), _sha256(path))
+    unknown = []
+    for key, tensor in tensors.items():
+        if match := _DIFFUSERS.fullmatch(key):
+            submodel, name, kind, underscored = match[1], match[2], match[3], False
+        elif match := _KOHYA.fullmatch(key):
+            submodel, name, kind, underscored = _SUBMODEL[match[1]], match[2], match[3], True
+        elif match := _ALPHA.fullmatch(key):
+            submodel = _SUBMODEL[match[1] or match[3]]
+            name, kind, underscored = match[2] or match[4], "alpha", match[3] is not None
+        else:
+            unknown.append(key)
+            continue
+        layer = lora.layers.setdefault(submodel, {}).setdefault(name, Layer(name, underscored))
+        if kind == "alpha":
+            layer.alpha = float(tensor)
+        elif kind in _DOWN:
+            layer.down = tensor
+        else:
+            layer.up = tensor
+    if unknown:
+        kinds = "LoHa/LoKr/DoRA or full-weight layers, which edgesd does not merge" if any(
+            re.search(r"hada_|lokr_|dora_scale|magnitude|\.diff(_b)?$", k) for k in unknown) else "not LoRA layers edgesd knows"
+        raise LoraError(f"LoRA {path.name} has keys that are {kinds}: {_listing(unknown)}")
+    if "text_encoder_2" in lora.layers:
+        raise LoraError(f"LoRA {path.name} has layers for a second text encoder (an SDXL LoRA); this model has one")
+    for submodel, layers in lora.layers.items():
+        incomplete = [name for name, layer in layers.items() if layer.down is None or layer.up is None]
+        if incomplete:
+            raise LoraError(f"LoRA {path.name} is incomplete: no down/up pair for {_listing(incomplete)}")
+        _apply_metadata_alphas(layers, _adapter_config(metadata, submodel))
+    if not lora.layers:
+        raise LoraError(f"LoRA {path.name} has no layers")
+    return lora
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _adapter_config(metadata: dict, submodel: str) -> dict:
+    """peft's LoraConfig for `submodel` as diffusers stores it (keys prefixed with the submodel)."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    config = json.loads(raw)
+    prefix = f"{submodel}."
+    return {key[len(prefix):]: value for key, value in config.items() if key.startswith(prefix)}
+
+
+def _apply_metadata_alphas(layers: dict[str, Layer], config: dict) -> None:
+    """peft's alpha: alpha_pattern's entry whose key ends the module's name, else lora_alpha."""
+    if config.get("use_rslora"):
+        raise LoraError("rank-stabilized LoRAs (use_rslora) are not merged by edgesd")
+    patterns = config.get("alpha_pattern") or {}
+    for name, layer in layers.items():
+        if layer.alpha is not None:
+            continue
+        matched = [alpha for pattern, alpha in patterns.items() if re.fullmatch(rf"(.*\.)?({pattern})", name)]
+        if matched:
+            layer.alpha = float(matched[0])
+        elif config.get("lora_alpha") is not None:
+            layer.alpha = float(config["lora_alpha"])
+
+
+def _listing(names: Iterable[str], most: int = 6) -> str:
+    names = sorted(names)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+class LoraMerge:
+    """The layers of several LoRAs for one submodel, matched to its graph's modules by a session."""
+
+    def __init__(self, submodel: str, loras: list[Lora], layers_per_block: int = 2):
+        self.submodel = submodel
+        self.loras = [lora for lora in loras if lora.layers.get(submodel)]
+        self.layers_per_block = layers_per_block
+
+    def __bool__(self) -> bool:
+        return bool(self.loras)
+
+    def deltas(self, modules: dict[str, tuple | str]) -> Iterator[tuple[str, np.ndarray]]:
+        """(module, summed delta in torch's layout) for every module a LoRA changes, one at a time
+        (so at most one delta is held). `modules`: the graph's module -> its weight's shape in
+        torch's layout (out, in[, kh, kw]), or why its weight cannot take a delta ("quantized (int8)")."""
+        for module, layers in self.targets(modules).items():
+            total = layers[0][0].delta(layers[0][1])
+            for layer, weight in layers[1:]:
+                total += layer.delta(weight).reshape(total.shape)
+            yield module, total
+
+    def targets(self, modules: dict[str, tuple | str]) -> dict[str, list[tuple[Layer, float]]]:
+        """module -> its (layer, weight)s; a layer that matches no module, or one whose weight cannot
+        take it (quantized, or of another shape), is an error naming them."""
+        underscored = {module.replace(".", "_"): module for module in modules}
+        targets: dict[str, list[tuple[Layer, float]]] = {}
+        for lora in self.loras:
+            unmatched = []
+            for name, layer in lora.layers[self.submodel].items():
+                module = self._module(name, layer.underscored, modules, underscored)
+                if module is None:
+                    unmatched.append(name)
+                else:
+                    targets.setdefault(module, []).append((layer, lora.weight))
+            if unmatched:
+                raise LoraError(f"LoRA {lora.path.name} does not fit this model: {len(unmatched)} {self.submodel} "
+                                f"layer(s) match no weight of it ({_listing(unmatched)}); is it a LoRA for another "
+                                "model family?")
+        blocked = [module for module in targets if isinstance(modules[module], str)]
+        if blocked:
+            raise LoraError(f"LoRAs merge into float weights, but this folder's {self.submodel} is {modules[blocked[0]]} "
+                            f"({_listing(blocked)}); use a folder exported without quantization (edgesd export "
+                            "--precision fp32 or fp16)")
+        for module, layers in targets.items():
+            shape = modules[module]
+            for layer, _ in layers:
+                if layer.shape[0] != shape[0] or np.prod(layer.shape) != np.prod(shape):
+                    raise LoraError(f"LoRA layer {module} has shape {layer.shape}, the model's weight {tuple(shape)}: "
+                                    "the LoRA is for another model")
+        return targets
+
+    def _module(self, name: str, underscored: bool, modules: dict, by_underscored: dict) -> str | None:
+        if not underscored:
+            return name if name in modules else None
+        if name in by_underscored:
+            return by_underscored[name]
+        for candidate in _from_original_unet(name, self.layers_per_block):
+            if candidate in by_underscored:
+                return by_underscored[candidate]
+        return None
+
+
+_INNER = {"in_layers_2": "conv1", "out_layers_3": "conv2", "emb_layers_1": "time_emb_proj",
+          "skip_connection": "conv_shortcut", "op": "conv"}
+_TOP = {"input_blocks_0_0": "conv_in", "out_2": "conv_out", "time_embed_0": "time_embedding.linear_1",
+        "time_embed_2": "time_embedding.linear_2"}
+
+
+def _from_original_unet(name: str, layers_per_block: int) -> list[str]:
+    """The diffusers modules (underscored, as kohya writes them) that a name in the original SD UNet's
+    naming may stand for, most likely first."""
+    if name in _TOP:
+        return [_TOP[name].replace(".", "_")]
+    if match := re.fullmatch(r"middle_block_(\d+)_(.+)", name):
+        kind, i, j, rest = "middle_block", int(match[1]), 0, match[2]
+    elif match := re.fullmatch(r"(input_blocks|output_blocks)_(\d+)_(\d+)_(.+)", name):
+        kind, i, j, rest = match[1], int(match[2]), int(match[3]), match[4]
+    else:
+        return []
+    per = layers_per_block + 1
+    if kind == "middle_block":
+        parts = [f"mid_block.{['resnets.0', 'attentions.0', 'resnets.1'][i]}"] if i < 3 else []
+    elif kind == "input_blocks":
+        block, layer = (i - 1) // per, (i - 1) % per
+        if layer == layers_per_block:  # a block's last entry is its downsampler
+            parts = [f"down_blocks.{block}.downsamplers.0"]
+        else:
+            parts = [f"down_blocks.{block}.{['resnets', 'attentions'][j]}.{layer}"] if j < 2 else []
+    else:
+        block, layer = i // per, i % per
+        inner = {0: [f"resnets.{layer}"], 1: [f"attentions.{layer}", "upsamplers.0"], 2: ["upsamplers.0"]}.get(j, [])
+        parts = [f"up_blocks.{block}.{part}" for part in inner]
+    return [f"{part}.{_INNER.get(rest, rest)}".replace(".", "_") for part in parts]
+
+
+def add_delta(base: np.ndarray, delta: np.ndarray, transposed: bool, module: str) -> np.ndarray:
+    """base + delta computed in float32, returned in base's dtype. `transposed`: the graph stores the
+    weight as (in, out), as torch.onnx does for MatMul; a delta whose shape does not fit is an error."""
+    delta = delta.reshape(delta.shape[0], -1)
+    if transposed:
+        delta = delta.T
+    if delta.size != base.size or delta.shape[0] != base.shape[0]:
+        raise LoraError(f"LoRA layer {module} has shape {delta.shape}, the model's weight {base.shape}")
+    return (base.astype(np.float32) + delta.reshape(base.shape)).astype(base.dtype)
+
+
+def module_of(node_name: str) -> str | None:
+    """The torch module a graph node belongs to, from the names exporters give nodes: torch.onnx's
+    `/down_blocks.0/attentions.0/.../to_q/MatMul` (also in IR converted from ONNX, with suffixes such
+    as `/WithoutBiases`) and OpenVINO's PyTorch frontend's `__module.down_blocks.0.....to_q/aten::linear/MatMul`."""
+    if node_name.startswith("__module."):
+        return node_name[len("__module."):].split("/")[0]
+    if node_name.startswith("/"):
+        parts = []
+        for part in node_name[1:].split("/"):
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.\d+)?", part):
+                break
+            parts.append(part)
+        return ".".join(parts) or None
+    return None
