@@ -27,6 +27,7 @@ import numpy as np
 from edgesd.errors import InvalidInputError
 
 SUBMODELS = ("text_encoder", "unet")  # the submodels LoRAs change
+QUANTIZED = "quantized (int8)"  # what engines say of a weight that is not stored as floats
 _DIFFUSERS = re.compile(r"(unet|text_encoder|text_encoder_2)\.(.+?)\.(lora_A|lora_B|lora\.down|lora\.up|"
                         r"lora_linear_layer\.down|lora_linear_layer\.up)(\.default)?\.weight")
 _KOHYA = re.compile(r"(lora_unet|lora_te|lora_te1|lora_te2)_(.+?)\.(lora_down|lora_up)\.weight")
@@ -80,19 +81,14 @@ class Lora:
 
 def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
     """Read a LoRA file (.safetensors) of any format above; layers of another family are an error."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise LoraError(f"LoRA file {path} does not exist")
     if path.suffix != ".safetensors":
         raise LoraError(f"LoRA {path.name}: only .safetensors files are read (pickled .pt/.ckpt files can run code)")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise LoraError(f"LoRA {path.name} cannot be read as safetensors: {e}") from None
+    if not np.isfinite(weight):
+        raise LoraError(f"LoRA {path.name}: its weight must be a finite number, got {weight}")
+    metadata, tensors = _read_tensors(path)
     lora = Lora(path, float(weight), _sha256(path))
     unknown = []
     for key, tensor in tensors.items():
@@ -107,15 +103,21 @@ def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
             unknown.append(key)
             continue
         layer = lora.layers.setdefault(submodel, {}).setdefault(name, Layer(name, underscored))
+        part = "alpha" if kind == "alpha" else "down" if kind in _DOWN else "up"
+        if getattr(layer, part) is not None:
+            raise LoraError(f"LoRA {path.name} has {name}'s {part} twice (under two names)")
         if kind == "alpha":
-            layer.alpha = float(tensor)
+            if tensor.size != 1:
+                raise LoraError(f"LoRA {path.name}: {key} should hold one number, it has shape {tensor.shape}")
+            layer.alpha = float(tensor.reshape(-1)[0])
         elif kind in _DOWN:
             layer.down = tensor
         else:
             layer.up = tensor
     if unknown:
-        kinds = "LoHa/LoKr/DoRA or full-weight layers, which edgesd does not merge" if any(
-            re.search(r"hada_|lokr_|dora_scale|magnitude|\.diff(_b)?$", k) for k in unknown) else "not LoRA layers edgesd knows"
+        kinds = "LyCORIS (LoHa, LoKr, Tucker lora_mid), DoRA or full-weight layers, which edgesd does not merge" if any(
+            re.search(r"hada_|lokr_|lora_mid|dora_scale|magnitude|\.diff(_b)?$", k) for k in unknown) \
+            else "not LoRA layers edgesd knows"
         raise LoraError(f"LoRA {path.name} has keys that are {kinds}: {_listing(unknown)}")
     if "text_encoder_2" in lora.layers:
         raise LoraError(f"LoRA {path.name} has layers for a second text encoder (an SDXL LoRA); this model has one")
@@ -123,10 +125,38 @@ def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
         incomplete = [name for name, layer in layers.items() if layer.down is None or layer.up is None]
         if incomplete:
             raise LoraError(f"LoRA {path.name} is incomplete: no down/up pair for {_listing(incomplete)}")
-        _apply_metadata_alphas(layers, _adapter_config(metadata, submodel))
+        mismatched = [name for name, layer in layers.items() if layer.up.ndim not in (2, 4) or layer.up.shape[1] != layer.down.shape[0]
+                      or any(side != 1 for side in layer.up.shape[2:])]
+        if mismatched:
+            raise LoraError(f"LoRA {path.name}: the down and up matrices of {_listing(mismatched)} do not fit together")
+        _apply_metadata_alphas(layers, _adapter_config(metadata, submodel, path))
     if not lora.layers:
         raise LoraError(f"LoRA {path.name} has no layers")
     return lora
+
+
+def _read_tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, tensors) with safetensors' numpy API; bf16 tensors (numpy has no bf16, and kohya
+    often saves in it) are widened to float32 from their bytes, located by the file's header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with open(path, "rb") as raw:
+            size = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(size)) if size < 100 * 2**20 else {}
+            bf16 = {}
+            for key, entry in header.items():
+                if isinstance(entry, dict) and entry.get("dtype") == "BF16":
+                    start, end = entry["data_offsets"]
+                    raw.seek(8 + size + start)
+                    bits = np.frombuffer(raw.read(end - start), "<u2").astype(np.uint32) << 16
+                    bf16[key] = bits.view(np.float32).reshape(entry["shape"])
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: bf16[key] if key in bf16 else f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise LoraError(f"LoRA {path.name} cannot be read as safetensors: {e}") from None
+    return metadata, tensors
 
 
 def _sha256(path: Path) -> str:
@@ -137,29 +167,33 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _adapter_config(metadata: dict, submodel: str) -> dict:
+def _adapter_config(metadata: dict, submodel: str, path: Path) -> dict:
     """peft's LoraConfig for `submodel` as diffusers stores it (keys prefixed with the submodel)."""
     raw = metadata.get("lora_adapter_metadata")
     if not raw:
         return {}
-    config = json.loads(raw)
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise LoraError(f"LoRA {path.name}: its lora_adapter_metadata is not JSON") from None
     prefix = f"{submodel}."
-    return {key[len(prefix):]: value for key, value in config.items() if key.startswith(prefix)}
+    config = {key[len(prefix):]: value for key, value in config.items() if key.startswith(prefix)}
+    if config.get("use_rslora"):
+        raise LoraError(f"LoRA {path.name} is rank-stabilized (use_rslora), which edgesd does not merge")
+    return config
 
 
 def _apply_metadata_alphas(layers: dict[str, Layer], config: dict) -> None:
-    """peft's alpha: alpha_pattern's entry whose key ends the module's name, else lora_alpha."""
-    if config.get("use_rslora"):
-        raise LoraError("rank-stabilized LoRAs (use_rslora) are not merged by edgesd")
+    """peft's alpha: alpha_pattern's entry whose key ends the module's name, else lora_alpha (peft's
+    default 8 when the config leaves it out). `.alpha` tensors in the file come first."""
+    if not config:
+        return
     patterns = config.get("alpha_pattern") or {}
     for name, layer in layers.items():
         if layer.alpha is not None:
             continue
-        matched = [alpha for pattern, alpha in patterns.items() if re.fullmatch(rf"(.*\.)?({pattern})", name)]
-        if matched:
-            layer.alpha = float(matched[0])
-        elif config.get("lora_alpha") is not None:
-            layer.alpha = float(config["lora_alpha"])
+        matched = [alpha for pattern, alpha in patterns.items() if re.fullmatch(rf"(.*\.)?({re.escape(pattern)})", name)]
+        layer.alpha = float(matched[0] if matched else config.get("lora_alpha", 8))
 
 
 def _listing(names: Iterable[str], most: int = 6) -> str:
@@ -183,36 +217,43 @@ class LoraMerge:
         (so at most one delta is held). `modules`: the graph's module -> its weight's shape in
         torch's layout (out, in[, kh, kw]), or why its weight cannot take a delta ("quantized (int8)")."""
         for module, layers in self.targets(modules).items():
-            total = layers[0][0].delta(layers[0][1])
-            for layer, weight in layers[1:]:
-                total += layer.delta(weight).reshape(total.shape)
+            total = layers[0][1].delta(layers[0][0].weight)
+            for lora, layer in layers[1:]:
+                total += layer.delta(lora.weight).reshape(total.shape)
             yield module, total
 
-    def targets(self, modules: dict[str, tuple | str]) -> dict[str, list[tuple[Layer, float]]]:
-        """module -> its (layer, weight)s; a layer that matches no module, or one whose weight cannot
+    def targets(self, modules: dict[str, tuple | str]) -> dict[str, list[tuple[Lora, Layer]]]:
+        """module -> the (LoRA, layer)s that change it; a layer that matches no module, or one whose weight cannot
         take it (quantized, or of another shape), is an error naming them."""
         underscored = {module.replace(".", "_"): module for module in modules}
-        targets: dict[str, list[tuple[Layer, float]]] = {}
+        targets: dict[str, list[tuple[Lora, Layer]]] = {}
         for lora in self.loras:
             unmatched = []
             for name, layer in lora.layers[self.submodel].items():
                 module = self._module(name, layer.underscored, modules, underscored)
                 if module is None:
                     unmatched.append(name)
+                elif any(other is lora for other, _ in targets.get(module, [])):
+                    raise LoraError(f"LoRA {lora.path.name} changes {module} twice (under two names); edgesd does not "
+                                    "guess which one is meant")
                 else:
-                    targets.setdefault(module, []).append((layer, lora.weight))
+                    targets.setdefault(module, []).append((lora, layer))
             if unmatched:
                 raise LoraError(f"LoRA {lora.path.name} does not fit this model: {len(unmatched)} {self.submodel} "
                                 f"layer(s) match no weight of it ({_listing(unmatched)}); is it a LoRA for another "
                                 "model family?")
         blocked = [module for module in targets if isinstance(modules[module], str)]
-        if blocked:
-            raise LoraError(f"LoRAs merge into float weights, but this folder's {self.submodel} is {modules[blocked[0]]} "
-                            f"({_listing(blocked)}); use a folder exported without quantization (edgesd export "
+        quantized = [module for module in blocked if modules[module] == QUANTIZED]
+        if quantized:
+            raise LoraError(f"LoRAs merge into float weights, but this folder's {self.submodel} is {QUANTIZED} "
+                            f"({_listing(quantized)}); use a folder exported without quantization (edgesd export "
                             "--precision fp32 or fp16)")
+        if blocked:
+            raise LoraError(f"a LoRA changes {blocked[0]}, whose weight in this folder's {self.submodel} "
+                            f"{modules[blocked[0]]}: edgesd cannot change it alone")
         for module, layers in targets.items():
             shape = modules[module]
-            for layer, _ in layers:
+            for _, layer in layers:
                 if layer.shape[0] != shape[0] or np.prod(layer.shape) != np.prod(shape):
                     raise LoraError(f"LoRA layer {module} has shape {layer.shape}, the model's weight {tuple(shape)}: "
                                     "the LoRA is for another model")
@@ -260,6 +301,17 @@ def _from_original_unet(name: str, layers_per_block: int) -> list[str]:
         inner = {0: [f"resnets.{layer}"], 1: [f"attentions.{layer}", "upsamplers.0"], 2: ["upsamplers.0"]}.get(j, [])
         parts = [f"up_blocks.{block}.{part}" for part in inner]
     return [f"{part}.{_INNER.get(rest, rest)}".replace(".", "_") for part in parts]
+
+
+def shared_by(weights: dict[str, tuple], modules: dict[str, tuple | str]) -> None:
+    """Mark modules whose weight (`weights`: module -> (weight's name, ...)) another module uses too
+    (exporters merge identical initializers): changing it would change both."""
+    users: dict[str, list[str]] = {}
+    for module, (name, *_) in weights.items():
+        users.setdefault(name, []).append(module)
+    for sharing in users.values():
+        for module in sharing if len(sharing) > 1 else ():
+            modules[module] = f"is shared with {', '.join(m for m in sharing if m != module)}"
 
 
 def add_delta(base: np.ndarray, delta: np.ndarray, transposed: bool, module: str) -> np.ndarray:

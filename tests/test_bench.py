@@ -279,3 +279,21 @@ def test_precision_table_builds_runs_and_reports(exported, tmp_path):
     assert "## Precisions (issue 5)" in text and "`openvino/int8-weights`" in text
     assert text.count("# the variant's UNet") == 1 and "# not in this table" not in text
     assert data["command"] in text and all(c in text for c in data["fidelity_commands"])
+
+
+# ---------------------------------------------------------------------------------------------
+# lora.py
+
+
+def test_lora_bench_measures_both_cases_and_reports_them(exported, lora_files, tmp_path):
+    out = tmp_path / "lora.json"
+    _run(BENCH / "lora.py", "run", exported["tiny-sd1"], lora_files["sd1-both"], "--rounds", "1", "--resolution", "64",
+         "--out", out)
+    result = json.loads(out.read_text())
+    assert result["schema"] == report.LORA_SCHEMA and result["lora"]["file"] == "sd1-both.safetensors"
+    for backend in ("onnxruntime", "openvino"):
+        cases = result["summary"][backend]
+        assert cases["LoRA"]["load_s"] > 0 and cases["no LoRA"]["peak_mib"] > 0
+        assert cases["ratios"]["peak_mib"] == pytest.approx(cases["LoRA"]["peak_mib"] / cases["no LoRA"]["peak_mib"])
+    text = report.render([out], tmp_path / "REPORT.md", None, [str(out)])[0]
+    assert "## LoRA at load time" in text and result["command"] in text

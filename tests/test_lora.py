@@ -4,13 +4,15 @@ kohya's formats (conftest.lora_files). Same tolerance as test_pipeline_parity; e
 image far past it (checked), and a wrong alpha/rank scale or a transposed weight fails it (shown)."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from edgesd import Img2ImgPipeline, InpaintPipeline
-from edgesd.lora import SUBMODELS, LoraError, LoraMerge, read_lora
+from edgesd.lora import QUANTIZED, SUBMODELS, LoraError, LoraMerge, read_lora, shared_by
 from edgesd.outputs import read_parameters
 
 torch = pytest.importorskip("torch")
@@ -114,12 +116,28 @@ def test_optimum_folders(optimum_exported, diffusers_folders, lora_files, layout
     assert_images_close(ours(optimum_exported[layout], backend, loras).images, reference(diffusers_folders["tiny-sd1"], loras))
 
 
-def test_inpainting_takes_loras(exported, lora_files):
-    pipe = InpaintPipeline.load(exported["tiny-sd1"], backend="onnxruntime", device="cpu", loras=[(lora_files["sd1-both"], 1)])
-    mask = np.zeros((53, 85), np.uint8)
-    mask[10:40, 20:60] = 255
-    result = pipe(test_image(), mask, PROMPT, num_inference_steps=2, seed=1)
-    assert result.parameters["loras"][0]["file"] == "sd1-both.safetensors"
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inpainting_with_a_lora_matches_diffusers(exported, diffusers_folders, lora_files, backend):
+    from test_inpaint_parity import mask_of, picture
+
+    size, loras = (86, 54), [(lora_files["sd1-both-kohya"], 0.9)]
+    pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(diffusers_folders["tiny-sd1"], safety_checker=None,
+                                                                    requires_safety_checker=False)
+    call = dict(strength=1.0, num_inference_steps=4, guidance_scale=6.0)
+
+    def reference_images():
+        return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=picture(*size), mask_image=mask_of(*size), width=size[0],
+                    height=size[1], generator=torch.Generator("cpu").manual_seed(3), **call).images
+
+    base = reference_images()
+    pipe.load_lora_weights(str(loras[0][0].parent), weight_name=loras[0][0].name)
+    pipe.fuse_lora(lora_scale=loras[0][1])
+    expected = reference_images()
+    assert_lora_matters(expected, base)
+    ours_ = InpaintPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32", loras=loras)
+    result = ours_(picture(*size), mask_of(*size), PROMPT, negative_prompt=NEGATIVE, seed=3, size=size, **call)
+    assert_images_close(result.images, expected)
+    assert result.parameters["loras"][0]["file"] == "sd1-both-kohya.safetensors"
 
 
 @pytest.mark.parametrize("break_", ["alpha ignored", "weight transposed"])
@@ -144,8 +162,9 @@ def test_the_comparison_catches(exported, diffusers_folders, lora_files, monkeyp
             square = delta.ndim == 2 and delta.shape[0] == delta.shape[1]
             return add(base, delta.T if square else delta, is_transposed, module)
         monkeypatch.setattr(session, "add_delta", transposed)
-    with pytest.raises(AssertionError):
-        assert_images_close(ours(exported["tiny-sd1"], "onnxruntime", loras).images, reference(diffusers_folders["tiny-sd1"], loras))
+    broken, expected = ours(exported["tiny-sd1"], "onnxruntime", loras).images, reference(diffusers_folders["tiny-sd1"], loras)
+    with pytest.raises(AssertionError, match="levels"):
+        assert_images_close(broken, expected)
 
 
 def test_set_loras_reloads_only_what_they_change(exported, lora_files, tmp_path):
@@ -201,7 +220,12 @@ def test_files_that_are_not_loras_are_refused(tmp_path):
         return tmp_path / name
 
     cases = {
-        "loha.safetensors": ({"lora_unet_a_b.hada_w1_a": (2, 2)}, "LoHa/LoKr/DoRA"),
+        "loha.safetensors": ({"lora_unet_a_b.hada_w1_a": (2, 2)}, "LyCORIS"),
+        "tucker.safetensors": ({"lora_unet_a.lora_down.weight": (2, 4, 3, 3), "lora_unet_a.lora_mid.weight": (2, 2, 3, 3),
+                                "lora_unet_a.lora_up.weight": (4, 2, 1, 1)}, "Tucker"),
+        "ranks.safetensors": ({"lora_unet_a.lora_down.weight": (2, 4), "lora_unet_a.lora_up.weight": (4, 3)}, "do not fit together"),
+        "alpha.safetensors": ({"lora_unet_a.lora_down.weight": (2, 4), "lora_unet_a.lora_up.weight": (4, 2),
+                               "lora_unet_a.alpha": (2,)}, "should hold one number"),
         "sdxl.safetensors": ({"lora_te2_x.lora_down.weight": (2, 4), "lora_te2_x.lora_up.weight": (4, 2)}, "SDXL"),
         "half.safetensors": ({"lora_unet_x.lora_down.weight": (2, 4)}, "no down/up pair"),
         "other.safetensors": ({"model.diffusion_model.x.weight": (2, 2)}, "not LoRA layers"),
@@ -209,6 +233,20 @@ def test_files_that_are_not_loras_are_refused(tmp_path):
     for name, (tensors, message) in cases.items():
         with pytest.raises(LoraError, match=message):
             read_lora(write(name, tensors))
+    conv1 = "down_blocks.0.resnets.0.conv1"
+    twice = write("twice.safetensors", {f"unet.{conv1}.lora_A.weight": (2, 4, 3, 3), f"unet.{conv1}.lora_B.weight": (32, 2, 1, 1),
+                                        "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight": (2, 4, 3, 3),
+                                        "lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight": (32, 2, 1, 1)})
+    with pytest.raises(LoraError, match=f"changes {conv1} twice"):
+        LoraMerge("unet", [read_lora(twice)], 1).targets({conv1: (32, 4, 3, 3)})
+    with pytest.raises(LoraError, match="conv_in's down twice"):
+        read_lora(write("same.safetensors", {"unet.conv_in.lora_A.weight": (2, 4, 3, 3), "lora_unet_conv_in.lora_down.weight": (2, 4, 3, 3)}))
+    with pytest.raises(LoraError, match="finite"):
+        read_lora(twice, float("nan"))
+    save_file({"unet.a.lora_A.weight": np.ones((2, 4), np.float32), "unet.a.lora_B.weight": np.ones((4, 2), np.float32)},
+              tmp_path / "meta.safetensors", metadata={"lora_adapter_metadata": "{not json"})
+    with pytest.raises(LoraError, match="not JSON"):
+        read_lora(tmp_path / "meta.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(LoraError, match="cannot be read"):
         read_lora(tmp_path / "junk.safetensors")
@@ -219,11 +257,27 @@ def test_files_that_are_not_loras_are_refused(tmp_path):
         read_lora(tmp_path / "missing.safetensors")
 
 
-def test_quantized_weights_are_refused_with_what_to_do(lora_files):
+def test_quantized_or_shared_weights_are_refused_with_what_to_do(lora_files):
     lora = read_lora(lora_files["sd1-unet"])
     merge = LoraMerge("unet", [lora], 1)
     with pytest.raises(LoraError, match=r"quantized \(int8\).*exported without quantization"):
-        merge.targets({name: "quantized (int8)" for name in lora.layers["unet"]})
+        merge.targets({name: QUANTIZED for name in lora.layers["unet"]})
+    # exporters merge identical initializers: a weight two modules use cannot take one module's delta
+    modules = {"a.to_q": (4, 4), "a.to_k": (4, 4), "b.to_q": (4, 4)}
+    shared_by({"a.to_q": ("w1",), "a.to_k": ("w1",), "b.to_q": ("w2",)}, modules)
+    assert modules == {"a.to_q": "is shared with a.to_k", "a.to_k": "is shared with a.to_q", "b.to_q": (4, 4)}
+
+
+def test_bf16_files_read_as_their_float32_values(tmp_path):
+    """kohya often saves LoRAs in bf16, which numpy has no type for."""
+    from safetensors.torch import save_file as save_torch
+
+    down, up = torch.randn(2, 4), torch.randn(4, 2)
+    save_torch({"lora_unet_a.lora_down.weight": down.bfloat16(), "lora_unet_a.lora_up.weight": up.bfloat16(),
+                "lora_unet_a.alpha": torch.tensor(1.0, dtype=torch.bfloat16)}, tmp_path / "bf16.safetensors")
+    layer = read_lora(tmp_path / "bf16.safetensors").layers["unet"]["a"]
+    assert layer.down.dtype == np.float32 and np.array_equal(layer.down, down.bfloat16().float().numpy())
+    assert np.array_equal(layer.up, up.bfloat16().float().numpy()) and layer.alpha == 1.0
 
 
 def test_cli_lora_is_recorded_and_replay_says_when_it_differs(exported, lora_files, tmp_path):
@@ -259,12 +313,47 @@ def test_bench_with_a_lora(exported, lora_files):
     assert "LoRA sd1-unet.safetensors:0.5" in done.stdout
 
 
-def test_original_unet_names_map_to_diffusers_modules():
+def test_original_unet_names_map_as_diffusers_maps_them():
+    """Against diffusers' own mapping for SD 1.5's UNet (layers_per_block 2): block renames
+    (_maybe_map_sgm_blocks_to_diffusers), then inner names (_convert_unet_lora_key). Block indices up
+    to 9: diffusers' prefix match takes input_blocks_10 for input_blocks_1 (a KeyError)."""
+    from types import SimpleNamespace
+
+    from diffusers.loaders.lora_conversion_utils import _convert_unet_lora_key, _maybe_map_sgm_blocks_to_diffusers
+
     from edgesd.lora import _from_original_unet
 
-    assert _from_original_unet("input_blocks_4_1_transformer_blocks_0_attn1_to_q", 2) == \
-        ["down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"]
+    names = ["input_blocks_1_0_in_layers_2", "input_blocks_2_0_emb_layers_1", "input_blocks_4_1_proj_in",
+             "input_blocks_5_1_transformer_blocks_0_attn2_to_k", "input_blocks_7_0_skip_connection",
+             "input_blocks_8_1_transformer_blocks_0_ff_net_2", "input_blocks_8_0_out_layers_3",
+             "middle_block_0_in_layers_2", "middle_block_1_transformer_blocks_0_attn1_to_out_0", "middle_block_2_emb_layers_1",
+             "output_blocks_0_0_skip_connection", "output_blocks_3_1_proj_out", "output_blocks_5_1_proj_in",
+             "output_blocks_8_0_out_layers_3", "output_blocks_9_1_transformer_blocks_0_attn1_to_v"]
+    state = {f"lora_unet_{name}.lora_down.weight": None for name in names}
+    mapped = _maybe_map_sgm_blocks_to_diffusers(dict(state), SimpleNamespace(layers_per_block=2))
+    # diffusers' older attention-processor spelling: attn1.processor.to_q_lora.down.weight, to_out_lora = to_out.0
+    expected = [re.sub(r"[._]lora\.down\.weight$", "", _convert_unet_lora_key(key).replace(".processor", ""))
+                for key in mapped]
+    expected = [name + ".0" if name.endswith("to_out") else name for name in expected]
+    ours_ = [_from_original_unet(name, 2)[0] for name in names]
+    assert ours_ == [name.replace(".", "_") for name in expected]
+    # where diffusers has no answer (its j=1 is always attentions), the model's own modules decide:
     assert _from_original_unet("input_blocks_3_0_op", 2) == ["down_blocks_0_downsamplers_0_conv"]
-    assert _from_original_unet("middle_block_2_in_layers_2", 2) == ["mid_block_resnets_1_conv1"]
-    assert _from_original_unet("output_blocks_5_2_conv", 2) == ["up_blocks_1_upsamplers_0_conv"]
     assert _from_original_unet("output_blocks_2_1_conv", 2) == ["up_blocks_0_attentions_2_conv", "up_blocks_0_upsamplers_0_conv"]
+    assert _from_original_unet("output_blocks_5_2_conv", 2) == ["up_blocks_1_upsamplers_0_conv"]
+    assert _from_original_unet("input_blocks_0_0", 2) == ["conv_in"] and _from_original_unet("out_2", 2) == ["conv_out"]
+
+
+def test_onnx_models_with_external_data(optimum_exported, lora_files, tmp_path):
+    """Models over 2 GB keep their weights in model.onnx_data: the LoRA replaces them there."""
+    import onnx
+
+    folder = tmp_path / "external"
+    shutil.copytree(optimum_exported["onnx"], folder)
+    for submodel in SUBMODELS:
+        model = onnx.load(str(folder / submodel / "model.onnx"))
+        onnx.save(model, str(folder / submodel / "model.onnx"), save_as_external_data=True, location="model.onnx_data")
+    assert (folder / "unet" / "model.onnx_data").stat().st_size > (folder / "unet" / "model.onnx").stat().st_size
+    loras = [(lora_files["sd1-both"], 0.9)]
+    for a, b in zip(ours(folder, "onnxruntime", loras).images, ours(optimum_exported["onnx"], "onnxruntime", loras).images):
+        assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -401,6 +401,9 @@ def test_loras_merge_into_fp16_weights_and_refuse_int8(folders, fp32_folder, lor
     images = [Img2ImgPipeline.load(folder, backend=BACKEND[fmt], device="cpu", inference_precision="fp32", loras=loras)(
         image, "a lake", **call).images[0] for folder in (folders["fp16"], fp32_folder)]
     assert psnr(*(np.asarray(i, np.float64) for i in images)) >= BOUNDS["fp16"][0]
+    plain = Img2ImgPipeline.load(folders["fp16"], backend=BACKEND[fmt], device="cpu", inference_precision="fp32")(
+        image, "a lake", **call).images[0]
+    assert psnr(np.asarray(plain, np.float64), np.asarray(images[0], np.float64)) < BOUNDS["fp16"][0] - 20  # it did merge
     for precision in ("int8-weights", "int8"):
         with pytest.raises(LoraError, match=r"quantized \(int8\).*exported without quantization"):
             Img2ImgPipeline.load(folders[precision], backend=BACKEND[fmt], device="cpu", loras=loras)

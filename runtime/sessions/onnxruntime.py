@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesd.errors import BackendUnavailableError
-from edgesd.lora import LoraMerge, add_delta, module_of
+from edgesd.lora import QUANTIZED, LoraMerge, add_delta, module_of, shared_by
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32, "tensor(double)": np.float64}
@@ -53,14 +53,14 @@ class OnnxRuntimeSession:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        model = str(path)
-        if lora:
-            model, merged = _with_lora(Path(path), lora)
-            # replaced in the graph before onnxruntime optimizes it (casts, layouts, fusions read them)
-            # and used as they are (no copy): they live as long as the session
-            self._lora_weights = [(name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in merged.items()]
-            options.add_external_initializers([name for name, _ in self._lora_weights], [v for _, v in self._lora_weights])
+        model, merged = (str(path), {}) if not lora else _with_lora(Path(path), lora)
+        # replaced in the graph before onnxruntime optimizes it (casts, layouts, fusions read them);
+        # it copies them while the session is created, after which they are freed
+        values = [ort.OrtValue.ortvalue_from_numpy(array) for array in merged.values()]
+        if merged:
+            options.add_external_initializers(list(merged), values)
         self._session = ort.InferenceSession(model, options, providers=_PROVIDERS[resolve_device(device)])
+        del options, model, merged, values
         self.device = self._session.get_providers()[0]
         self.input_types = {i.name: np.dtype(_DTYPES[i.type]) for i in self._session.get_inputs()}
         self._io_binding = self.device == "CUDAExecutionProvider" if io_binding is None else io_binding
@@ -110,8 +110,9 @@ def _with_lora(path: Path, lora: LoraMerge) -> tuple[str | bytes, dict[str, np.n
             weights[module] = (node.input[1], transposed)
             dims = tuple(initializers[node.input[1]].dims)
             modules[module] = dims[::-1] if transposed else dims
-        elif node.input[1] in dequantized or node.op_type in ("MatMulInteger", "ConvInteger"):
-            modules[module] = "quantized (int8)"
+        elif node.input[1] in dequantized or node.op_type in ("MatMulInteger", "ConvInteger", "MatMulNBits"):
+            modules[module] = QUANTIZED
+    shared_by(weights, modules)
     merged = {}
     for module, delta in lora.deltas(modules):
         name, transposed = weights[module]

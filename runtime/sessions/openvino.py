@@ -17,7 +17,7 @@ import numpy as np
 
 from edgesd.cache import cache_root
 from edgesd.errors import BackendUnavailableError
-from edgesd.lora import LoraMerge, add_delta, module_of
+from edgesd.lora import QUANTIZED, LoraMerge, add_delta, module_of, shared_by
 from edgesd.sessions import mapped_weights
 
 _COMPILED_SHAPES = 4  # enough for a tiled VAE's full, right, bottom and corner tiles
@@ -91,10 +91,10 @@ class OpenVINOSession:
         # Read afresh (weights are memory-mapped) and let go after compiling, giving back the mapped
         # pages as the engine copies them: the compiled model keeps its own copy (mapped_weights).
         model = self._core.read_model(self._path)
-        if self._lora:  # recomputed rather than held: the compiled model keeps its own copy
-            _merge(model, self._lora)
-        model.reshape(dict(shapes))
         with mapped_weights.released_while(self._weights):
+            if self._lora:  # recomputed rather than held: the compiled model keeps its own copy
+                _merge(model, self._lora)
+            model.reshape(dict(shapes))
             self._requests[shapes] = self._core.compile_model(model, self.device, self._config).create_infer_request()
             del model
         return self._requests[shapes], True
@@ -109,23 +109,27 @@ class OpenVINOSession:
 
 def _weights(model) -> tuple[dict, dict]:
     """The weight constants by module: {module: (constant, stored (in, out))} and {module: its shape
-    in torch's layout, or why it cannot take a delta}. A weight is the constant feeding a MatMul or Convolution, maybe through a Convert
-    (fp16 IR); one behind Subtract/Multiply is int8-compressed. The module comes from the consumer's
-    name (module_of)."""
+    in torch's layout, or why it cannot take a delta}. A weight is the constant feeding a MatMul or
+    Convolution, maybe through a Convert (fp16 IR); one behind Subtract/Multiply (and Reshape, for
+    group-wise compression) is int8-compressed. The module comes from the consumer's name (module_of)."""
     constants, modules = {}, {}
     for op in model.get_ordered_ops():
         if op.get_type_name() not in ("MatMul", "Convolution") or (module := module_of(op.get_friendly_name())) is None:
             continue
-        source = op.input_value(1).get_node()
-        while source.get_type_name() == "Convert":
+        source, reshaped = op.input_value(1).get_node(), False
+        while source.get_type_name() in ("Convert", "Reshape"):
+            reshaped |= source.get_type_name() == "Reshape"
             source = source.input_value(0).get_node()
-        if source.get_type_name() == "Constant":
+        if source.get_type_name() == "Constant" and reshaped:
+            modules[module] = "is reshaped in the graph"
+        elif source.get_type_name() == "Constant":
             transposed = op.get_type_name() == "MatMul" and not op.get_attributes()["transpose_b"]
             constants[module] = (source, transposed)
             shape = tuple(source.get_output_shape(0))
             modules[module] = shape[::-1] if transposed else shape
         elif source.get_type_name() in ("Multiply", "Subtract", "FakeQuantize", "FakeConvert"):
-            modules[module] = "quantized (int8)"
+            modules[module] = QUANTIZED
+    shared_by({module: (constant.get_instance_id(), t) for module, (constant, t) in constants.items()}, modules)
     return constants, modules
 
 
