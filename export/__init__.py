@@ -89,10 +89,16 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
 
     from edgesd.export.load import load_pipeline
     from edgesd.export.source import resolve_source
+    from edgesd.export.tiny_vae import export_tiny_vae, is_tiny_vae
     from edgesd.export.validate import max_deviation, reference_outputs
 
     with tempfile.TemporaryDirectory(prefix="edgesd-source-") as scratch:
         source = resolve_source(spec, Path(scratch))
+        if is_tiny_vae(source.folder):
+            if quantization:
+                raise EdgesdError("a tiny VAE is exported in fp32 only (it is small already); drop --precision/--target")
+            (folder / MANIFEST).write_text(json.dumps(export_tiny_vae(source, folder, formats), indent=2))
+            return
         pipe = load_pipeline(source.folder)
         log.info("exporting to ONNX with optimum")
         with _size_following(pipe.unet):
@@ -175,13 +181,17 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
             }
             for name in SUBMODELS
         },
-        "provenance": {
-            "source": source.spec,
-            "revision": source.revision,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "options": {"formats": list(formats)},
-            "packages": {p: _version(p) for p in _PACKAGES},
-        },
+        "provenance": _provenance(source, formats),
+    }
+
+
+def _provenance(source, formats) -> dict:
+    return {
+        "source": source.spec,
+        "revision": source.revision,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "options": {"formats": list(formats)},
+        "packages": {p: _version(p) for p in _PACKAGES},
     }
 
 

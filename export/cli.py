@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def export(
-        source: str = typer.Argument(..., help="Hub id (e.g. stabilityai/sd-turbo), a local diffusers folder, or random:RECIPE."),
+        source: str = typer.Argument(..., help="Hub id (e.g. stabilityai/sd-turbo; madebyollin/taesd: a tiny VAE folder for --vae), a local diffusers folder, or random:RECIPE."),
         output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (must not exist unless --overwrite)."),
         format: Format = typer.Option(Format.onnx, "--format", "-f", help="onnx, openvino or both."),
         overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (only once the new export is complete)."),

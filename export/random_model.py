@@ -9,7 +9,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from edgesd.export import recipes
@@ -37,8 +37,14 @@ def build_random_pipeline(recipe: dict, folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def build_random_tiny_vae(recipe: dict, folder: Path) -> None:
+    """A tiny VAE (AutoencoderTiny, as TAESD) with weights drawn from the recipe's seed, saved to `folder`."""
+    torch.manual_seed(recipe.get("seed", 0))
+    AutoencoderTiny(**recipe["vae"]).eval().save_pretrained(folder, safe_serialization=True)
+
+
 def random_source(spec: str, folder: Path) -> dict:
-    """`random:NAME` -> build the recipe NAME into `folder`; returns the recipe."""
+    """`random:NAME` -> build the recipe NAME (a pipeline, or a tiny VAE) into `folder`; returns the recipe."""
     recipe = recipes.load(spec.removeprefix("random:"))
-    build_random_pipeline(recipe, folder)
+    (build_random_tiny_vae if recipe.get("kind") == "vae" else build_random_pipeline)(recipe, folder)
     return recipe

@@ -9,8 +9,11 @@ from edgesd.errors import EdgesdError
 from edgesd.export import recipes
 
 log = logging.getLogger("edgesd")
-# Only what an SD img2img export reads: fp32 safetensors and configs, not fp16/ckpt/bin variants.
+# Only what an SD img2img export reads: fp32 safetensors and configs, not fp16/ckpt/bin variants
+# (a tiny VAE repo such as madebyollin/taesd: the two files at its root).
 _HUB_FILES = [
+    "config.json",
+    "diffusion_pytorch_model.safetensors",
     "model_index.json",
     "scheduler/scheduler_config.json",
     "tokenizer/*",

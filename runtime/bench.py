@@ -42,10 +42,10 @@ def _summary(values: list[float]) -> dict:
 
 def run_benchmark(model: str | Path, backend="auto", device="auto", precision="auto", resolution=None,
                   steps=None, strength=None, guidance=None, repeat=3, warmup=1, threads=None,
-                  low_memory=False, loras=()) -> dict:
+                  low_memory=False, loras=(), vae=None) -> dict:
     t0 = time.perf_counter()
     pipe = Img2ImgPipeline.load(model, backend=backend, device=device, inference_precision=precision, threads=threads,
-                                low_memory=low_memory, loras=loras)
+                                low_memory=low_memory, loras=loras, vae=vae)
     pipe.reuse_encodings = False  # every run pays for its own text and image encoding
     resolution = resolution or pipe.folder.native_size  # the size the model is made for
     image = bench_image(resolution)
@@ -67,6 +67,7 @@ def run_benchmark(model: str | Path, backend="auto", device="auto", precision="a
         "device": device,
         "low_memory": low_memory,
         "loras": pipe.provenance.get("loras", []),
+        "vae": pipe.provenance.get("vae"),
         "precision": precision,
         "resolution": resolution,
         "settings": {k: first.settings[k] for k in ("num_inference_steps", "strength", "guidance_scale")},

@@ -86,6 +86,10 @@ _LORA_HELP = ("A LoRA (.safetensors, kohya or diffusers format) merged into the 
               "(default 1), e.g. style.safetensors:0.8; repeat for several.")
 
 
+_VAE_HELP = ("A VAE folder to use instead of the model's: a tiny VAE exported with `edgesd export madebyollin/taesd "
+             "-o FOLDER` encodes and decodes several times faster, at some cost in detail.")
+
+
 def parse_lora(spec: str):
     """FILE[:WEIGHT] -> the LoRA read (errors before the model loads); a colon not followed by a
     number belongs to the path."""
@@ -118,6 +122,8 @@ def _shared_options(
     iterations: int = typer.Option(1, min=1, help="Feed each output back as the next input, N times (OUT-iter1.png ...; seed + 1 each time)."),
     replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in an image edgesd wrote (with the same --image, the same image).", show_default=False),
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
+    vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
+    vae_decode_only: bool = typer.Option(False, "--vae-decode-only", help="Use --vae for decoding only (fast previews; the model's VAE encodes)."),
     backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto.", show_default=False),
@@ -164,7 +170,8 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 
 def generate(task: str, model, image, prompt, output, negative_prompt, strength, steps, guidance, seed, scheduler,
-             num_images, resize, width, height, grid, iterations, replay, lora, backend, device, precision, threads,
+             num_images, resize, width, height, grid, iterations, replay, lora, vae, vae_decode_only, backend, device,
+             precision, threads,
              low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: inpaint's (padding_mask_crop) or outpaint's (left, right, top, bottom, overlap)."""
@@ -204,6 +211,12 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
             and not stored.get("extension"):
         fail("outpaint needs pixels to add: --left, --right, --top and/or --bottom")
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
+    if vae_decode_only and vae is None:
+        fail("--vae-decode-only needs --vae FOLDER")
+    if vae is not None:
+        from edgesd.model_folder import open_vae_folder
+
+        run_guarded(open_vae_folder, vae)
     model = model or (Path(stored["model_path"]) if stored.get("model_path") else None)
     if model is None:
         fail("MODEL is required: the model folder to run")
@@ -236,7 +249,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     t0 = time.perf_counter()
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
     pipe = run_guarded(pipeline.load, model, backend=backend, device=device, inference_precision=precision,
-                       threads=threads, low_memory=low_memory, loras=loras)
+                       threads=threads, low_memory=low_memory, loras=loras, vae=vae, vae_decode_only=vae_decode_only)
     pipe.max_pixels = max_pixels
     load_time = time.perf_counter() - t0
     if task == "outpaint":
@@ -341,6 +354,11 @@ def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: P
     differs = [f"{label} ({stored[key][:12] if key.endswith('sha256') else stored[key]} -> "
                f"{now[key][:12] if key.endswith('sha256') else now[key]})"
                for key, label in names.items() if key in stored and key in now and stored[key] != now[key]]
+    vaes = [source.get("vae") for source in (stored, now)]
+    identities = [v and (v["manifest_sha256"], v["replaces"]) for v in vaes]
+    if identities[0] != identities[1]:
+        named = [f"{v['folder']} for {'+'.join(r.removeprefix('vae_') for r in v['replaces'])}" if v else "the model's" for v in vaes]
+        differs.append(f"VAE ({named[0]} -> {named[1]}; give it with --vae)")
     loras = [[(lora["file"], lora["sha256"], lora["weight"]) for lora in source.get("loras", [])] for source in (stored, now)]
     if loras[0] != loras[1]:
         listed = [", ".join(f"{file}:{weight:g}" for file, _, weight in entries) or "none" for entries in loras]
@@ -379,19 +397,25 @@ class _progress:
 
 @app.command()
 def info(
-    model: Path = typer.Argument(..., help="Model folder to describe."),
+    model: Path = typer.Argument(..., help="Model folder (or VAE folder) to describe."),
     verify: bool = typer.Option(False, help="Re-hash every file and fail on a mismatch or a missing file."),
 ):
-    """Show a model folder's manifest: family, defaults, submodels, validation, provenance."""
-    from edgesd.model_folder import open_model_folder
+    """Show a model (or VAE) folder's manifest: family, defaults, submodels, validation, provenance."""
+    from edgesd.model_folder import open_any_folder
     from edgesd.sessions import BACKEND_OF_FORMAT
 
-    folder = run_guarded(open_model_folder, model)
+    folder = run_guarded(open_any_folder, model)
     m = folder.manifest
-    typer.echo(f"{folder.path}  (format {m['format_version']}, family {m['family']}, {m['prediction_type']} prediction)")
-    typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
-               f"scaling factor {m['vae_scaling_factor']}; sample size {m.get('sample_size') or folder.native_size}")
-    typer.echo("defaults: " + ", ".join(f"{k}={v}" for k, v in folder.defaults.items()))
+    vae_folder = m.get("kind") == "vae"
+    if vae_folder:
+        typer.echo(f"{folder.path}  (format {m['format_version']}, a VAE folder: give it as --vae to replace a model's VAE)")
+        typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
+                   f"scaling factor {m['vae_scaling_factor']}")
+    else:
+        typer.echo(f"{folder.path}  (format {m['format_version']}, family {m['family']}, {m['prediction_type']} prediction)")
+        typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
+                   f"scaling factor {m['vae_scaling_factor']}; sample size {m.get('sample_size') or folder.native_size}")
+        typer.echo("defaults: " + ", ".join(f"{k}={v}" for k, v in folder.defaults.items()))
     typer.echo(f"{'submodel':<14}{'format':<10}{'precision':<14}{'size':>11}  max |export - torch|  (quantized: vs fp32)")
     for name, entry in m["submodels"].items():
         for fmt, spec in entry["formats"].items():
@@ -406,8 +430,9 @@ def info(
     revision = f" (revision {prov['revision']})" if prov.get("revision") else ""
     created = f", created {prov['created']}" if prov.get("created") else ""
     typer.echo(f"source: {prov.get('source')}{revision}{created}")
-    typer.echo("input sizes: any multiple of the VAE scale factor" if m.get("unet_any_size") else
-               f"input sizes: multiples of {m['vae_scale_factor'] * folder.unet_latent_multiple} px (fixed-2x UNet upsampling)")
+    if not vae_folder:
+        typer.echo("input sizes: any multiple of the VAE scale factor" if m.get("unet_any_size") else
+                   f"input sizes: multiples of {m['vae_scale_factor'] * folder.unet_latent_multiple} px (fixed-2x UNet upsampling)")
     if verify:
         problems = folder.verify(hashes=True)
         if problems:
@@ -430,6 +455,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime."),
     low_memory: bool = typer.Option(False, help="Measure the low-memory mode (one submodel loaded at a time, tiled VAE)."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
+    vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this file."),
 ):
     """Measure cold start, per-stage warm latency (median, min, max), peak memory and model size."""
@@ -437,11 +463,12 @@ def bench(
 
     result = run_guarded(run_benchmark, model, backend=backend, device=device, precision=precision, resolution=resolution,
                          steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads,
-                         low_memory=low_memory, loras=[run_guarded(parse_lora, spec) for spec in lora or ()])
+                         low_memory=low_memory, loras=[run_guarded(parse_lora, spec) for spec in lora or ()], vae=vae)
     resolution = result["resolution"]
     typer.echo(f"{result['model']} on {result['backend']}{' (low memory)' if low_memory else ''}, {resolution}x{resolution}, "
                f"{result['unet_steps']} UNet steps, precision {precision}"
-               + "".join(f", LoRA {entry['file']}:{entry['weight']:g}" for entry in result["loras"]))
+               + "".join(f", LoRA {entry['file']}:{entry['weight']:g}" for entry in result["loras"])
+               + (f", VAE {vae.name}" if vae else ""))
     typer.echo(f"cold start: load {result['cold_start']['load']:.2f}s, first run {result['cold_start']['first_run']:.2f}s")
     for stage, s in result["warm"].items():
         typer.echo(f"  {stage:<7} median {s['median'] * 1000:9.1f} ms   [{s['min'] * 1000:.1f} .. {s['max'] * 1000:.1f}]  n={s['n']}")

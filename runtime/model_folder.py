@@ -14,6 +14,7 @@ from edgesd.sessions import BACKEND_OF_FORMAT
 FORMAT_VERSION = 1
 MANIFEST = "edgesd.json"
 SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+VAE_SUBMODELS = ("vae_encoder", "vae_decoder")  # what a VAE folder (kind "vae", e.g. a tiny VAE) holds
 DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
 
 
@@ -72,7 +73,8 @@ class ModelFolder:
     @property
     def common_formats(self) -> list[str]:
         """Formats every submodel has (what a backend can run the whole folder from)."""
-        return [f for f in self.formats("unet") if all(f in self.formats(s) for s in self.manifest["submodels"])]
+        first, *rest = self.manifest["submodels"]
+        return [f for f in self.formats(first) if all(f in self.formats(s) for s in rest)]
 
     def formats(self, submodel: str = "unet") -> list[str]:
         return list(self.manifest["submodels"][submodel]["formats"])
@@ -153,25 +155,50 @@ def open_model_folder(path: str | Path) -> ModelFolder:
     path = Path(path)
     if not path.is_dir():
         raise ModelFolderError(f"model folder {path} does not exist; create it with `edgesd export SOURCE -o {path}`")
-    if (path / MANIFEST).exists():
-        manifest = _read_json(path / MANIFEST)
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ModelFolderError(
-                f"{path} has model-folder format {version!r}; this edgesd reads up to {FORMAT_VERSION}: upgrade edgesd"
-            )
-    else:
-        manifest = _manifest_from_optimum_folder(path)
+    manifest = _read_manifest(path) if (path / MANIFEST).exists() else _manifest_from_optimum_folder(path)
+    if manifest.get("kind") == "vae":
+        raise ModelFolderError(f"{path} is a VAE folder, not a whole model: give it as --vae (vae=) next to a model folder")
     from edgesd.families import FAMILIES
 
     if manifest.get("family") not in FAMILIES:
         raise ModelFolderError(
             f"{path} is a {manifest.get('family')!r}-family model; this edgesd runs {', '.join(FAMILIES)} (SD 1.x/2.x) models"
         )
-    folder = ModelFolder(path, manifest)
+    return _checked(ModelFolder(path, manifest))
+
+
+def open_vae_folder(path: str | Path) -> ModelFolder:
+    """Open a VAE folder (`edgesd export` of a tiny VAE such as madebyollin/taesd): a model's VAE replacement."""
+    path = Path(path)
+    make = f"`edgesd export madebyollin/taesd -o {path}`"
+    if not (path / MANIFEST).is_file():
+        raise ModelFolderError(f"{path} is not a VAE folder (no {MANIFEST}); make one with {make}")
+    manifest = _read_manifest(path)
+    if manifest.get("kind") != "vae":
+        raise ModelFolderError(f"{path} is a whole model, not a VAE folder; make one with {make}")
+    return _checked(ModelFolder(path, manifest))
+
+
+def open_any_folder(path: str | Path) -> ModelFolder:
+    """A model folder or a VAE folder (what `edgesd info` describes)."""
+    path = Path(path)
+    if (path / MANIFEST).is_file() and _read_manifest(path).get("kind") == "vae":
+        return open_vae_folder(path)
+    return open_model_folder(path)
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest = _read_json(path / MANIFEST)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFolderError(f"{path} has model-folder format {version!r}; this edgesd reads up to {FORMAT_VERSION}: upgrade edgesd")
+    return manifest
+
+
+def _checked(folder: ModelFolder) -> ModelFolder:
     problems = folder.verify(hashes=False)
     if problems:
-        raise ModelFolderError(f"{path} is incomplete or damaged: {'; '.join(problems)}; re-export it")
+        raise ModelFolderError(f"{folder.path} is incomplete or damaged: {'; '.join(problems)}; re-export it")
     return folder
 
 

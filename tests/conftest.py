@@ -144,3 +144,17 @@ def original_unet_names(kohya: dict) -> dict:
         renamed[key] = value
     assert not any("blocks_0_resnets" in k or "attentions" in k for k in renamed), "a name was left in diffusers' naming"
     return renamed
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory) -> dict[str, Path]:
+    """A random tiny VAE (AutoencoderTiny, recipe tiny-taesd, fits tiny-sd1): its diffusers folder
+    and its edgesd VAE folder (both formats), the same weights."""
+    pytest.importorskip("torch")
+    from edgesd.export import export_model, recipes
+    from edgesd.export.random_model import build_random_tiny_vae
+
+    root = tmp_path_factory.mktemp("tiny-vae")
+    build_random_tiny_vae(recipes.load("tiny-taesd"), root / "diffusers")
+    return {"diffusers": root / "diffusers",
+            "exported": export_model("random:tiny-taesd", root / "taesd", formats=("onnx", "openvino"))}

@@ -145,3 +145,22 @@ def test_loras_merge_without_torch(runtime_venv, backend, exported, lora_files, 
     expected = pipe(Image.open(ROOT / "tests/data/small.png"), "hills", seed=1, num_inference_steps=4).images
     with Image.open(out) as made:
         assert_images_close([made.convert("RGB")], expected)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_tiny_vae_runs_without_torch(runtime_venv, backend, exported, tiny_vae, tmp_path):
+    from PIL import Image
+    from test_pipeline_parity import assert_images_close
+
+    from edgesd import Img2ImgPipeline
+
+    out = tmp_path / "out.png"
+    done = run(runtime_venv, "edgesd", "img2img", str(exported["tiny-sd1"]), "--image", str(ROOT / "tests/data/small.png"),
+               "--prompt", "hills", "--seed", "1", "--steps", "4", "--backend", backend, "--precision", "fp32",
+               "--vae", str(tiny_vae["exported"]), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32",
+                                vae=tiny_vae["exported"])
+    expected = pipe(Image.open(ROOT / "tests/data/small.png"), "hills", seed=1, num_inference_steps=4).images
+    with Image.open(out) as made:
+        assert_images_close([made.convert("RGB")], expected)

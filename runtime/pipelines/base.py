@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image
 
 from edgesd import __version__, memory, schedulers
-from edgesd.errors import InvalidInputError
+from edgesd.errors import InvalidInputError, ModelFolderError
 from edgesd.families import FAMILIES, Conditioning
 from edgesd.image import MAX_PIXELS, target_size
 from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
-from edgesd.model_folder import ModelFolder, open_model_folder
+from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder
 from edgesd.models import TextEncoder, UNet, Vae
 from edgesd.outputs import save_image
 from edgesd.schedulers.base import Plan
@@ -49,8 +49,10 @@ class Pipeline:
     task = ""  # what its __call__ does, stored with every output ("img2img", "inpaint")
 
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str, LoraMerge | None], Session], backend: str,
-                 low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=()):
+                 low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=(),
+                 vae: ModelFolder | None = None, vae_decode_only: bool = False):
         """Use `load`. `open_submodel(name, lora)` compiles a submodel with a LoRA merge (or None).
+        `vae`: a VAE folder replacing the model's VAE (its decoder only, with `vae_decode_only`).
         With `low_memory` only the one in use stays loaded (slower: each call recompiles, from the
         engine's cache where it has one), and images larger than the VAE's native size are encoded
         and decoded in blended tiles."""
@@ -65,8 +67,11 @@ class Pipeline:
         manifest = folder.manifest
         self.text_encoder = TextEncoder(ClipTokenizer(folder.path / "tokenizer"), lambda: self._submodel("text_encoder"))
         self.unet = UNet(lambda: self._submodel("unet"), folder.unet_config.get("in_channels", 4))
+        replaced = _vae_replaces(vae, vae_decode_only)
+        encoder, decoder = (vae.manifest if name in replaced else manifest for name in VAE_SUBMODELS)
         self.vae = Vae(lambda: self._submodel("vae_encoder"), lambda: self._submodel("vae_decoder"),
-                       manifest["vae_scale_factor"], manifest["vae_scaling_factor"], folder.vae_sample_size)
+                       manifest["vae_scale_factor"], encoder["vae_scaling_factor"], folder.vae_sample_size,
+                       sampled=encoder.get("vae_encoder_output") != "latents", decoder_scaling_factor=decoder["vae_scaling_factor"])
         self.vae.tiling = low_memory  # as diffusers' enable_vae_tiling
         self.unet_latent_multiple = folder.unet_latent_multiple
         self.latent_channels = manifest["latent_channels"]
@@ -79,25 +84,38 @@ class Pipeline:
                            "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
                            "backend": backend, "device": device, "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
+        if vae is not None:
+            self.provenance["vae"] = {"folder": vae.name, "manifest_sha256": vae.manifest_sha256, "replaces": list(replaced)}
         self._record_loras()
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", inference_precision: str = "auto",
              threads: int | None = None, cache_dir: str | Path | None = None, low_memory: bool = False,
-             loras: Sequence[tuple[str | Path, float] | str | Path] = ()):
+             loras: Sequence[tuple[str | Path, float] | str | Path] = (), vae: str | Path | None = None,
+             vae_decode_only: bool = False):
         """Open a model folder and compile its submodels on the chosen engine and device. `loras`:
         LoRA files (.safetensors; kohya or diffusers format) with their weights, e.g.
-        [("style.safetensors", 0.8)], merged into the text encoder's and UNet's weights as they load."""
+        [("style.safetensors", 0.8)], merged into the text encoder's and UNet's weights as they load.
+        `vae`: a VAE folder (`edgesd export madebyollin/taesd`: a tiny VAE, much faster) used instead
+        of the model's VAE, or with `vae_decode_only` for decoding only (fast previews)."""
         folder = open_model_folder(path)
-        backend = choose_backend(backend, device, folder.common_formats)
+        vae_folder = None if vae is None else open_vae_folder(vae)
+        formats = folder.common_formats
+        if vae_folder is not None:
+            _check_vae_fits(folder, vae_folder)
+            formats = [f for f in formats if f in vae_folder.common_formats]
+        backend = choose_backend(backend, device, formats)
         fmt = BACKENDS[backend].format
-        folder.verify_once([fmt])
+        for checked in filter(None, (folder, vae_folder)):
+            checked.verify_once([fmt])
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
+        replaced = _vae_replaces(vae_folder, vae_decode_only)
 
         def open_submodel(name: str, lora: LoraMerge | None) -> Session:
-            return open_session(backend, folder.model_file(name, fmt), device, inference_precision, lora=lora, **options)
+            source = vae_folder if name in replaced else folder
+            return open_session(backend, source.model_file(name, fmt), device, inference_precision, lora=lora, **options)
 
-        return cls(folder, open_submodel, backend, low_memory, inference_precision, device, loras)
+        return cls(folder, open_submodel, backend, low_memory, inference_precision, device, loras, vae_folder, vae_decode_only)
 
     def set_loras(self, loras: Sequence[tuple[str | Path, float] | str | Path]) -> None:
         """Use these LoRAs instead of the loaded ones ([] for none): the submodels they change are
@@ -186,6 +204,18 @@ class Pipeline:
         if not self.reuse_encodings or cached is None or cached[0] != key:
             cached = self._last_moments = (key, self.vae.moments(pixels))
         return self.vae.sample(cached[1], generator)
+
+
+def _vae_replaces(vae: ModelFolder | None, decode_only: bool) -> tuple[str, ...]:
+    return () if vae is None else ("vae_decoder",) if decode_only else VAE_SUBMODELS
+
+
+def _check_vae_fits(folder: ModelFolder, vae: ModelFolder) -> None:
+    """A VAE whose latents have other channels or another scale than the model's cannot replace its VAE."""
+    ours, theirs = ((f.manifest["latent_channels"], f.manifest["vae_scale_factor"]) for f in (folder, vae))
+    if ours != theirs:
+        raise ModelFolderError(f"the VAE {vae.name} does not fit {folder.name}: its latents have {theirs[0]} channels at "
+                               f"1/{theirs[1]} of the image's size, the model's {ours[0]} at 1/{ours[1]}")
 
 
 def _read_loras(loras) -> list[Lora]:

@@ -1,0 +1,67 @@
+"""Ready exports from the Hugging Face hub, torch-free: a repo holding an edgesd model folder, or one
+in optimum's ONNX / OpenVINO layout, downloaded with huggingface_hub (its cache, progress bars and
+HF_HUB_OFFLINE) - only the files the chosen engine runs, plus configs and tokenizer."""
+
+import logging
+import re
+from pathlib import Path
+
+from edgesd.errors import ModelFolderError
+from edgesd.model_folder import MANIFEST, SUBMODELS
+from edgesd.sessions import BACKENDS, choose_backend
+
+log = logging.getLogger("edgesd")
+_METADATA = [MANIFEST, "model_index.json", "*/config.json", "scheduler/*", "tokenizer/*"]
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_repo_id(spec: str | Path) -> bool:
+    """OWNER/REPO that is not a local path."""
+    return not Path(spec).exists() and bool(_REPO_ID.fullmatch(str(spec)))
+
+
+def download(repo_id: str, revision: str | None = None, backend: str = "auto", device: str = "auto") -> Path:
+    """The local folder of `repo_id` with what `backend` needs (downloaded, or from the cache)."""
+    folder = _snapshot(repo_id, revision, _METADATA)
+    formats = _formats(repo_id, revision, folder)
+    if not formats:
+        raise ModelFolderError(f"{repo_id} is not an exported model (no model.onnx or openvino_model.xml for "
+                               f"{', '.join(SUBMODELS)}); export it with `edgesd export {repo_id} -o models/"
+                               f"{repo_id.split('/')[-1]} --format both`")
+    files = BACKENDS[choose_backend(backend, device, formats)].files
+    return _snapshot(repo_id, revision, _METADATA + [f"{submodel}/{file}" for submodel in SUBMODELS for file in files])
+
+
+def _formats(repo_id: str, revision: str | None, folder: Path) -> list[str]:
+    """Formats the repo has every submodel in: from the repo's file list, or offline from the cache."""
+    listed = _remote_files(repo_id, revision)
+    present = (lambda name: name in listed) if listed is not None else (lambda name: (folder / name).exists())
+    return [b.format for b in BACKENDS.values() if all(present(f"{submodel}/{b.main_file}") for submodel in SUBMODELS)]
+
+
+def _remote_files(repo_id: str, revision: str | None) -> set[str] | None:
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        return {sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []}
+    except OSError:  # unreachable: what the cache holds decides
+        return None
+
+
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise ModelFolderError(f"{repo_id}{'@' + revision if revision else ''} is not on the hub (or is private): "
+                               f"{str(e).splitlines()[0]}") from None
+    except LocalEntryNotFoundError:
+        raise ModelFolderError(f"{repo_id} is not in the local hub cache and the hub cannot be reached (offline?); "
+                               "connect once to download it, or give a local model folder") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise ModelFolderError(f"downloading {repo_id} failed: {str(e).splitlines()[0]}; run again to resume") from None
