@@ -60,7 +60,7 @@ def run_benchmark(model: str | Path, backend="auto", device="auto", precision="a
         for stage in ("text", "encode", "decode", "total"):
             stages[stage].append(timings[stage])
         stages["step"].extend(timings["steps"])
-    folder_bytes = sum(f.stat().st_size for f in Path(model).rglob("*") if f.is_file())
+    folder_bytes = sum(f.stat().st_size for f in pipe.folder.path.rglob("*") if f.is_file())
     return {
         "model": str(model),
         "backend": pipe.backend,

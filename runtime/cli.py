@@ -5,6 +5,7 @@ are added through the `edgesd.commands` entry points, so this module imports non
 import inspect
 import json
 import logging
+import os
 import secrets
 import statistics
 import sys
@@ -52,6 +53,7 @@ def _quiet(quiet: bool) -> None:
     """-q: errors only (no warnings, progress or summaries)."""
     if quiet and not _debug:
         log.setLevel(logging.ERROR)
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # hub downloads
 
 
 def debugging() -> bool:
@@ -104,7 +106,7 @@ def parse_lora(spec: str):
 
 
 def _shared_options(
-    model: Optional[Path] = typer.Argument(None, help="Model folder written by `edgesd export` (or by optimum's exporters); with --replay, default: the one stored in the image.", show_default=False),
+    model: Optional[Path] = typer.Argument(None, help="Model folder written by `edgesd export` (or by optimum's exporters), or a hub repo (OWNER/REPO) holding one: downloaded once, only what the engine needs; with --replay, default: the one stored in the image.", show_default=False),
     image: Path = typer.Option(..., "--image", "-i", help="Input image (PNG, JPEG, WebP, BMP, TIFF), or a folder of them (batch).", show_default=False),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens).", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (.png, .jpg, .webp; default out.png), or a folder for a batch (default IMAGE/edgesd-out).", show_default=False),
@@ -124,6 +126,7 @@ def _shared_options(
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
     vae_decode_only: bool = typer.Option(False, "--vae-decode-only", help="Use --vae for decoding only (fast previews; the model's VAE encodes)."),
+    revision: Optional[str] = typer.Option(None, help="The hub repo's branch, tag or commit, when MODEL is OWNER/REPO.", show_default=False),
     backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto.", show_default=False),
@@ -170,12 +173,13 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 
 def generate(task: str, model, image, prompt, output, negative_prompt, strength, steps, guidance, seed, scheduler,
-             num_images, resize, width, height, grid, iterations, replay, lora, vae, vae_decode_only, backend, device,
-             precision, threads,
+             num_images, resize, width, height, grid, iterations, replay, lora, vae, vae_decode_only, revision, backend,
+             device, precision, threads,
              low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: inpaint's (padding_mask_crop) or outpaint's (left, right, top, bottom, overlap)."""
     from edgesd import memory
+    from edgesd.hub import download, is_repo_id
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
     from edgesd.model_folder import open_model_folder
@@ -220,6 +224,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     model = model or (Path(stored["model_path"]) if stored.get("model_path") else None)
     if model is None:
         fail("MODEL is required: the model folder to run")
+    if is_repo_id(model):  # a ready export on the hub: downloaded (or taken from the hub cache) first
+        model = run_guarded(download, str(model), revision, backend, device)
     # Everything that can be checked without the weights is, before the (slow) load.
     folder = run_guarded(open_model_folder, model)
     backend = run_guarded(choose_backend, backend, device, folder.common_formats)

@@ -52,8 +52,8 @@ def _remote_files(repo_id: str, revision: str | None) -> set[str] | None:
 
 def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.utils import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,  # .errors
+                                       RevisionNotFoundError)  # only since huggingface_hub 0.25
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))

@@ -155,7 +155,7 @@ def open_model_folder(path: str | Path) -> ModelFolder:
     path = Path(path)
     if not path.is_dir():
         raise ModelFolderError(f"model folder {path} does not exist; create it with `edgesd export SOURCE -o {path}`")
-    manifest = _read_manifest(path) if (path / MANIFEST).exists() else _manifest_from_optimum_folder(path)
+    manifest = _present_formats(path, _read_manifest(path)) if (path / MANIFEST).exists() else _manifest_from_optimum_folder(path)
     if manifest.get("kind") == "vae":
         raise ModelFolderError(f"{path} is a VAE folder, not a whole model: give it as --vae (vae=) next to a model folder")
     from edgesd.families import FAMILIES
@@ -185,6 +185,19 @@ def open_any_folder(path: str | Path) -> ModelFolder:
     if (path / MANIFEST).is_file() and _read_manifest(path).get("kind") == "vae":
         return open_vae_folder(path)
     return open_model_folder(path)
+
+
+def _present_formats(path: Path, manifest: dict) -> dict:
+    """The manifest without the formats none of whose files are here (a download of one engine's
+    files, or a format deleted to save space); a format partly here stays, and is reported damaged."""
+    def present(fmt: str) -> bool:
+        return any((path / submodel / name).exists() for submodel, entry in manifest.get("submodels", {}).items()
+                   for name in entry["formats"].get(fmt, {}).get("files", {}))
+
+    kept = {fmt for entry in manifest.get("submodels", {}).values() for fmt in entry["formats"] if present(fmt)}
+    submodels = {submodel: {**entry, "formats": {f: spec for f, spec in entry["formats"].items() if f in kept}}
+                 for submodel, entry in manifest.get("submodels", {}).items()}
+    return {**manifest, "submodels": submodels} if kept else manifest
 
 
 def _read_manifest(path: Path) -> dict:

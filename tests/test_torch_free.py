@@ -164,3 +164,23 @@ def test_a_tiny_vae_runs_without_torch(runtime_venv, backend, exported, tiny_vae
     expected = pipe(Image.open(ROOT / "tests/data/small.png"), "hills", seed=1, num_inference_steps=4).images
     with Image.open(out) as made:
         assert_images_close([made.convert("RGB")], expected)
+
+
+def test_a_ready_export_downloads_without_torch(runtime_venv, exported, tmp_path):
+    """huggingface_hub at the lowest version allowed and today's, against the fake hub of test_hub."""
+    import threading
+
+    from test_hub import FakeHub
+
+    hub = FakeHub()
+    hub.repos = {"edgesd/tiny-sd1": exported["tiny-sd1"]}
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.endpoint,
+               "EDGESD_CACHE": str(tmp_path / "cache")}
+        done = run(runtime_venv, "edgesd", "img2img", "edgesd/tiny-sd1", "--image", str(ROOT / "tests/data/small.png"),
+                   "--prompt", "hills", "--steps", "2", "--backend", "onnxruntime", "-o", str(tmp_path / "out.png"), env=env)
+        assert done.returncode == 0, done.stderr
+        assert hub.fetched and not any("openvino" in name for name in hub.fetched)
+    finally:
+        hub.shutdown()

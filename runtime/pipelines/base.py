@@ -14,6 +14,7 @@ from PIL import Image
 from edgesd import __version__, memory, schedulers
 from edgesd.errors import InvalidInputError, ModelFolderError
 from edgesd.families import FAMILIES, Conditioning
+from edgesd.hub import download, is_repo_id
 from edgesd.image import MAX_PIXELS, target_size
 from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
 from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder
@@ -92,12 +93,16 @@ class Pipeline:
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", inference_precision: str = "auto",
              threads: int | None = None, cache_dir: str | Path | None = None, low_memory: bool = False,
              loras: Sequence[tuple[str | Path, float] | str | Path] = (), vae: str | Path | None = None,
-             vae_decode_only: bool = False):
+             vae_decode_only: bool = False, revision: str | None = None):
         """Open a model folder and compile its submodels on the chosen engine and device. `loras`:
         LoRA files (.safetensors; kohya or diffusers format) with their weights, e.g.
         [("style.safetensors", 0.8)], merged into the text encoder's and UNet's weights as they load.
         `vae`: a VAE folder (`edgesd export madebyollin/taesd`: a tiny VAE, much faster) used instead
-        of the model's VAE, or with `vae_decode_only` for decoding only (fast previews)."""
+        of the model's VAE, or with `vae_decode_only` for decoding only (fast previews).
+        `path` may be a hub repo id (OWNER/REPO, at `revision`) holding an exported model (edgesd's or
+        optimum's layout): only the files the engine needs are downloaded, into the hub cache."""
+        if is_repo_id(path):
+            path = download(str(path), revision, backend, device)
         folder = open_model_folder(path)
         vae_folder = None if vae is None else open_vae_folder(vae)
         formats = folder.common_formats
