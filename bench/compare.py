@@ -19,6 +19,7 @@ Systems (`--systems`, default: all but the *-fp32 variants of the others' defaul
     openvino-genai       openvino_genai.Image2ImagePipeline on EDGESD_FOLDER's IR, its defaults
     optimum-intel-fp32   (opt-in) the same with INFERENCE_PRECISION_HINT f32
     openvino-genai-fp32  (opt-in) the same with INFERENCE_PRECISION_HINT f32
+    edgesd-ov-tiny-vae   (opt-in) edgesd-ov-auto with a tiny VAE (--tiny-vae FOLDER) in place of the model's
 
 How it is measured. One invocation runs `--repeat` rounds; in each round every system runs once,
 in an order rotated by one place per round, so slow drift on a shared machine hits all systems
@@ -90,6 +91,9 @@ SYSTEMS = {
     "openvino-genai-fp32": dict(label="openvino_genai, fp32", project="openvino-genai", engine="openvino",
                                 precision="fp32", needs=["openvino_genai", "openvino"], folder="genai",
                                 format="openvino", optional=True),
+    "edgesd-ov-tiny-vae": dict(label="edgesd, OpenVINO auto, tiny VAE", project="edgesd", engine="openvino",
+                               precision="auto", needs=["edgesd", "openvino"], folder="edgesd", format="openvino",
+                               optional=True, tiny_vae=True),
 }
 DEFAULT_SYSTEMS = [k for k, v in SYSTEMS.items() if not v.get("optional")]
 # Headline pairs: each other system against the edgesd configuration doing the same work at the same precision.
@@ -105,6 +109,7 @@ COUNTERPARTS = {
 TARGETS = [
     ("edgesd-ov-auto", "openvino-genai", "time", 1.0),
     ("edgesd-ov-auto", "openvino-genai", "peak_rss", 0.7),
+    ("edgesd-ov-tiny-vae", "openvino-genai", "time", 0.5),  # issue 15: the fastest sound configuration
     ("edgesd-ort", "optimum-ort", "time", 1.0),
     ("edgesd-ort", "diffusers-torch", "time", 0.5),
     ("edgesd-ov-fp32", "diffusers-torch", "time", 0.5),
@@ -279,7 +284,10 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
     backend = system["engine"]
     precision = system["precision"]
     pipeline = InpaintPipeline if _inpainting(spec) else Img2ImgPipeline
-    pipe = pipeline.load(spec["edgesd"], backend=backend, device="cpu", inference_precision=precision)
+    vae = None
+    if system.get("tiny_vae"):
+        vae = spec.get("tiny_vae") or _raise("needs a tiny VAE folder: --tiny-vae FOLDER (edgesd export madebyollin/taesd)")
+    pipe = pipeline.load(spec["edgesd"], backend=backend, device="cpu", inference_precision=precision, vae=vae)
     pipe.reuse_encodings = False  # every call pays for its own encodings, as the other systems do
 
     class TimedSession:
@@ -313,6 +321,10 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
         return {"backend": pipe.backend, "effective_precision": pipe.provenance["inference_precision"]}
 
     return run, info
+
+
+def _raise(message: str):
+    raise RuntimeError(message)
 
 
 def load_diffusers(key: str, spec: dict, timer: StageTimer):
@@ -792,7 +804,7 @@ def parent_main(args, argv):
     spec = {"diffusers": str(diffusers), "edgesd": str(edgesd), "resolution": args.resolution, "steps": args.steps,
             "strength": args.strength, "guidance": args.guidance, "prompt": args.prompt,
             "negative_prompt": args.negative_prompt, "seed": args.seed, "latent": latent, "unet_batch": unet_batch,
-            "task": args.task}
+            "task": args.task, "tiny_vae": args.tiny_vae and str(Path(args.tiny_vae).resolve())}
     systems = {}
     for key in selected:
         entry = {"label": SYSTEMS[key]["label"], "project": SYSTEMS[key]["project"], "engine": SYSTEMS[key]["engine"],
@@ -1039,6 +1051,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", choices=("img2img", "inpaint"), default="img2img",
                         help="inpaint: every system repaints the same centred mask (bench_mask); use an inpainting model")
+    parser.add_argument("--tiny-vae", help="VAE folder (edgesd export of a tiny VAE) for the edgesd-ov-tiny-vae system")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; every system runs once per round")
     parser.add_argument("--runs", type=int, default=1, help="timed calls per system per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls after each load (the first is the cold run)")

@@ -22,11 +22,13 @@ STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (a
 COMPARE_SCHEMA = "edgesd-bench-compare/1"
 PRECISION_SCHEMA = "edgesd-bench-precision/1"
 LORA_SCHEMA = "edgesd-bench-lora/1"
+TINY_VAE_SCHEMA = "edgesd-bench-tiny-vae-quality/1"
 PROFILE_NAME = re.compile(r"profile-(.+)-(?:onnxruntime|openvino)-\d+\.txt")  # profile_unet.py's output, saved by folder name
 
 
 def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[dict], list[str]]:
-    compares, benches, precisions, loras, skipped = [], [], [], [], []
+    """(compare.py results, `edgesd bench` results, precision.py results, lora.py/tiny_vae.py results, skipped)."""
+    compares, benches, precisions, others, skipped = [], [], [], [], []
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
@@ -38,17 +40,17 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[di
             compares.append(data)
         elif data.get("schema") == PRECISION_SCHEMA:
             precisions.append(data)
-        elif data.get("schema") == LORA_SCHEMA:
-            loras.append(data)
+        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA):
+            others.append(data)
         elif "cold_start" in data and "warm" in data:
             benches.append(data)
         else:
-            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py or `edgesd bench --json` result")
+            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py or `edgesd bench --json` result")
     order = {"sd15": 0, "sd-turbo": 1}
     compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
                                  order.get(d.get("name") or "", 9), d.get("name") or ""))
     precisions.sort(key=lambda d: (d["name"], d["settings"]["resolution"]))
-    return compares, benches, precisions, loras, skipped
+    return compares, benches, precisions, others, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +325,22 @@ def precision_section(precisions: list[dict]) -> list[str]:
     return lines
 
 
+def tiny_vae_section(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## Tiny VAE: image-quality cost", "",
+             "The same latents (the model's own img2img) decoded by the model's VAE and by the tiny one, by "
+             "`bench/tiny_vae.py`; PSNR/SSIM between the two images. With random weights these only show the "
+             "method; real weights give the cost users pay.", ""]
+    for d in results:
+        rows = [[str(r["seed"]), _s(r["psnr"], 1), _s(r["ssim"], 3), _ms(r["decode_s"]["full"]), _ms(r["decode_s"]["tiny"])]
+                for r in d["rows"]]
+        lines += [f"{Path(d['model']).name} + {Path(d['vae']).name}, {d['resolution']}x{d['resolution']}, {d['steps']} steps: "
+                  f"PSNR {_s(d['psnr_mean'], 1)} dB, SSIM {_s(d['ssim_mean'], 3)} (means)", ""]
+        lines += _table(["seed", "PSNR dB", "SSIM", "full VAE decode ms", "tiny VAE decode ms"], rows) + [""]
+    return lines
+
+
 def lora_section(loras: list[dict]) -> list[str]:
     if not loras:
         return []
@@ -412,7 +430,7 @@ def chart(compares: list[dict], path: Path) -> str | None:
 
 
 def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str]) -> str:
-    compares, benches, precisions, loras, skipped = load(paths)
+    compares, benches, precisions, others, skipped = load(paths)
     chart_note = None
     if chart_path is not None:
         chart_note = chart(compares, chart_path)
@@ -435,7 +453,8 @@ def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str
         lines += run_section(d, None)
     lines += bench_section(benches)
     lines += precision_section(precisions)
-    lines += lora_section(loras)
+    lines += lora_section([d for d in others if d["schema"] == LORA_SCHEMA])
+    lines += tiny_vae_section([d for d in others if d["schema"] == TINY_VAE_SCHEMA])
     lines += versions_section(compares)
     if skipped:
         lines += ["## Files not used", ""] + [f"- {s}" for s in skipped] + [""]

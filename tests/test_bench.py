@@ -297,3 +297,28 @@ def test_lora_bench_measures_both_cases_and_reports_them(exported, lora_files, t
         assert cases["ratios"]["peak_mib"] == pytest.approx(cases["LoRA"]["peak_mib"] / cases["no LoRA"]["peak_mib"])
     text = report.render([out], tmp_path / "REPORT.md", None, [str(out)])[0]
     assert "## LoRA at load time" in text and result["command"] in text
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny VAE: compare.py's edgesd-ov-tiny-vae system and tiny_vae.py's quality cost
+
+
+def test_compare_runs_edgesd_with_a_tiny_vae(diffusers_folders, exported, tiny_vae, tmp_path):
+    out = tmp_path / "tiny-vae.json"
+    _run(BENCH / "compare.py", diffusers_folders["tiny-sd1"], exported["tiny-sd1"], "--resolution", "64", "--steps", "2",
+         "--strength", "0.5", "--guidance", "0", "--repeat", "1", "--warmup", "0", "--isolation", "inline", "--no-flops",
+         "--systems", "edgesd-ov-auto,edgesd-ov-tiny-vae", "--tiny-vae", tiny_vae["exported"], "--out", out, timeout=600)
+    systems = json.loads(out.read_text())["systems"]
+    assert systems["edgesd-ov-tiny-vae"]["status"] == "ok", systems["edgesd-ov-tiny-vae"].get("reason")
+    assert systems["edgesd-ov-tiny-vae"]["summary"]["total"]["median"] > 0
+
+
+def test_tiny_vae_quality_cost(exported, tiny_vae, tmp_path):
+    out = tmp_path / "quality.json"
+    _run(BENCH / "tiny_vae.py", exported["tiny-sd1"], tiny_vae["exported"], "--resolution", "64", "--steps", "2",
+         "--seeds", "1", "--out", out)
+    result = json.loads(out.read_text())
+    assert result["schema"] == report.TINY_VAE_SCHEMA and -1 < result["ssim_mean"] < 1 and result["psnr_mean"] > 0
+    assert result["rows"][0]["decode_s"]["tiny"] > 0
+    text = report.render([out], tmp_path / "REPORT.md", None, [str(out)])[0]
+    assert "## Tiny VAE: image-quality cost" in text
