@@ -182,7 +182,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     from edgesd.hub import download, is_repo_id
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
-    from edgesd.model_folder import open_model_folder
+    from edgesd.model_folder import open_model_folder, open_vae_folder
     from edgesd.outputs import read_parameters, save_image
     from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, resolve_settings
     from edgesd.sessions import BACKENDS, choose_backend
@@ -217,18 +217,19 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
     if vae_decode_only and vae is None:
         fail("--vae-decode-only needs --vae FOLDER")
-    if vae is not None:
-        from edgesd.model_folder import open_vae_folder
-
-        run_guarded(open_vae_folder, vae)
-    model = model or (Path(stored["model_path"]) if stored.get("model_path") else None)
+    if model is None and stored.get("model_path"):  # a replay: the model folder, or the hub repo it came from
+        model = Path(stored["model_path"])
+        if not model.exists() and stored.get("hub_revision"):
+            model, revision = stored["model"], revision or stored["hub_revision"]
     if model is None:
         fail("MODEL is required: the model folder to run")
+    vae_folder = run_guarded(open_vae_folder, vae) if vae is not None else None
     if is_repo_id(model):  # a ready export on the hub: downloaded (or taken from the hub cache) first
-        model = run_guarded(download, str(model), revision, backend, device)
+        model = run_guarded(download, model, revision, backend, device, vae_folder and vae_folder.common_formats)
     # Everything that can be checked without the weights is, before the (slow) load.
     folder = run_guarded(open_model_folder, model)
-    backend = run_guarded(choose_backend, backend, device, folder.common_formats)
+    formats = [f for f in folder.common_formats if vae_folder is None or f in vae_folder.common_formats]
+    backend = run_guarded(choose_backend, backend, device, formats)
     last_seed = (settings["seed"] or 0) + iterations - 1
     resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides})[0] for run in runs]
     # A replay regenerates the stored batch and keeps the stored image of it.

@@ -4,7 +4,7 @@ HF_HUB_OFFLINE) - only the files the chosen engine runs, plus configs and tokeni
 
 import logging
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from edgesd.errors import ModelFolderError
 from edgesd.model_folder import MANIFEST, SUBMODELS
@@ -16,37 +16,45 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def is_repo_id(spec: str | Path) -> bool:
-    """OWNER/REPO that is not a local path."""
-    return not Path(spec).exists() and bool(_REPO_ID.fullmatch(str(spec)))
+    """OWNER/REPO that is not a local path (a Path of it on Windows too)."""
+    return not Path(spec).exists() and bool(_REPO_ID.fullmatch(PurePath(spec).as_posix()))
 
 
-def download(repo_id: str, revision: str | None = None, backend: str = "auto", device: str = "auto") -> Path:
-    """The local folder of `repo_id` with what `backend` needs (downloaded, or from the cache)."""
+def download(repo_id: str | Path, revision: str | None = None, backend: str = "auto", device: str = "auto",
+             usable: list[str] | None = None) -> Path:
+    """The local snapshot of `repo_id` with what `backend` needs (downloaded, or from the cache).
+    `usable`: the formats the engine may be chosen among (e.g. those a --vae folder has too)."""
+    repo_id = PurePath(repo_id).as_posix()
+    listed = _remote_files(repo_id, revision)
     folder = _snapshot(repo_id, revision, _METADATA)
-    formats = _formats(repo_id, revision, folder)
+    present = (lambda name: name in listed) if listed is not None else (lambda name: (folder / name).exists())
+    formats = [b.format for b in BACKENDS.values() if all(present(f"{submodel}/{b.main_file}") for submodel in SUBMODELS)]
     if not formats:
         raise ModelFolderError(f"{repo_id} is not an exported model (no model.onnx or openvino_model.xml for "
                                f"{', '.join(SUBMODELS)}); export it with `edgesd export {repo_id} -o models/"
                                f"{repo_id.split('/')[-1]} --format both`")
-    files = BACKENDS[choose_backend(backend, device, formats)].files
+    files = BACKENDS[choose_backend(backend, device, [f for f in formats if usable is None or f in usable])].files
     return _snapshot(repo_id, revision, _METADATA + [f"{submodel}/{file}" for submodel in SUBMODELS for file in files])
 
 
-def _formats(repo_id: str, revision: str | None, folder: Path) -> list[str]:
-    """Formats the repo has every submodel in: from the repo's file list, or offline from the cache."""
-    listed = _remote_files(repo_id, revision)
-    present = (lambda name: name in listed) if listed is not None else (lambda name: (folder / name).exists())
-    return [b.format for b in BACKENDS.values() if all(present(f"{submodel}/{b.main_file}") for submodel in SUBMODELS)]
+def hub_origin(folder: Path) -> dict | None:
+    """{"repo": OWNER/REPO, "revision": commit} for a folder in the hub cache (what outputs record)."""
+    parts = folder.resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return {"repo": parts[-3].removeprefix("models--").replace("--", "/", 1), "revision": parts[-1]}
+    return None
 
 
 def _remote_files(repo_id: str, revision: str | None) -> set[str] | None:
+    """The repo's files when the hub answers; None offline or unreachable, when what the cache holds
+    decides. (A branch is resolved again by each snapshot: the hub cache keeps refs by name.)"""
     from huggingface_hub import HfApi, constants
 
     if constants.HF_HUB_OFFLINE:
         return None
     try:
         return {sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []}
-    except OSError:  # unreachable: what the cache holds decides
+    except OSError:  # unreachable, or not found (said by the snapshot below, which knows the cache too)
         return None
 
 
@@ -58,8 +66,8 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise ModelFolderError(f"{repo_id}{'@' + revision if revision else ''} is not on the hub (or is private): "
-                               f"{str(e).splitlines()[0]}") from None
+        raise ModelFolderError(f"{repo_id}{'@' + revision if revision else ''} is neither a local folder nor a repo on the "
+                               f"hub (or it is private): {str(e).splitlines()[0]}") from None
     except LocalEntryNotFoundError:
         raise ModelFolderError(f"{repo_id} is not in the local hub cache and the hub cannot be reached (offline?); "
                                "connect once to download it, or give a local model folder") from None

@@ -4,6 +4,7 @@ this session exported. edgesd runs in subprocesses with their own HF_HOME, as a 
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -122,6 +123,20 @@ def test_downloads_only_what_the_engine_runs_then_works_offline(hub, tmp_path):
     assert hub.fetched and all(name.endswith(("model.onnx", "model.onnx_data")) for name in hub.fetched)
 
 
+def test_outputs_name_the_repo_and_replay_fetches_it_again(hub, tmp_path):
+    from edgesd.outputs import read_parameters
+
+    done = run_img2img(hub, tmp_path, "edgesd/tiny-sd1", "--backend", "onnxruntime")
+    assert done.returncode == 0, done.stderr
+    stored = read_parameters(tmp_path / "out-0.png")
+    assert stored["model"] == "edgesd/tiny-sd1" and stored["hub_revision"] == hub.commit("edgesd/tiny-sd1")
+    shutil.rmtree(tmp_path / "hf")  # the hub cache cleared: the stored snapshot path is gone
+    hub.fetched.clear()
+    again = edgesd(hub, tmp_path, "img2img", "-i", SMALL, "--replay", tmp_path / "out-0.png", "-o", tmp_path / "again.png")
+    assert again.returncode == 0, again.stderr
+    assert hub.fetched and (tmp_path / "again.png").exists()
+
+
 def test_an_interrupted_download_resumes(hub, tmp_path):
     hub.fetched.clear()
     hub.failing = {"unet/openvino_model.bin"}
@@ -162,7 +177,7 @@ def test_offline_without_the_repo_cached(hub, tmp_path):
 
 def test_wrong_repos_say_what_to_do(hub, tmp_path):
     missing = run_img2img(hub, tmp_path, "nobody/nothing")
-    assert missing.returncode == 2 and "nobody/nothing is not on the hub" in missing.stderr, missing.stderr
+    assert missing.returncode == 2 and "nobody/nothing is neither a local folder nor a repo on the hub" in missing.stderr, missing.stderr
     diffusers = run_img2img(hub, tmp_path, "someone/diffusers-only")
     assert diffusers.returncode == 2
     assert "is not an exported model" in diffusers.stderr and "edgesd export someone/diffusers-only" in diffusers.stderr

@@ -67,6 +67,26 @@ def test_decoding_only_matches_diffusers_latents_decoded_by_it(exported, diffuse
     assert result.parameters["vae"]["replaces"] == ["vae_decoder"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inpainting_with_a_tiny_vae_matches_diffusers(exported, diffusers_folders, tiny_vae, backend):
+    """Inpainting encodes twice (the image, and for 9-channel UNets the masked image): no draws either time."""
+    from test_inpaint_parity import mask_of, picture
+
+    from edgesd import InpaintPipeline
+
+    size = (86, 54)
+    pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
+        diffusers_folders["tiny-sd1"], vae=diffusers.AutoencoderTiny.from_pretrained(tiny_vae["diffusers"]),
+        safety_checker=None, requires_safety_checker=False)
+    expected = pipe(prompt=PROMPT, image=picture(*size), mask_image=mask_of(*size), width=size[0], height=size[1],
+                    strength=0.75, num_inference_steps=4, guidance_scale=6.0, generator=torch.Generator("cpu").manual_seed(5)).images
+    ours_ = InpaintPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32",
+                                 vae=tiny_vae["exported"])
+    result = ours_(picture(*size), mask_of(*size), PROMPT, strength=0.75, num_inference_steps=4, guidance_scale=6.0,
+                   seed=5, size=size)
+    assert_images_close(result.images, expected)
+
+
 def test_a_vae_that_does_not_fit_is_refused(exported, tiny_vae, tmp_path):
     other = tmp_path / "wide-vae"
     shutil.copytree(tiny_vae["exported"], other)

@@ -14,7 +14,7 @@ from PIL import Image
 from edgesd import __version__, memory, schedulers
 from edgesd.errors import InvalidInputError, ModelFolderError
 from edgesd.families import FAMILIES, Conditioning
-from edgesd.hub import download, is_repo_id
+from edgesd.hub import download, hub_origin, is_repo_id
 from edgesd.image import MAX_PIXELS, target_size
 from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
 from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder
@@ -87,6 +87,8 @@ class Pipeline:
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
         if vae is not None:
             self.provenance["vae"] = {"folder": vae.name, "manifest_sha256": vae.manifest_sha256, "replaces": list(replaced)}
+        if origin := hub_origin(folder.path):  # replay finds it again even once the cache is cleared
+            self.provenance.update(model=origin["repo"], hub_revision=origin["revision"])
         self._record_loras()
 
     @classmethod
@@ -101,10 +103,10 @@ class Pipeline:
         of the model's VAE, or with `vae_decode_only` for decoding only (fast previews).
         `path` may be a hub repo id (OWNER/REPO, at `revision`) holding an exported model (edgesd's or
         optimum's layout): only the files the engine needs are downloaded, into the hub cache."""
-        if is_repo_id(path):
-            path = download(str(path), revision, backend, device)
-        folder = open_model_folder(path)
         vae_folder = None if vae is None else open_vae_folder(vae)
+        if is_repo_id(path):
+            path = download(path, revision, backend, device, vae_folder and vae_folder.common_formats)
+        folder = open_model_folder(path)
         formats = folder.common_formats
         if vae_folder is not None:
             _check_vae_fits(folder, vae_folder)
