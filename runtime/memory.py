@@ -2,11 +2,13 @@
 far above a model's native size ends in a one-line error instead of the kernel's OOM kill.
 
 What grows with the image, measured on tiny-sd1 (64 px native) and SD 1.5 at 512 px, fp32:
-- onnxruntime materialises each attention's score matrix (batch x heads x tokens^2 floats); its
-  peak grows by about 8.5x the largest one (tiny-sd1 at 256x192: 0.6 GB of scores, 5.2 GB peak;
-  at 384x288: 3.1 GB, 24 GB). OpenVINO's CPU plugin fuses attention (SDPA) and does not (0.33 GB).
+- onnxruntime materialises each attention's score matrix (batch x heads x tokens^2 floats); with
+  its sessions sharing one CPU arena (sessions/onnxruntime.py) its peak grows by about 4.5x the
+  largest one (tiny-sd1 at 160x120: 92 MB of scores, 397 MB growth; SD 1.5 at 512: 1.07 GB,
+  ~5.1 GB). It was 8.5x with an arena per session. OpenVINO's CPU plugin fuses attention (SDPA)
+  and does not (0.33 GB).
 - The VAE's full-resolution layers hold a few (channels x pixels) tensors at once.
-The estimate errs high (SD 1.5 at 512 on onnxruntime: 13.8 GB estimated, 11.8 GB measured).
+The estimate errs high (SD 1.5 at 512 on onnxruntime: 9.7 GB estimated with the weights, 9.4 GB measured).
 """
 
 import os
@@ -17,7 +19,7 @@ from edgesd.model_folder import ModelFolder
 from edgesd.sessions import BACKEND_OF_FORMAT
 
 GIB = 2**30
-ATTENTION_SCORE_COPIES = {"onnxruntime": 9, "openvino": 0}
+ATTENTION_SCORE_COPIES = {"onnxruntime": 5, "openvino": 0}
 VAE_FULL_RESOLUTION_COPIES = 6
 
 
