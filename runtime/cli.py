@@ -252,7 +252,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         guided = any(r["guidance_scale"] > 1 for r in resolved)
         run_guarded(memory.check_call, folder, width, height, settings["num_images"], guided, backend, low_memory,
                     memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
-                    f"{image.name} at {width}x{height} on {backend}")
+                    f"{image.name} at {width}x{height} on {backend}", None if vae_decode_only else vae_folder)
     t0 = time.perf_counter()
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
     pipe = run_guarded(pipeline.load, model, backend=backend, device=device, inference_precision=precision,

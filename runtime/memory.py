@@ -29,28 +29,30 @@ def _heads(unet: dict, level: int) -> int:
 
 
 def _terms(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
-           low_memory: bool) -> tuple[int, int, int]:
-    """Bytes of what grows with the image: the UNet's attention, the VAE's attention, its full-resolution layers."""
+           low_memory: bool, vae: ModelFolder | None = None) -> tuple[int, int, int]:
+    """Bytes of what grows with the image: the UNet's attention, the VAE's attention, its full-resolution
+    layers. `vae`: a VAE folder used in place of the model's (a tiny VAE has no attention)."""
     scale = folder.manifest["vae_scale_factor"]
     tokens = (width // scale) * (height // scale)
     unet = folder.unet_config
     unet_batch = num_images * (2 if guidance else 1)
     unet_scores = max((unet_batch * _heads(unet, level) * (tokens // 4**level) ** 2
                        for level, kind in enumerate(unet["down_block_types"]) if "CrossAttn" in kind), default=0)
-    vae = folder.vae_config
+    config = (vae or folder).vae_config
+    attention = config.get("mid_block_add_attention", True) and not (vae and vae.manifest.get("vae_encoder_output") == "latents")
     vae_pixels = width * height
     if low_memory and max(width, height) > folder.vae_sample_size:  # tiled: one tile at a time
         vae_pixels = folder.vae_sample_size**2
-    vae_scores = num_images * (vae_pixels // scale**2) ** 2 if vae.get("mid_block_add_attention", True) else 0
+    vae_scores = num_images * (vae_pixels // scale**2) ** 2 if attention else 0
     copies = ATTENTION_SCORE_COPIES.get(backend, 1)
-    vae_layers = VAE_FULL_RESOLUTION_COPIES * num_images * vae["block_out_channels"][0] * vae_pixels
+    vae_layers = VAE_FULL_RESOLUTION_COPIES * num_images * config["block_out_channels"][0] * vae_pixels
     return 4 * copies * unet_scores, 4 * copies * vae_scores, 4 * vae_layers
 
 
 def call_bytes(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
-               low_memory: bool = False) -> int:
+               low_memory: bool = False, vae: ModelFolder | None = None) -> int:
     """Working memory of one call at (width, height), beyond the loaded weights."""
-    return max(_terms(folder, width, height, num_images, guidance, backend, low_memory))
+    return max(_terms(folder, width, height, num_images, guidance, backend, low_memory, vae))
 
 
 def available_bytes() -> int | None:
@@ -78,11 +80,12 @@ def weights_bytes(folder: ModelFolder, fmt: str, low_memory: bool) -> int:
 
 
 def check_call(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
-               low_memory: bool, loading: int, what: str) -> None:
+               low_memory: bool, loading: int, what: str, vae: ModelFolder | None = None) -> None:
     """Raise InvalidInputError, naming what would help, when the call (plus `loading` bytes of
-    weights still to load) needs more than is available (EDGESD_MEMORY_CHECK=0 skips the check)."""
+    weights still to load) needs more than is available (EDGESD_MEMORY_CHECK=0 skips the check).
+    `vae`: a VAE folder that replaces the model's VAE for encoding and decoding."""
     unet_attention, vae_attention, vae_layers = terms = _terms(folder, width, height, num_images, guidance, backend,
-                                                               low_memory)
+                                                               low_memory, vae)
     needed = max(terms) + loading
     available = available_bytes()
     if available is None or os.environ.get("EDGESD_MEMORY_CHECK") == "0" or needed <= available:

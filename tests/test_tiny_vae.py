@@ -131,3 +131,16 @@ def test_info_describes_a_vae_folder(tiny_vae):
     assert done.returncode == 0, done.stderr
     assert "a VAE folder: give it as --vae" in done.stdout and "vae_decoder   openvino" in done.stdout
     assert "verified" in done.stdout
+
+
+def test_the_memory_check_sizes_the_vae_in_use(exported, tiny_vae):
+    """A tiny VAE has no attention and fewer full-resolution channels: large inputs need less."""
+    from edgesd import memory
+    from edgesd.model_folder import open_model_folder, open_vae_folder
+
+    folder, vae = open_model_folder(exported["tiny-sd1"]), open_vae_folder(tiny_vae["exported"])
+    own = memory._terms(folder, 512, 512, 1, False, "onnxruntime", False)
+    tiny = memory._terms(folder, 512, 512, 1, False, "onnxruntime", False, vae)
+    assert own[1] > 0 and tiny[1] == 0  # the VAE's attention scores
+    assert tiny[2] == own[2] // 2  # 16 full-resolution channels instead of 32
+    assert tiny[0] == own[0]  # the UNet's are the UNet's

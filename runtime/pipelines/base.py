@@ -85,6 +85,7 @@ class Pipeline:
                            "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
                            "backend": backend, "device": device, "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
+        self._whole_vae = vae if replaced == VAE_SUBMODELS else None  # what the memory check sizes instead of the model's
         if vae is not None:
             self.provenance["vae"] = {"folder": vae.name, "manifest_sha256": vae.manifest_sha256, "replaces": list(replaced)}
         if origin := hub_origin(folder.path):  # replay finds it again even once the cache is cleared
@@ -190,7 +191,7 @@ class Pipeline:
     def check_memory(self, width: int, height: int, num_images: int, guided: bool) -> None:
         loading = memory.weights_bytes(self.folder, self.format, True) if self.low_memory else 0
         memory.check_call(self.folder, width, height, num_images, guided, self.backend, self.low_memory, loading,
-                          f"{width}x{height} x{num_images} on {self.backend}")
+                          f"{width}x{height} x{num_images} on {self.backend}", self._whole_vae)
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float, num_images: int) -> Conditioning:
         """The family's conditioning; the negative prompt only where guidance applies (scale > 1), as diffusers."""
