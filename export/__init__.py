@@ -90,7 +90,7 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
     from edgesd.export.load import load_pipeline
     from edgesd.export.source import resolve_source
     from edgesd.export.tiny_vae import export_tiny_vae, is_tiny_vae
-    from edgesd.export.validate import max_deviation, reference_outputs
+    from edgesd.export.validate import reference_outputs
 
     with tempfile.TemporaryDirectory(prefix="edgesd-source-") as scratch:
         source = resolve_source(spec, Path(scratch))
@@ -104,21 +104,7 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
         with _size_following(pipe.unet):
             onnx_export_from_model(pipe, folder, do_validation=False)
     references = reference_outputs(pipe)
-    validation = {name: {} for name in SUBMODELS}
-    if "openvino" in formats:
-        from edgesd.export.openvino import convert_to_openvino
-
-        for name in SUBMODELS:
-            log.info("converting %s to OpenVINO IR", name)
-            convert_to_openvino(folder / name / BACKEND_OF_FORMAT["onnx"].main_file)
-    for fmt in formats:
-        for name in SUBMODELS:
-            backend = BACKEND_OF_FORMAT[fmt].name
-            validation[name][backend] = max_deviation(name, *references[name], backend, folder / name / BACKEND_OF_FORMAT[fmt].main_file)
-            log.info("validated %s on %s: max deviation from torch %.2e", name, backend, validation[name][backend])
-    if "onnx" not in formats:
-        for file in folder.glob("*/model.onnx*"):
-            file.unlink()
+    validation = _convert_and_validate(folder, formats, references)
     _write_tokenizer_json(folder / "tokenizer")
     manifest = _manifest(pipe, source, folder, formats, validation)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -127,6 +113,30 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
 
         plan, images, samples, size = quantization
         quantize_folder(folder, formats, plan, references, images, samples, size)
+
+
+def _convert_and_validate(folder: Path, formats, references: dict) -> dict:
+    """From the ONNX export of each submodel in `references` ({name: (torch output, feeds)}): the
+    OpenVINO IR if asked, every format validated against torch ({name: {backend: max deviation}}),
+    and the ONNX files removed if ONNX was not asked for."""
+    from edgesd.export.validate import max_deviation
+
+    if "openvino" in formats:
+        from edgesd.export.openvino import convert_to_openvino
+
+        for name in references:
+            log.info("converting %s to OpenVINO IR", name)
+            convert_to_openvino(folder / name / BACKEND_OF_FORMAT["onnx"].main_file)
+    validation = {name: {} for name in references}
+    for fmt in formats:
+        backend = BACKEND_OF_FORMAT[fmt].name
+        for name in references:
+            validation[name][backend] = max_deviation(name, *references[name], backend, folder / name / BACKEND_OF_FORMAT[fmt].main_file)
+            log.info("validated %s on %s: max deviation from torch %.2e", name, backend, validation[name][backend])
+    if "onnx" not in formats:
+        for file in folder.glob("*/model.onnx*"):
+            file.unlink()
+    return validation
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import torch
 
 from edgesd.errors import ModelFolderError
 from edgesd.model_folder import FORMAT_VERSION, VAE_SUBMODELS
-from edgesd.sessions import BACKEND_OF_FORMAT
 
 log = logging.getLogger("edgesd")
 
@@ -30,8 +29,7 @@ def export_tiny_vae(source, folder: Path, formats) -> dict:
     from optimum.exporters.onnx import export_models
     from optimum.exporters.tasks import TasksManager
 
-    from edgesd.export import _files, _provenance
-    from edgesd.export.validate import max_deviation
+    from edgesd.export import _convert_and_validate, _files, _provenance
 
     vae, info = AutoencoderTiny.from_pretrained(source.folder, output_loading_info=True)
     if info.get("missing_keys"):
@@ -57,18 +55,7 @@ def export_tiny_vae(source, folder: Path, formats) -> dict:
     export_models(models_and_onnx_configs=models, output_dir=folder, output_names=[f"{n}/model.onnx" for n in models])
     for name in VAE_SUBMODELS:
         vae.save_config(folder / name)
-    if "openvino" in formats:
-        from edgesd.export.openvino import convert_to_openvino
-
-        for name in VAE_SUBMODELS:
-            convert_to_openvino(folder / name / BACKEND_OF_FORMAT["onnx"].main_file)
-    references = _references(vae, config.latent_channels, scale_factor)
-    validation = {name: {BACKEND_OF_FORMAT[fmt].name: max_deviation(name, *references[name], BACKEND_OF_FORMAT[fmt].name,
-                                                                     folder / name / BACKEND_OF_FORMAT[fmt].main_file)
-                         for fmt in formats} for name in VAE_SUBMODELS}
-    if "onnx" not in formats:
-        for file in folder.glob("*/model.onnx*"):
-            file.unlink()
+    validation = _convert_and_validate(folder, formats, _references(vae, config.latent_channels, scale_factor))
     return {
         "format_version": FORMAT_VERSION,
         "kind": "vae",

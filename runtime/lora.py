@@ -15,7 +15,6 @@ Formats read:
 The delta of a module is weight x alpha / rank x up @ down, as diffusers fuses it (fuse_lora with
 lora_scale, or set_adapters' weights); several LoRAs add up."""
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edgesd.errors import InvalidInputError
+from edgesd.model_folder import sha256
 
 SUBMODELS = ("text_encoder", "unet")  # the submodels LoRAs change
 QUANTIZED = "quantized (int8)"  # what engines say of a weight that is not stored as floats
@@ -63,7 +63,7 @@ class Layer:
         down = self.down.astype(np.float32).reshape(rank, -1)
         delta = up @ down
         delta *= np.float32(weight * alpha / rank)
-        return delta.reshape(self.up.shape[0], *self.down.shape[1:])
+        return delta.reshape(self.shape)
 
 
 @dataclass
@@ -89,7 +89,7 @@ def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
     if not np.isfinite(weight):
         raise LoraError(f"LoRA {path.name}: its weight must be a finite number, got {weight}")
     metadata, tensors = _read_tensors(path)
-    lora = Lora(path, float(weight), _sha256(path))
+    lora = Lora(path, float(weight), sha256(path))
     unknown = []
     for key, tensor in tensors.items():
         if match := _DIFFUSERS.fullmatch(key):
@@ -157,14 +157,6 @@ def _read_tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise LoraError(f"LoRA {path.name} cannot be read as safetensors: {e}") from None
     return metadata, tensors
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _adapter_config(metadata: dict, submodel: str, path: Path) -> dict:
