@@ -38,9 +38,10 @@ from collections import Counter
 from pathlib import Path
 
 # op type -> index of the weight (second) operand; the first operand is the activation.
+# MultiHeadAttention (edgesd's fused ONNX UNets): query first, then the key.
 ONNX_OPS = {
     "Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1,
-    "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3,
+    "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "MultiHeadAttention": 1,
 }
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
 
@@ -164,6 +165,10 @@ def _macs(op: str, a, w, y, attrs: dict) -> int | None:
             return None
         k = a[0] if attrs.get("transA", 0) else a[1]
         return math.prod(y) * k
+    if op == "MultiHeadAttention":  # query (B, S, D), key (B, L, D) -> (B, S, Dv): Q x K^T, then x V
+        if a is None or w is None or y is None:
+            return None
+        return math.prod(a) * w[1] + math.prod(y) * w[1]
     # MatMul family (numpy semantics): every output element is a K-long dot product
     if a is None or y is None:
         return None

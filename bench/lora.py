@@ -13,12 +13,11 @@ the LoRA) and engine, rounds alternating, and records the load time, the peak re
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from compare import bench_image, bench_mask, edgesd_commit, machine, peak_rss_mib, versions
+from compare import alternate, bench_image, bench_mask, edgesd_commit, machine, peak_rss_mib, versions
 
 SCHEMA = "edgesd-bench-lora/1"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
@@ -63,18 +62,15 @@ def one(model: Path, backend: str, lora: str | None, resolution: int, steps: int
 
 
 def run(model: Path, lora: Path, rounds: int, resolution: int, steps: int, backends: list[str]) -> dict:
+    cases = {}
+    for backend in backends:
+        for case, file in (("no LoRA", None), ("LoRA", lora)):
+            cases[f"{backend}|{case}"] = [sys.executable, __file__, "one", str(model), "--backend", backend, "--resolution",
+                                          str(resolution), "--steps", str(steps), *(["--lora", str(file)] if file else [])]
     results = {}
-    for round_ in range(rounds):
-        for backend in backends:
-            for case, file in (("no LoRA", None), ("LoRA", lora)):
-                args = [sys.executable, __file__, "one", str(model), "--backend", backend, "--resolution", str(resolution),
-                        "--steps", str(steps), *(["--lora", str(file)] if file else [])]
-                done = subprocess.run(args, capture_output=True, text=True)
-                if done.returncode:
-                    raise SystemExit(done.stderr)
-                measured = json.loads(done.stdout.splitlines()[-1])
-                print(f"round {round_ + 1} {backend:<12} {case:<8} {json.dumps(measured)}", flush=True)
-                results.setdefault(backend, {}).setdefault(case, []).append(measured)
+    for key, runs in alternate(cases, rounds).items():
+        backend, case = key.split("|")
+        results.setdefault(backend, {})[case] = runs
     summary = {backend: {case: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for case, runs in cases.items()}
                for backend, cases in results.items()}
     for backend, cases in summary.items():

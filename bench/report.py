@@ -22,12 +22,14 @@ STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (a
 COMPARE_SCHEMA = "edgesd-bench-compare/1"
 PRECISION_SCHEMA = "edgesd-bench-precision/1"
 LORA_SCHEMA = "edgesd-bench-lora/1"
+ORT_ATTENTION_SCHEMA = "edgesd-bench-ort-attention/1"
 TINY_VAE_SCHEMA = "edgesd-bench-tiny-vae-quality/1"
 PROFILE_NAME = re.compile(r"profile-(.+)-(?:onnxruntime|openvino)-\d+\.txt")  # profile_unet.py's output, saved by folder name
 
 
 def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[dict], list[str]]:
-    """(compare.py results, `edgesd bench` results, precision.py results, lora.py/tiny_vae.py results, skipped)."""
+    """(compare.py results, `edgesd bench` results, precision.py results, lora.py/tiny_vae.py/ort_attention.py
+    results, skipped)."""
     compares, benches, precisions, others, skipped = [], [], [], [], []
     for path in paths:
         try:
@@ -40,12 +42,12 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[di
             compares.append(data)
         elif data.get("schema") == PRECISION_SCHEMA:
             precisions.append(data)
-        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA):
+        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA, ORT_ATTENTION_SCHEMA):
             others.append(data)
         elif "cold_start" in data and "warm" in data:
             benches.append(data)
         else:
-            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py or `edgesd bench --json` result")
+            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py, ort_attention.py or `edgesd bench --json` result")
     order = {"sd15": 0, "sd-turbo": 1}
     compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
                                  order.get(d.get("name") or "", 9), d.get("name") or ""))
@@ -168,7 +170,7 @@ def headline_section(compares: list[dict]) -> list[str]:
         rows = []
         for d, t in targets:
             met = {True: "**met**", False: "not met", None: "–"}[t["met"]]
-            what = "time" if t["quantity"] == "time" else "peak memory"
+            what = {"time": "time", "first_image": "time to the first image"}.get(t["quantity"], "peak memory")
             rows.append([_title(d), f"`{t['edgesd']}` {what} <= {t['bound']} x `{t['other']}`", _ratio(t["ratio"]), met])
         lines += _table(["run", "target", "ratio", ""], rows)
     return lines + [""]
@@ -221,11 +223,11 @@ def run_section(d: dict, chart_name: str | None) -> list[str]:
             (f"{sm['achieved_gflops']:.0f} ({sm['share_of_peak']:.0%})" if sm.get("achieved_gflops") and sm.get("share_of_peak")
              else _s(sm.get("achieved_gflops"), 0)),
             _mib(sm.get("peak_rss_mib")), _mib(sm.get("run_peak_rss_mib")),
-            _s(sm.get("load_s"), 1), _s(sm.get("first_run_s")), _output_cell(e),
+            _s(sm.get("load_s"), 1), _s(sm.get("first_run_s")), _s(sm.get("first_image_s"), 1), _output_cell(e),
         ])
     lines += _table(["system", "project", "engine", "precision", "total s: median (min–max)", "edgesd / this",
                      "UNet call ms", "UNet GFLOP/s (% nominal fp32 peak)", "peak RSS MiB", "RSS in timed calls MiB", "load s",
-                     "first call s", f"output vs {d.get('output_reference') or 'reference'} (mean / max)"], rows)
+                     "first call s", "first image s (import + load + first call)", f"output vs {d.get('output_reference') or 'reference'} (mean / max)"], rows)
     lines += ["", "Per stage (median seconds per image; time inside each submodel, `other` = the rest):", ""]
     srows = []
     for key, e in systems.items():
@@ -365,6 +367,30 @@ def lora_section(loras: list[dict]) -> list[str]:
     return lines
 
 
+def ort_attention_section(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## onnxruntime's memory: the UNet's attention fused (issue 15)", "",
+             "The same weights with the ONNX UNet's attention as torch.onnx writes it (edgesd <= 0.2, optimum) and "
+             "fused into onnxruntime's MultiHeadAttention (`edgesd export` now), by `bench/ort_attention.py`: one "
+             "call in a fresh process per folder, folders alternating, medians over rounds. Peak: the process's "
+             "VmHWM (load included). Images: the two outputs, same seed.", ""]
+    for d in results:
+        summary = d["summary"]
+        rows = [[case, _mib(c["peak_mib"]), _s(c["unet_call_s"]), _s(c["first_unet_call_s"]), _s(c["call_s"])]
+                for case, c in ((case, summary[case]) for case in ("unfused", "fused"))]
+        r = summary["ratios"]
+        rows.append(["fused / unfused", _ratio(r["peak_mib"]), _ratio(r["unet_call_s"]), _ratio(r["first_unet_call_s"]),
+                     _ratio(r["call_s"])])
+        images = summary["images"]
+        lines += [f"{Path(d['before']).name}, {d['resolution']}x{d['resolution']}, {d['steps']} steps at guidance 7.5 "
+                  f"(UNet batch 2), {d['rounds']} rounds; images differ by at most {images['max_abs_levels']} level(s), "
+                  f"{images['within_1_level']:.1%} of pixels within 1:", ""]
+        lines += _table(["UNet attention", "peak MiB", "UNet call s (median)", "first UNet call s", "call s"], rows)
+        lines += ["", "```bash", d["command"], "```", ""]
+    return lines
+
+
 def versions_section(compares: list[dict]) -> list[str]:
     if not compares:
         return []
@@ -455,6 +481,7 @@ def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str
     lines += precision_section(precisions)
     lines += lora_section([d for d in others if d["schema"] == LORA_SCHEMA])
     lines += tiny_vae_section([d for d in others if d["schema"] == TINY_VAE_SCHEMA])
+    lines += ort_attention_section([d for d in others if d["schema"] == ORT_ATTENTION_SCHEMA])
     lines += versions_section(compares)
     if skipped:
         lines += ["## Files not used", ""] + [f"- {s}" for s in skipped] + [""]

@@ -117,8 +117,9 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
 
 def _convert_and_validate(folder: Path, formats, references: dict) -> dict:
     """From the ONNX export of each submodel in `references` ({name: (torch output, feeds)}): the
-    OpenVINO IR if asked, every format validated against torch ({name: {backend: max deviation}}),
-    and the ONNX files removed if ONNX was not asked for."""
+    OpenVINO IR if asked, the ONNX UNet's attention fused for onnxruntime, every format validated
+    against torch ({name: {backend: max deviation}}), and the ONNX files removed if ONNX was not
+    asked for."""
     from edgesd.export.validate import max_deviation
 
     if "openvino" in formats:
@@ -127,6 +128,10 @@ def _convert_and_validate(folder: Path, formats, references: dict) -> dict:
         for name in references:
             log.info("converting %s to OpenVINO IR", name)
             convert_to_openvino(folder / name / BACKEND_OF_FORMAT["onnx"].main_file)
+    if "onnx" in formats and "unet" in references:  # for onnxruntime only, so after the IR's conversion
+        from edgesd.export.fuse_attention import fuse_unet_attention
+
+        fuse_unet_attention(folder / "unet" / BACKEND_OF_FORMAT["onnx"].main_file)
     validation = {name: {} for name in references}
     for fmt in formats:
         backend = BACKEND_OF_FORMAT[fmt].name
@@ -171,6 +176,8 @@ def _files(folder: Path, fmt: str) -> dict:
 
 
 def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
+    from edgesd.export.fuse_attention import has_fused_attention
+
     vae, unet = pipe.vae.config, pipe.unet.config
     scale_factor = 2 ** (len(vae.block_out_channels) - 1)
     family = source.recipe.get("family") or _FAMILY_BY_CROSS_ATTENTION.get(unet.cross_attention_dim, "sd")
@@ -183,6 +190,7 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
         "vae_scale_factor": scale_factor,
         "sample_size": unet.sample_size * scale_factor,
         "unet_any_size": True,  # see _size_following
+        "onnx_attention_fused": "onnx" in formats and has_fused_attention(folder / "unet" / BACKEND_OF_FORMAT["onnx"].main_file),
         "defaults": source.recipe.get("defaults", {}),
         "submodels": {
             name: {

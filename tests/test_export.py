@@ -123,3 +123,24 @@ def test_cli_errors_are_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: unknown recipe")
     done = edgesd("info", str(tmp_path / "missing"))
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_onnx_unet_attention_is_fused_with_its_projections_kept(exported):
+    """onnxruntime's MultiHeadAttention replaces MatMul -> Softmax -> MatMul in every transformer
+    block (self and cross), the q/k/v projections stay separate MatMuls named after their modules
+    (LoRAs find them), and the OpenVINO IR, converted before the fusion, keeps plain operators. That
+    the fused graph computes what diffusers does is test_pipeline_parity's job (it runs this folder)."""
+    onnx = pytest.importorskip("onnx")
+    folder = exported["tiny-sd1"]
+    graph = onnx.load(str(folder / "unet" / "model.onnx"), load_external_data=False).graph
+    fused = [node for node in graph.node if node.op_type == "MultiHeadAttention"]
+    self_attention = [node for node in graph.node if node.op_type == "MatMul" and "/attn1/to_q/" in node.name]
+    assert self_attention and len(fused) == 2 * len(self_attention)  # attn1 and attn2 of every block
+    assert all(node.domain == "com.microsoft" for node in fused)
+    assert not any(node.op_type == "Softmax" for node in graph.node)
+    for projection in ("to_q", "to_k", "to_v"):
+        names = [node.name for node in graph.node if node.op_type == "MatMul" and f"/{projection}/" in node.name]
+        assert len(names) == len(fused), projection
+    assert json.loads((folder / "edgesd.json").read_text())["onnx_attention_fused"] is True
+    if (folder / "unet" / "openvino_model.xml").exists():
+        assert "MultiHeadAttention" not in (folder / "unet" / "openvino_model.xml").read_text()

@@ -1,6 +1,7 @@
 """Oversized work is refused with a one-line error, not killed: the estimate in edgesd.memory
 against what onnxruntime really takes, and the refusal through the API and the CLI."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -34,9 +35,13 @@ print(json.dumps({"grown": grown, "estimate": memory.call_bytes(pipe.folder, wid
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_estimate_covers_what_onnxruntime_takes_without_crying_wolf(exported):
-    """tiny-sd1 at 160x120 with guidance: 1200 tokens of 8-head attention, batch 2 (92 MB of scores)."""
-    done = subprocess.run([sys.executable, "-c", MEASURE, exported["tiny-sd1"], "160", "120"], capture_output=True, text=True)
+@pytest.mark.parametrize("layout", ["edgesd", "optimum"])
+def test_estimate_covers_what_onnxruntime_takes_without_crying_wolf(layout, exported, optimum_exported):
+    """tiny-sd1 at 160x120 with guidance: the UNet's 1200 tokens of 8-head attention at batch 2 and
+    the VAE's 4800 tokens of 1 head, 92 MB of scores each. edgesd's export fuses the UNet's attention
+    (onnxruntime keeps no score matrix there), optimum's does not: the estimate must follow both."""
+    folder = exported["tiny-sd1"] if layout == "edgesd" else optimum_exported["onnx"]
+    done = subprocess.run([sys.executable, "-c", MEASURE, folder, "160", "120"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     measured = json.loads(done.stdout)
     print(measured)
@@ -51,6 +56,11 @@ def test_estimate_grows_with_attention_not_only_pixels(exported):
     assert large >= 15 * small  # tokens x4 -> scores x16
     assert memory.call_bytes(folder, 256, 256, 2, True, "onnxruntime") == 2 * large  # images in one batch
     assert memory.call_bytes(folder, 256, 256, 1, True, "openvino") < large / 50  # fused attention
+    # the UNet's score matrices count only where its attention is not fused (older exports, optimum's)
+    assert folder.manifest["onnx_attention_fused"]
+    unfused = dataclasses.replace(folder, manifest={**folder.manifest, "onnx_attention_fused": False})
+    unet, vae, _ = memory._terms(folder, 256, 256, 1, True, "onnxruntime", False)
+    assert unet == 0 and vae > 0 and memory._terms(unfused, 256, 256, 1, True, "onnxruntime", False)[0] > vae
 
 
 def test_api_refuses_what_will_not_fit(exported, monkeypatch, caplog):
@@ -65,9 +75,9 @@ def test_api_refuses_what_will_not_fit(exported, monkeypatch, caplog):
 
 
 def test_cli_refuses_an_oversized_input_in_one_line_before_loading(exported, tmp_path):
-    """tiny-sd1 (64 px native) at 512x384: 12,288-token attention; onnxruntime would take ~87 GB."""
-    if (memory.available_bytes() or 0) > 90 * 2**30:
-        pytest.skip("this machine would fit the 87 GB call")
+    """tiny-sd1 (64 px native) at 512x384: the VAE's 49,152-token attention; onnxruntime would take ~29 GB."""
+    if (memory.available_bytes() or 0) > 30 * 2**30:
+        pytest.skip("this machine would fit the 29 GB call")
     out = tmp_path / "o.png"
     done = subprocess.run([sys.executable, "-c", "from edgesd.cli import main; main()", "img2img", exported["tiny-sd1"],
                            "-i", ROOT / "examples/input.png", "-p", "x", "--backend", "onnxruntime", "-o", out],
