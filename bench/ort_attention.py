@@ -59,7 +59,7 @@ def one(model: Path, resolution: int, steps: int, image_out: Path) -> dict:
 
     class Timed:
         def __init__(self, session):
-            self.session = session
+            self.session, self.input_types = session, session.input_types
 
         def run(self, feeds):
             t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """edgesd: Stable Diffusion img2img on edge devices, without torch at inference time."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from edgesd.errors import (
     BackendUnavailableError,
