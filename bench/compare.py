@@ -24,7 +24,8 @@ Systems (`--systems`, default: all but the *-fp32 variants of the others' defaul
 How it is measured. One invocation runs `--repeat` rounds; in each round every system runs once,
 in an order rotated by one place per round, so slow drift on a shared machine hits all systems
 alike. By default (`--isolation process`) each system's turn is a fresh subprocess: load (timed),
-`--warmup` untimed calls (the first is timed as the cold first run), then `--runs` timed calls; the
+`--warmup` untimed calls (the first is timed as the cold first run; import + load + it is the time to
+the first image, what a one-image CLI run waits for), then `--runs` timed calls; the
 subprocess's peak resident memory (VmHWM) is its system's peak: whole-life (load included), and
 during the timed calls alone (the counter is reset before them). Full-size models cannot all be
 resident at once on a 24 GB machine, so this is also the only way to alternate them; the cost is a
@@ -629,6 +630,11 @@ def _run_child(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, s
             rc = None
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
     return rc, " | ".join(tail)[-500:]
+
+
+def environment() -> dict:
+    """Where a result was measured, for every bench script's JSON: the machine, package versions, commit."""
+    return {"machine": machine(), "versions": versions(), "edgesd_commit": edgesd_commit()}
 
 
 def alternate(cases: dict[str, list[str]], rounds: int) -> dict[str, list[dict]]:

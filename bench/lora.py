@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from compare import alternate, bench_image, bench_mask, edgesd_commit, machine, peak_rss_mib, versions
+from compare import alternate, bench_image, bench_mask, environment, peak_rss_mib
 
 SCHEMA = "edgesd-bench-lora/1"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
@@ -79,7 +79,7 @@ def run(model: Path, lora: Path, rounds: int, resolution: int, steps: int, backe
             "command": " ".join(["python bench/lora.py run", str(model), str(lora), f"--rounds {rounds}",
                                  f"--resolution {resolution}", f"--steps {steps}"]),
             "resolution": resolution, "steps": steps, "rounds": rounds, "summary": summary, "runs": results,
-            "machine": machine(), "versions": versions(), "edgesd_commit": edgesd_commit()}
+            **environment()}
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compare import alternate, bench_image, bench_mask, edgesd_commit, machine, peak_rss_mib, versions
+from compare import alternate, bench_image, bench_mask, environment, peak_rss_mib
 
 SCHEMA = "edgesd-bench-ort-attention/1"
 
@@ -91,7 +91,7 @@ def run(before: Path, after: Path, rounds: int, resolution: int, steps: int, wor
     return {"schema": SCHEMA, "before": str(before), "after": str(after),
             "command": f"python bench/ort_attention.py run {before} {after} --rounds {rounds} --resolution {resolution} --steps {steps}",
             "resolution": resolution, "steps": steps, "rounds": rounds, "summary": summary, "runs": runs,
-            "machine": machine(), "versions": versions(), "edgesd_commit": edgesd_commit()}
+            **environment()}
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compare import bench_image, edgesd_commit, machine, versions
+from compare import bench_image, environment
 from edgesd import Img2ImgPipeline
 from edgesd.export.fidelity import psnr, ssim
 from edgesd.image import postprocess
@@ -40,7 +40,7 @@ def measure(model: Path, vae: Path, resolution: int, steps: int, seeds: int) -> 
                      "decode_s": timings})
     return {"schema": SCHEMA, "model": str(model), "vae": str(vae), "resolution": resolution, "steps": steps,
             "psnr_mean": statistics.mean(r["psnr"] for r in rows), "ssim_mean": statistics.mean(r["ssim"] for r in rows),
-            "rows": rows, "machine": machine(), "versions": versions(), "edgesd_commit": edgesd_commit()}
+            "rows": rows, **environment()}
 
 
 def main() -> None:

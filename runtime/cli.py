@@ -440,6 +440,9 @@ def info(
     if not vae_folder:
         typer.echo("input sizes: any multiple of the VAE scale factor" if m.get("unet_any_size") else
                    f"input sizes: multiples of {m['vae_scale_factor'] * folder.unet_latent_multiple} px (fixed-2x UNet upsampling)")
+        if "onnx" in folder.formats():
+            typer.echo("onnxruntime attention: fused (MultiHeadAttention)" if m.get("onnx_attention_fused") else
+                       "onnxruntime attention: unfused, holds score matrices (re-export with edgesd >= 0.3 for less memory)")
     if verify:
         problems = folder.verify(hashes=True)
         if problems:

@@ -17,7 +17,7 @@ INPUT = ROOT / "examples" / "input.png"
 
 def edgesd(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from edgesd.cli import main; main()", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
+                          capture_output=True, text=True, cwd=cwd, timeout=600)  # a hang fails, not stalls CI
 
 
 @pytest.fixture(scope="module")
@@ -333,6 +333,7 @@ def test_info_says_mib_and_omits_unknown_revisions(model):
     done = edgesd("info", model)
     assert done.returncode == 0 and " MiB" in done.stdout and "MB " not in done.stdout
     assert "revision None" not in done.stdout and "input sizes: any multiple" in done.stdout
+    assert "onnxruntime attention: fused" in done.stdout
 
 
 def test_bench_defaults_to_the_models_native_size(exported):

@@ -36,6 +36,19 @@ def _madvise():
 _MADVISE = _madvise()
 
 
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim). Engines free the large
+    temporaries of building a session (the model's raw bytes, unoptimized weights) into the malloc
+    arena of the thread that built it, where they stay resident: after onnxruntime's sessions of
+    SD 1.5 are opened two threads at a time, RSS drops from 4.9 to 4.2 GB."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+        pass
+
+
 def release(path: str | Path) -> int:
     """Drop this process's resident pages of read-only mappings of `path`; returns the bytes advised."""
     if _MADVISE is None:
