@@ -6,12 +6,13 @@ What grows with the image, measured on tiny-sd1 (64 px native) and SD 1.5 at 512
   OpenVINO's CPU plugin fuses attention (SDPA) and does not (0.33 GB on SD 1.5 at 512), nor does
   onnxruntime's MultiHeadAttention in the UNets edgesd exports (`onnx_attention_fused`: tiny-sd1's
   UNet at 80x60 latents grows 18 MB for 92 MB of scores). Unfused (optimum's exports, edgesd <= 0.2),
-  with onnxruntime's sessions sharing one CPU arena (sessions/onnxruntime.py), its peak grows by
-  about 4.5x the largest one (tiny-sd1 at 160x120: 92 MB of scores, 397 MB; SD 1.5 at 512: 1.07 GB,
-  4.9 GB); the VAE's mid-block attention (unfused everywhere) by about 2.2x (tiny-sd1: 201 MB).
+  with onnxruntime's sessions sharing one CPU arena and no memory patterns (sessions/onnxruntime.py),
+  its peak grows by about 2.5x the largest one (tiny-sd1 at 160x120: 92 MB of scores, 208 MB; SD 1.5
+  at 512: 1.07 GB, 2.7 GB); the VAE's mid-block attention (unfused everywhere) by about 2.2x (tiny-sd1:
+  201 MB).
 - The VAE's full-resolution layers hold a few (channels x pixels) tensors at once.
 The estimate errs high (SD 1.5 at 512 on onnxruntime: 1.07 GB estimated, 1.03 GB measured with the
-fused UNet; 5.4 and 4.9 GB unfused).
+fused UNet; 3.2 and 2.7 GB unfused).
 """
 
 import os
@@ -23,7 +24,7 @@ from edgesd.sessions import BACKEND_OF_FORMAT
 
 GIB = 2**30
 # backend -> (UNet's attention unfused, fused by the export, the VAE's): score matrices held at once
-ATTENTION_SCORE_COPIES = {"onnxruntime": (5, 0, 3), "openvino": (0, 0, 0)}
+ATTENTION_SCORE_COPIES = {"onnxruntime": (3, 0, 3), "openvino": (0, 0, 0)}
 VAE_FULL_RESOLUTION_COPIES = 6
 
 
@@ -48,7 +49,7 @@ def _terms(folder: ModelFolder, width: int, height: int, num_images: int, guidan
     if low_memory and max(width, height) > folder.vae_sample_size:  # tiled: one tile at a time
         vae_pixels = folder.vae_sample_size**2
     vae_scores = num_images * (vae_pixels // scale**2) ** 2 if attention else 0
-    unfused, fused, vae_copies = ATTENTION_SCORE_COPIES.get(backend, (5, 5, 5))
+    unfused, fused, vae_copies = ATTENTION_SCORE_COPIES.get(backend, (3, 3, 3))
     unet_copies = fused if folder.manifest.get("onnx_attention_fused") else unfused
     vae_layers = VAE_FULL_RESOLUTION_COPIES * num_images * config["block_out_channels"][0] * vae_pixels
     return 4 * unet_copies * unet_scores, 4 * vae_copies * vae_scores, 4 * vae_layers

@@ -1,4 +1,5 @@
-"""Give back the pages of a memory-mapped weights file once the engine holds its own copy.
+"""Give back the pages of a memory-mapped weights file once the engine holds its own copy (and,
+trim_heap, the heap's free pages after sessions are built).
 
 OpenVINO memory-maps an IR's .bin and, compiling for the CPU, repacks the weights into buffers of
 its own (bf16, blocked layouts), yet keeps the mapping; every page it read stays resident beside
