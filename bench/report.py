@@ -166,7 +166,7 @@ def headline_section(compares: list[dict]) -> list[str]:
     lines += _table(["run", "edgesd / other", "total time", "UNet call", "peak memory"], rows)
     targets = [(d, t) for d in compares for t in d.get("targets", [])]
     if targets:
-        lines += ["", "Targets (issue 6):", ""]
+        lines += ["", "Targets (issues 6 and 15):", ""]
         rows = []
         for d, t in targets:
             met = {True: "**met**", False: "not met", None: "–"}[t["met"]]

@@ -4,8 +4,8 @@ torch.onnx writes attention as MatMul -> Softmax -> MatMul, and onnxruntime then
 score matrices (batch x heads x tokens^2 floats: 1 GB per copy on SD 1.5 at 512x512) several times
 over; its MultiHeadAttention kernel works through them block by block on the CPU (flash attention:
 tiny-sd1's UNet grows 18 MB instead of 205 MB for 92 MB of scores). Measured on the SD 1.5
-(inpainting) architecture at 512x512 (bench/ort_attention.py): peak 9.1 -> 5.3 GB, the UNet step 5%
-faster, its first call 41%, images within 1 level.
+(inpainting) architecture at 512x512 (bench/ort_attention.py): peak 6.9 -> 5.3 GB, the UNet step 7%
+faster, its first call 43%, images within 1 level.
 The pattern matching is onnxruntime's own (transformers.fusion_attention_unet), with two changes
 made by subclassing:
 - q, k and v keep their own MatMuls (onnxruntime packs self-attention's three weights into one), so
