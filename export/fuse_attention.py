@@ -44,15 +44,14 @@ def fuse_unet_attention(path: Path) -> int:
     finally:
         os.chdir(working_directory)
     fused = sum(node.op_type == "MultiHeadAttention" for node in model.model.graph.node)
-    if fused:
-        if not any(opset.domain == "com.microsoft" for opset in model.model.opset_import):
-            model.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-        _save(model.model, path)
-    if fused:
-        log.info("fused %d attention blocks of %s into MultiHeadAttention", fused, path.parent.name)
-    else:
+    if not fused:
         log.warning("no attention pattern of %s matched onnxruntime's fusion: it stays unfused (more memory on "
                     "onnxruntime)", path)
+        return 0
+    if not any(opset.domain == "com.microsoft" for opset in model.model.opset_import):
+        model.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    _save(model.model, path)
+    log.info("fused %d attention blocks of %s into MultiHeadAttention", fused, path.parent.name)
     return fused
 
 

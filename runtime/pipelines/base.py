@@ -154,9 +154,9 @@ class Pipeline:
         (graph optimizations, weight layouts) mostly on one core, so the UNet's overlaps the others'
         (SD-turbo: 6.5 -> 4.7 s; SD 1.5 (inpainting): 5.7 -> 5.0 s, RSS after opening 4.4 -> 4.2 GB
         with the heap trimmed). OpenVINO's only read their graphs here (they compile per call)."""
-        names = sorted(self.family.submodels, key=lambda name: name != "unet")
         if self.backend != "onnxruntime":  # one at a time: a hang was seen opening OpenVINO's from two threads
             return {name: self._open(name) for name in self.family.submodels}
+        names = sorted(self.family.submodels, key=lambda name: name != "unet")
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgesd-open") as pool:
             opened = dict(zip(names, pool.map(self._open, names)))
         mapped_weights.trim_heap()  # what building them left in the threads' malloc arenas
