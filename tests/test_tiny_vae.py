@@ -2,6 +2,7 @@
 model's VAE, against diffusers' img2img with vae=AutoencoderTiny by seed, in fp32, on both engines
 (same bound as test_pipeline_parity); for decoding only, against diffusers' latents decoded by it."""
 
+import dataclasses
 import json
 import shutil
 
@@ -139,8 +140,10 @@ def test_the_memory_check_sizes_the_vae_in_use(exported, tiny_vae):
     from edgesd.model_folder import open_model_folder, open_vae_folder
 
     folder, vae = open_model_folder(exported["tiny-sd1"]), open_vae_folder(tiny_vae["exported"])
+    # a UNet whose attention is not fused (optimum's export) has score matrices of its own to count
+    folder = dataclasses.replace(folder, manifest={**folder.manifest, "onnx_attention_fused": False})
     own = memory._terms(folder, 512, 512, 1, False, "onnxruntime", False)
     tiny = memory._terms(folder, 512, 512, 1, False, "onnxruntime", False, vae)
     assert own[1] > 0 and tiny[1] == 0  # the VAE's attention scores
     assert tiny[2] == own[2] // 2  # 16 full-resolution channels instead of 32
-    assert tiny[0] == own[0]  # the UNet's are the UNet's
+    assert tiny[0] == own[0] > 0  # the UNet's are the UNet's

@@ -45,7 +45,11 @@ def _share_cpu_arena(ort, options) -> None:
     """Let the session allocate from one CPU arena shared by every session of the process instead of
     an arena of its own. Arenas keep their peak; a pipeline's submodels run one after another, so one
     shared arena needs the largest submodel's peak rather than the sum of all. Measured on the SD 1.5
-    (inpainting) architecture at 512x512: 11.7 -> 9.4 GB peak, the UNet step 2% faster."""
+    (inpainting) architecture at 512x512: 11.7 -> 9.4 GB peak, the UNet step 2% faster.
+    Memory patterns go: from the second call on they allocate each run's tensors as one block planned
+    on the first, and those blocks did not fit the shared arena's chunks and grew it (SD 1.5
+    inpainting at 512: 5.3 -> 6.2 GB on the second call; without them 5.3 GB on every call, as fast)."""
+    options.enable_mem_pattern = False
     with _registering:
         if not _shared_arena:
             info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
@@ -69,10 +73,6 @@ class OnnxRuntimeSession:
                 f"`edgesd export --precision {precision}` or use --backend openvino"
             )
         options = ort.SessionOptions()
-        # From the second call on, a memory pattern allocates each run's tensors as one block planned
-        # on the first; those blocks did not fit the shared arena's chunks and grew it (SD 1.5
-        # inpainting at 512: 5.3 -> 6.2 GB on the second call; without, 5.3 GB on every call, as fast)
-        options.enable_mem_pattern = False
         if threads:
             options.intra_op_num_threads = threads
         providers = _PROVIDERS[resolve_device(device)]
