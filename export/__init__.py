@@ -199,13 +199,25 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
             }
             for name in SUBMODELS
         },
+        "support_files": support_files(folder),
         "provenance": _provenance(source, formats),
     }
 
 
+def support_files(folder: Path) -> dict:
+    """The files the runtime reads besides the engines' (tokenizer and submodel configs): covered by
+    hashes too, so a damaged tokenizer is found like a damaged UNet. Not the scheduler's config: users
+    edit it (edgesd's own errors point there), and its values are checked when read (schema.py)."""
+    files = sorted(f for f in folder.glob("*/*") if f.is_file() and (f.parent.name == "tokenizer" or f.name == "config.json")
+                   and f.parent.name != "scheduler")
+    return {f"{f.parent.name}/{f.name}": {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in files}
+
+
 def _provenance(source, formats) -> dict:
+    """Where the folder came from: a hub id or recipe as given, a local source by its folder's name
+    only (a manifest is shared with the folder; an absolute path would carry a user name)."""
     return {
-        "source": source.spec,
+        "source": Path(source.spec).name if Path(source.spec).exists() else source.spec,
         "revision": source.revision,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "options": {"formats": list(formats)},

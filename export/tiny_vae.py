@@ -29,7 +29,7 @@ def export_tiny_vae(source, folder: Path, formats) -> dict:
     from optimum.exporters.onnx import export_models
     from optimum.exporters.tasks import TasksManager
 
-    from edgesd.export import _convert_and_validate, _files, _provenance
+    from edgesd.export import _convert_and_validate, _files, _provenance, support_files
 
     vae, info = AutoencoderTiny.from_pretrained(source.folder, output_loading_info=True)
     if info.get("missing_keys"):
@@ -65,6 +65,7 @@ def export_tiny_vae(source, folder: Path, formats) -> dict:
         "vae_scale_factor": scale_factor,
         "submodels": {name: {"formats": {fmt: {"precision": "fp32", "files": _files(folder / name, fmt)} for fmt in formats},
                              "validation_max_abs_deviation": validation[name]} for name in VAE_SUBMODELS},
+        "support_files": support_files(folder),
         "provenance": _provenance(source, formats),
     }
 

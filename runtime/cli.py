@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import secrets
+import signal
 import statistics
 import sys
+import threading
 import time
 from functools import partial
 from importlib.metadata import entry_points
@@ -24,6 +26,7 @@ try:  # newer typer vendors click
 except ImportError:
     from click import exceptions as click_errors
 from edgesd.image import MAX_PIXELS
+from edgesd.schema import MAX_GUIDANCE, MAX_SIDE
 
 # Plain click help (rich's boxed tables truncate options at 80 columns).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -73,9 +76,18 @@ def run_guarded(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except EdgesdError as e:
         exit_with(e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(getattr(e, "code", 130))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that cleanups run (temporary files, claims) as on Ctrl-C."""
+    code = 143
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def exit_with(error: EdgesdError) -> None:
@@ -148,11 +160,11 @@ def _inpaint_options(
 
 
 def _outpaint_options(
-    left: int = typer.Option(0, min=0, help="Pixels to add on the left."),
-    right: int = typer.Option(0, min=0, help="Pixels to add on the right (rounded up to the model's multiple, said when it is)."),
-    top: int = typer.Option(0, min=0, help="Pixels to add on top."),
-    bottom: int = typer.Option(0, min=0, help="Pixels to add at the bottom (rounded up like --right)."),
-    overlap: Optional[int] = typer.Option(None, min=0, help="How far the repainted band reaches into the image, so the seam blends. Default: 2 latent cells (16 px on SD).", show_default=False),
+    left: int = typer.Option(0, min=0, max=MAX_SIDE, help="Pixels to add on the left."),
+    right: int = typer.Option(0, min=0, max=MAX_SIDE, help="Pixels to add on the right (rounded up to the model's multiple, said when it is)."),
+    top: int = typer.Option(0, min=0, max=MAX_SIDE, help="Pixels to add on top."),
+    bottom: int = typer.Option(0, min=0, max=MAX_SIDE, help="Pixels to add at the bottom (rounded up like --right)."),
+    overlap: Optional[int] = typer.Option(None, min=0, max=MAX_SIDE, help="How far the repainted band reaches into the image, so the seam blends. Default: 2 latent cells (16 px on SD).", show_default=False),
 ):
     """What outpaint adds to the shared options."""
 
@@ -183,7 +195,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
     from edgesd.model_folder import open_model_folder, open_vae_folder
-    from edgesd.outputs import read_parameters, save_image
+    from edgesd.outpaint import grown
+    from edgesd.outputs import read_parameters, release, save_image
     from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, resolve_settings
     from edgesd.sessions import BACKENDS, choose_backend
     from edgesd.variations import contact_sheet, parse_list, variants
@@ -191,10 +204,12 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     global _json_errors
     _json_errors = as_json
     _quiet(quiet)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     stored = run_guarded(read_parameters, replay) if replay else {}
     lists = {"strength": run_guarded(parse_list, strength, float, "--strength", 0.0, 1.0),
              "seed": run_guarded(parse_list, seed, int, "--seed", 0, 2**64 - 1),
-             "guidance_scale": run_guarded(parse_list, guidance, float, "--guidance", 0.0)}
+             "guidance_scale": run_guarded(parse_list, guidance, float, "--guidance", 0.0, MAX_GUIDANCE)}
     given = dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps, scheduler=scheduler,
                  num_images=num_images, **{k: v[0] for k, v in lists.items()})
     settings = {k: v if v is not None else stored.get(k) for k, v in given.items()}
@@ -211,18 +226,17 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         fail("--prompt is required (or --replay an image written by edgesd)")
     if iterations > 1 and (len(runs) > 1 or settings["num_images"] > 1):
         fail("--iterations chains one image: give one strength, seed and guidance, and no --num-images")
-    if task == "outpaint" and not any(task_options[side] for side in ("left", "right", "top", "bottom")) \
-            and not stored.get("extension"):
-        fail("outpaint needs pixels to add: --left, --right, --top and/or --bottom")
+    if task == "outpaint" and not any(task_options[side] for side in ("left", "right", "top", "bottom")):
+        if not stored.get("extension"):
+            fail("outpaint needs pixels to add: --left, --right, --top and/or --bottom")
+        task_options = {**task_options, **stored["extension"]}  # a replay: the stored extension
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
     if vae_decode_only and vae is None:
         fail("--vae-decode-only needs --vae FOLDER")
-    if model is None and stored.get("model_path"):  # a replay: the model folder, or the hub repo it came from
-        model = Path(stored["model_path"])
-        if not model.exists() and stored.get("hub_revision"):
-            model, revision = stored["model"], revision or stored["hub_revision"]
-    if model is None:
-        fail("MODEL is required: the model folder to run")
+    if model is None and stored.get("hub_revision"):  # a replay of a hub model: the repo and commit it came from
+        model, revision = stored["model"], revision or stored["hub_revision"]
+    if model is None:  # images carry no local paths: a local model is named again
+        fail(f"MODEL is required: the model folder to run{' (the image was made with ' + repr(stored['model']) + ')' if stored.get('model') else ''}")
     vae_folder = run_guarded(open_vae_folder, vae) if vae is not None else None
     if is_repo_id(model):  # a ready export on the hub: downloaded (or taken from the hub cache) first
         model = run_guarded(download, model, revision, backend, device, vae_folder and vae_folder.common_formats)
@@ -248,7 +262,13 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         run_guarded(load_image, mask, max_pixels, keep_gray=True)
     if not image.is_dir():
         first = run_guarded(load_image, image, max_pixels)
-        width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size)
+        width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size, max_pixels)
+        if task == "outpaint":  # the canvas, bounded before loading (the stored extension on a replay)
+            sides = {k: v for k, v in task_options.items() if k != "overlap"}
+            multiple = folder.manifest["vae_scale_factor"] * folder.unet_latent_multiple
+            base = run_guarded(target_size, first.size, 1, size, max_pixels) if size else first.size
+            right, bottom = run_guarded(grown, base, **sides, multiple=multiple, max_pixels=max_pixels)
+            width, height = base[0] + sides["left"] + right, base[1] + sides["top"] + bottom
         guided = any(r["guidance_scale"] > 1 for r in resolved)
         run_guarded(memory.check_call, folder, width, height, settings["num_images"], guided, backend, low_memory,
                     memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
@@ -260,8 +280,6 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     pipe.max_pixels = max_pixels
     load_time = time.perf_counter() - t0
     if task == "outpaint":
-        if stored.get("extension") and not any(task_options.values()):  # a replay: the stored extension
-            task_options = stored["extension"]
         run_task = partial(pipe.outpaint, **task_options)
     elif task == "inpaint":
         crop = task_options["padding_mask_crop"]
@@ -276,6 +294,10 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         for n, job in enumerate(plan.jobs, 1):
             cells, source = [], job.image
             schedule = runs if iterations == 1 else [runs[0]] * iterations
+            if why := _claim(job, overwrite, grid):  # another edgesd on the same folder has it, or has done it
+                skipped.append({"image": str(job.image), "reason": why})
+                say(f"skipped {job.image}: {why}")
+                continue
             try:
                 # inpaint keeps the input's size (the API, as diffusers, would use the native square)
                 call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
@@ -300,8 +322,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
                     say(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
                         f"{per_step:.3f}s, total {result.timings['total']:.2f}s)")
                 if grid:
-                    save_image(contact_sheet(cells), job.grid, {"grid_of": [p for d in done if d["image"] == str(job.image)
-                                                                             for p in d["outputs"]]}, overwrite)
+                    save_image(contact_sheet(cells), job.grid, {"grid_of": [Path(p).name for d in done if d["image"] == str(job.image)
+                                                                                   for p in d["outputs"]]}, overwrite)
                     say(f"wrote {job.grid}")
             except Exception as e:  # a batch goes on past any input's failure; --json reports every one
                 if len(plan.jobs) == 1 and not as_json:
@@ -311,6 +333,14 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
                 message = str(e) if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"
                 failures.append({"image": str(job.image), "error": message})
                 typer.echo(f"failed {job.image}: {message}", err=True)
+            finally:
+                release(job.outputs[0][0])
+    except KeyboardInterrupt as e:
+        finished = len({d["image"] for d in done})
+        again = "resume (finished inputs are skipped)" if image.is_dir() else "redo it"
+        typer.echo(f"interrupted: {finished} of {len(plan.jobs)} inputs finished, no partial file left; run the same "
+                   f"command again to {again}", err=True)
+        raise typer.Exit(getattr(e, "code", 130))
     finally:
         if as_json:
             typer.echo(json.dumps({"results": done, "failures": failures,
@@ -322,6 +352,19 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         if len(plan.jobs) > 1:
             typer.echo(f"error: {len(failures)} of {len(plan.jobs)} inputs failed", err=True)
         raise typer.Exit(2 if len(plan.jobs) == 1 else 1)
+
+
+def _claim(job, overwrite: bool, grid: bool) -> str | None:
+    """Claim a job's outputs for this process; why not, if another process has them or has made them meanwhile."""
+    from edgesd.jobs import files_of
+    from edgesd.outputs import claim, release
+
+    if not claim(job.outputs[0][0]):
+        return "another edgesd process is making its outputs"
+    if not overwrite and any(p.exists() for p in files_of(job, grid)):
+        release(job.outputs[0][0])
+        return "its outputs were written meanwhile (by another edgesd process?)"
+    return None
 
 
 def _own_size(source, max_pixels: int) -> tuple[int, int]:
@@ -447,7 +490,11 @@ def info(
         problems = folder.verify(hashes=True)
         if problems:
             fail(f"{folder.path} failed verification: {'; '.join(problems)}")
-        typer.echo("verified: every file matches its sha256")
+        if folder.hashed_files == 0:  # optimum's folders carry no hashes: say what was and was not checked
+            typer.echo("not verified: this folder's files have no hashes to check (not exported by edgesd); every file "
+                       "is present and not empty, and a damaged one is named when an engine cannot read it")
+        else:
+            typer.echo(f"verified: every file matches its sha256 ({folder.hashed_files} files)")
 
 
 @app.command()

@@ -8,6 +8,7 @@ from pathlib import Path, PurePath
 
 from edgesd.errors import ModelFolderError
 from edgesd.model_folder import MANIFEST, SUBMODELS
+from edgesd.schema import hub_repo_id, hub_revision
 from edgesd.sessions import BACKENDS, choose_backend
 
 log = logging.getLogger("edgesd")
@@ -24,7 +25,9 @@ def download(repo_id: str | Path, revision: str | None = None, backend: str = "a
              usable: list[str] | None = None) -> Path:
     """The local snapshot of `repo_id` with what `backend` needs (downloaded, or from the cache).
     `usable`: the formats the engine may be chosen among (e.g. those a --vae folder has too)."""
-    repo_id = PurePath(repo_id).as_posix()
+    repo_id = hub_repo_id(PurePath(repo_id).as_posix())
+    if revision is not None:  # huggingface_hub writes refs/<revision> into its cache: never a path
+        hub_revision(revision)
     listed = _remote_files(repo_id, revision)
     folder = _snapshot(repo_id, revision, _METADATA)
     present = (lambda name: name in listed) if listed is not None else (lambda name: (folder / name).exists())

@@ -33,9 +33,23 @@ def load_image(image, max_pixels: int = MAX_PIXELS, keep_gray: bool = False) -> 
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidInputError(f"image is {width}x{height}, over the limit of {max_pixels} pixels; resize it or raise the limit")
+    image = _eight_bit(image)
     if image.mode != "RGB" and not (keep_gray and image.mode == "L"):
         image = image.convert("RGB")
     return image
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale ("I;16", "I": 16-bit PNGs and TIFFs) and float ("F") images as 8-bit
+    grayscale over their full range; Pillow's own conversion would clip everything above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scaled = np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+    elif image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scaled = pixels * 255 if pixels.max(initial=0) <= 1 else pixels  # floats in [0, 1], else in [0, 255]
+    else:
+        return image
+    return Image.fromarray(np.clip(scaled.round(), 0, 255).astype(np.uint8), "L")
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
@@ -48,7 +62,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
                     f"image {path} is {opened.width}x{opened.height}, over the limit of {max_pixels} pixels; resize it or raise the limit"
                 )
             opened.load()
-            image = ImageOps.exif_transpose(opened)
+            image = _eight_bit(ImageOps.exif_transpose(opened))  # files load as diffusers' load_image does: RGB
             return image.convert("RGB") if image.mode != "RGB" else image.copy()
     except InvalidInputError:
         raise
@@ -61,9 +75,11 @@ def image_sha256(image: Image.Image) -> str:
     return hashlib.sha256(f"{image.width}x{image.height}:".encode() + image.tobytes()).hexdigest()
 
 
-def target_size(size: tuple[int, int], scale_factor: int, requested: tuple[int | None, int | None] | None = None) -> tuple[int, int]:
+def target_size(size: tuple[int, int], scale_factor: int, requested: tuple[int | None, int | None] | None = None,
+                max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """The (width, height) an input of `size` is processed at: `requested` where given (one side None
-    keeps the aspect ratio), floored to a multiple of the VAE's scale factor, as diffusers does."""
+    keeps the aspect ratio), floored to a multiple of the VAE's scale factor, as diffusers does; over
+    `max_pixels` is refused (before any resize allocates it)."""
     width, height = size
     if requested is not None and requested != (None, None):
         new_width, new_height = requested
@@ -75,6 +91,9 @@ def target_size(size: tuple[int, int], scale_factor: int, requested: tuple[int |
     width, height = width - width % scale_factor, height - height % scale_factor
     if width <= 0 or height <= 0:
         raise InvalidInputError(f"image {size[0]}x{size[1]} is smaller than {scale_factor} pixels on a side")
+    if width * height > max_pixels:
+        raise InvalidInputError(f"resizing {size[0]}x{size[1]} to {width}x{height} is over the limit of {max_pixels} pixels; "
+                                "ask for a smaller size (or raise the limit: --max-pixels, max_pixels)")
     return width, height
 
 
@@ -87,6 +106,11 @@ def preprocess(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def postprocess(decoded: np.ndarray) -> list[Image.Image]:
-    """(N, 3, H, W) decoder output in [-1, 1] -> N RGB PIL images."""
+    """(N, 3, H, W) decoder output in [-1, 1] -> N RGB PIL images; NaN or inf (an overflow, broken
+    weights or LoRA) is an error, not a black image."""
+    if not np.isfinite(decoded).all():
+        raise InvalidInputError("the run produced NaN or infinite values, so no image was written (an fp16/bf16 "
+                                "overflow, or weights or a LoRA that break the model): try --precision fp32 "
+                                "(inference_precision='fp32') or without the LoRA")
     images = np.clip(decoded / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
     return [Image.fromarray(im) for im in (images * 255).round().astype(np.uint8)]

@@ -1,13 +1,15 @@
 """What an `edgesd img2img` invocation has to do: one input or a folder of inputs. A folder run is
 resumable (inputs whose outputs all exist are skipped) and gives every input its own outputs:
-same-stem inputs (a.jpg, a.webp) are named by their full names (a.jpg.png, a.webp.png)."""
+same-stem inputs (a.jpg, a.webp) are named by their full names (a.jpg.png, a.webp.png). Everything
+about the outputs is checked before any work: they can be written, and none is an input (not even
+with --overwrite)."""
 
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgesd.errors import InvalidInputError
-from edgesd.outputs import output_paths
+from edgesd.outputs import check_writable, image_format, output_paths, remove_stale
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -30,7 +32,7 @@ def _job(image: Path, base: Path, num_images: int, suffixes: list[str]) -> Job:
     return Job(image, outputs, base.with_name(f"{base.stem}-grid.png"))
 
 
-def _files_of(job: Job, grid: bool) -> list[Path]:
+def files_of(job: Job, grid: bool) -> list[Path]:
     return [p for paths in job.outputs for p in paths] + ([job.grid] if grid else [])
 
 
@@ -42,14 +44,21 @@ def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool
     if not image.is_dir():
         if not image.is_file():
             raise InvalidInputError(f"image {image} does not exist")
-        job = _job(image, output or Path("out.png"), num_images, list(suffixes))
-        existing = [str(p) for p in _files_of(job, grid) if p.exists()]
+        output = output or Path("out.png")
+        if output.is_dir():
+            raise InvalidInputError(f"--output {output} is a folder; with one input, name the output file (e.g. {output / 'out.png'})")
+        job = _job(image, output, num_images, list(suffixes))
+        _check_outputs([image], [job], grid)
+        existing = [str(p) for p in files_of(job, grid) if p.exists()]
         if existing and not overwrite:
             raise InvalidInputError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
         return Plan([job], [])
     out_dir = output or image / "edgesd-out"
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"with a folder of inputs, --output must be a folder; {out_dir} is a file")
+    if _same(out_dir, image):
+        raise InvalidInputError(f"--output {out_dir} is the input folder: outputs would mix with (and could replace) the "
+                                f"inputs; write them to a subfolder (the default is {image / 'edgesd-out'}) or another folder")
     files = sorted(p for p in image.iterdir() if p.is_file() and not p.name.startswith("."))
     inputs = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     plan = Plan([], [(p, f"not an image input (reads {' '.join(IMAGE_SUFFIXES)})") for p in files if p not in inputs])
@@ -58,7 +67,7 @@ def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool
     planned = {}
     for path, name in _output_names(inputs).items():
         job = _job(path, out_dir / f"{name}.png", num_images, list(suffixes))
-        outputs = _files_of(job, grid)
+        outputs = files_of(job, grid)
         for file in outputs:  # e.g. a.png's a-grid.png against an input a-grid.png's own output
             if planned.setdefault(file.name.casefold(), path) != path:
                 raise InvalidInputError(f"inputs {planned[file.name.casefold()].name} and {path.name} would both write "
@@ -70,7 +79,37 @@ def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool
             plan.skipped.append((path, "its output exists (--overwrite to redo)"))
         else:
             plan.skipped.append((path, f"{len(existing)} of its {len(outputs)} outputs exist (--overwrite to redo all)"))
+    _check_outputs(inputs, plan.jobs, grid)
     return plan
+
+
+def _check_outputs(inputs: list[Path], jobs: list[Job], grid: bool) -> None:
+    """Before any work: each output is an image format, no output is an input, and every output
+    folder can be written (temporaries a killed run left there are removed)."""
+    outputs = [file for job in jobs for file in files_of(job, grid)]
+    for file in outputs:
+        image_format(file)
+    taken = {_identity(p) for p in inputs}
+    clash = next((file for file in outputs if _identity(file) in taken), None)
+    if clash is not None:
+        raise InvalidInputError(f"output {clash} is an input; choose another --output (inputs are never replaced, "
+                                "not even with --overwrite)")
+    for folder in dict.fromkeys(file.parent for file in outputs):
+        remove_stale(folder)
+        check_writable(folder, outputs[0].name)
+
+
+def _identity(path: Path):
+    """What makes two paths one file: its device and inode if it exists, else its resolved path."""
+    try:
+        stat = path.stat()
+        return stat.st_dev, stat.st_ino
+    except OSError:
+        return str(path.resolve()).casefold()
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and _identity(a) == _identity(b)
 
 
 def _output_names(inputs: list[Path]) -> dict[Path, str]:

@@ -1,8 +1,9 @@
 """LoRA files, read and merged into a model's weights when a pipeline loads (no re-export).
 
-Written by hand because the runtime is torch-free: diffusers/peft merge LoRAs in torch. The files
-are read with safetensors' numpy API; each engine session (sessions/onnxruntime.py, openvino.py)
-finds the weights in its own graph and asks `LoraMerge.deltas` what to add to them.
+Written by hand because the runtime is torch-free: diffusers/peft merge LoRAs in torch. The files'
+headers are checked by safetensors, their tensors read from their bytes here; each engine session
+(sessions/onnxruntime.py, openvino.py) finds the weights in its own graph and asks `LoraMerge.deltas`
+what to add to them.
 
 Formats read:
 - diffusers/peft: `unet.<module>.lora_A.weight` / `.lora_B.weight` (and `text_encoder.`), diffusers'
@@ -13,21 +14,38 @@ Formats read:
   (`input_blocks_4_1_...`, `middle_block_1_...`, `output_blocks_...`, `in_layers_2` ...).
 
 The delta of a module is weight x alpha / rank x up @ down, as diffusers fuses it (fuse_lora with
-lora_scale, or set_adapters' weights); several LoRAs add up."""
+lora_scale, or set_adapters' weights); several LoRAs add up.
+
+Refused with a LoraError naming the file and the key or field (a hostile or broken file never ends in
+a traceback, nor in weights that make black images): headers safetensors rejects; tensors that are not
+float16/bfloat16/float32/float64, or hold NaN/inf (also once in float32, which deltas are computed in);
+down/up matrices that are not 2-d (linear) or 4-d (conv) with every side >= 1 (so rank >= 1), or
+that do not fit together; alphas that are not one finite number within ±MAX_ALPHA; weights beyond
+±MAX_WEIGHT; adapter metadata that is not a JSON object of peft's LoraConfig fields with the right
+types (_AdapterConfig); and, when merging, weights a delta would take beyond float16's range."""
 
 import json
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Annotated, Iterable, Iterator
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from edgesd.errors import InvalidInputError
 from edgesd.model_folder import sha256
 
 SUBMODELS = ("text_encoder", "unet")  # the submodels LoRAs change
 QUANTIZED = "quantized (int8)"  # what engines say of a weight that is not stored as floats
+# A LoRA's weight: users set -2..2, slider LoRAs up to about ±10; beyond ±100 no image survives it.
+MAX_WEIGHT = 100.0
+# An alpha: trained ones are about the rank or below (ranks are at most a few thousand), so ±1e6 refuses
+# only nonsense, and keeps weight x alpha / rank (<= 1e8) far inside float32, which deltas are computed in.
+MAX_ALPHA = 1e6
+# The largest merged weight: float16's; engines compute in fp16 on GPUs, where a larger one is inf.
+MAX_MERGED = float(np.finfo(np.float16).max)
 _DIFFUSERS = re.compile(r"(unet|text_encoder|text_encoder_2)\.(.+?)\.(lora_A|lora_B|lora\.down|lora\.up|"
                         r"lora_linear_layer\.down|lora_linear_layer\.up)(\.default)?\.weight")
 _KOHYA = re.compile(r"(lora_unet|lora_te|lora_te1|lora_te2)_(.+?)\.(lora_down|lora_up)\.weight")
@@ -35,10 +53,20 @@ _ALPHA = re.compile(r"(?:(unet|text_encoder|text_encoder_2)\.(.+)|(lora_unet|lor
 _SUBMODEL = {"unet": "unet", "lora_unet": "unet", "text_encoder": "text_encoder", "lora_te": "text_encoder",
              "lora_te1": "text_encoder", "text_encoder_2": "text_encoder_2", "lora_te2": "text_encoder_2"}
 _DOWN = ("lora_A", "lora.down", "lora_linear_layer.down", "lora_down")
+_FLOATS = {"F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8"}  # safetensors' dtype -> numpy's for its bytes
+_Alpha = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ALPHA, le=MAX_ALPHA)]
 
 
 class LoraError(InvalidInputError):
     """A LoRA file that cannot be applied to this model as it is."""
+
+
+class _AdapterConfig(BaseModel):
+    """The fields of peft's LoraConfig that edgesd uses, as diffusers stores them for one submodel."""
+    model_config = ConfigDict(extra="ignore")
+    lora_alpha: _Alpha = 8.0  # peft's default
+    alpha_pattern: dict[str, _Alpha] | None = None
+    use_rslora: StrictBool = False
 
 
 @dataclass
@@ -61,8 +89,9 @@ class Layer:
         alpha = rank if self.alpha is None else self.alpha
         up = self.up.astype(np.float32).reshape(self.up.shape[0], rank)
         down = self.down.astype(np.float32).reshape(rank, -1)
-        delta = up @ down
-        delta *= np.float32(weight * alpha / rank)
+        with np.errstate(over="ignore", invalid="ignore"):  # add_delta refuses weights that overflow
+            delta = up @ down
+            delta *= np.float32(weight * alpha / rank)
         return delta.reshape(self.shape)
 
 
@@ -86,111 +115,156 @@ def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
         raise LoraError(f"LoRA file {path} does not exist")
     if path.suffix != ".safetensors":
         raise LoraError(f"LoRA {path.name}: only .safetensors files are read (pickled .pt/.ckpt files can run code)")
-    if not np.isfinite(weight):
-        raise LoraError(f"LoRA {path.name}: its weight must be a finite number, got {weight}")
-    metadata, tensors = _read_tensors(path)
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not abs(weight) <= MAX_WEIGHT:
+        raise LoraError(f"LoRA {path.name}: its weight must be a finite number within ±{MAX_WEIGHT:g}, got {weight!r}")
+    metadata, entries = _read_header(path)
     lora = Lora(path, float(weight), sha256(path))
-    unknown = []
-    for key, tensor in tensors.items():
-        if match := _DIFFUSERS.fullmatch(key):
-            submodel, name, kind, underscored = match[1], match[2], match[3], False
-        elif match := _KOHYA.fullmatch(key):
-            submodel, name, kind, underscored = _SUBMODEL[match[1]], match[2], match[3], True
-        elif match := _ALPHA.fullmatch(key):
-            submodel = _SUBMODEL[match[1] or match[3]]
-            name, kind, underscored = match[2] or match[4], "alpha", match[3] is not None
-        else:
-            unknown.append(key)
-            continue
-        layer = lora.layers.setdefault(submodel, {}).setdefault(name, Layer(name, underscored))
-        part = "alpha" if kind == "alpha" else "down" if kind in _DOWN else "up"
-        if getattr(layer, part) is not None:
-            raise LoraError(f"LoRA {path.name} has {name}'s {part} twice (under two names)")
-        if kind == "alpha":
-            if tensor.size != 1:
-                raise LoraError(f"LoRA {path.name}: {key} should hold one number, it has shape {tensor.shape}")
-            layer.alpha = float(tensor.reshape(-1)[0])
-        elif kind in _DOWN:
-            layer.down = tensor
-        else:
-            layer.up = tensor
+    parsed = {key: _parse_key(key) for key in entries}
+    unknown = [key for key, parts in parsed.items() if parts is None]
     if unknown:
         kinds = "LyCORIS (LoHa, LoKr, Tucker lora_mid), DoRA or full-weight layers, which edgesd does not merge" if any(
             re.search(r"hada_|lokr_|lora_mid|dora_scale|magnitude|\.diff(_b)?$", k) for k in unknown) \
             else "not LoRA layers edgesd knows"
         raise LoraError(f"LoRA {path.name} has keys that are {kinds}: {_listing(unknown)}")
+    for key, (submodel, name, part, underscored) in parsed.items():
+        layer = lora.layers.setdefault(submodel, {}).setdefault(name, Layer(name, underscored))
+        if getattr(layer, part) is not None:
+            raise LoraError(f"LoRA {path.name} has {_shown(name)}'s {part} twice (under two names)")
+        tensor = _checked_tensor(path, key, part, _read_tensor(path, key, entries[key]))
+        setattr(layer, part, float(tensor.reshape(-1)[0]) if part == "alpha" else tensor)
     if "text_encoder_2" in lora.layers:
         raise LoraError(f"LoRA {path.name} has layers for a second text encoder (an SDXL LoRA); this model has one")
     for submodel, layers in lora.layers.items():
         incomplete = [name for name, layer in layers.items() if layer.down is None or layer.up is None]
         if incomplete:
             raise LoraError(f"LoRA {path.name} is incomplete: no down/up pair for {_listing(incomplete)}")
-        mismatched = [name for name, layer in layers.items() if layer.up.ndim not in (2, 4) or layer.up.shape[1] != layer.down.shape[0]
-                      or any(side != 1 for side in layer.up.shape[2:])]
-        if mismatched:
-            raise LoraError(f"LoRA {path.name}: the down and up matrices of {_listing(mismatched)} do not fit together")
+        for name, layer in layers.items():
+            if layer.up.shape[1] != layer.down.shape[0] or any(side != 1 for side in layer.up.shape[2:]):
+                raise LoraError(f"LoRA {path.name}: the down {layer.down.shape} and up {layer.up.shape} matrices of "
+                                f"{_shown(name)} do not fit together (a down of (rank, in[, kh, kw]) takes an up of "
+                                "(out, rank[, 1, 1]))")
         _apply_metadata_alphas(layers, _adapter_config(metadata, submodel, path))
     if not lora.layers:
         raise LoraError(f"LoRA {path.name} has no layers")
     return lora
 
 
-def _read_tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metadata, tensors) with safetensors' numpy API; bf16 tensors (numpy has no bf16, and kohya
-    often saves in it) are widened to float32 from their bytes, located by the file's header."""
+def _parse_key(key: str) -> tuple[str, str, str, bool] | None:
+    """(submodel, module name, "down"/"up"/"alpha", underscored) of a key in one of the formats above."""
+    if match := _DIFFUSERS.fullmatch(key):
+        return match[1], match[2], "down" if match[3] in _DOWN else "up", False
+    if match := _KOHYA.fullmatch(key):
+        return _SUBMODEL[match[1]], match[2], "down" if match[3] in _DOWN else "up", True
+    if match := _ALPHA.fullmatch(key):
+        return _SUBMODEL[match[1] or match[3]], match[2] or match[4], "alpha", match[3] is not None
+    return None
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, list[int], int, int]]]:
+    """(metadata, key -> (dtype, shape, start, end) of its bytes in the file). safetensors checks the
+    header first (its length, JSON, metadata of strings, dtypes, shapes, and offsets that match them and
+    tile the file), so what is read here from the same header can be trusted."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with open(path, "rb") as raw:
-            size = int.from_bytes(raw.read(8), "little")
-            header = json.loads(raw.read(size)) if size < 100 * 2**20 else {}
-            bf16 = {}
-            for key, entry in header.items():
-                if isinstance(entry, dict) and entry.get("dtype") == "BF16":
-                    start, end = entry["data_offsets"]
-                    raw.seek(8 + size + start)
-                    bits = np.frombuffer(raw.read(end - start), "<u2").astype(np.uint32) << 16
-                    bf16[key] = bits.view(np.float32).reshape(entry["shape"])
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
-            tensors = {key: bf16[key] if key in bf16 else f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
-        raise LoraError(f"LoRA {path.name} cannot be read as safetensors: {e}") from None
-    return metadata, tensors
+        with open(path, "rb") as raw:
+            size = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(size))
+        header.pop("__metadata__", None)
+        entries = {key: (entry["dtype"], entry["shape"], *(8 + size + offset for offset in entry["data_offsets"]))
+                   for key, entry in header.items()}
+    except (SafetensorError, OSError, ValueError, LookupError, TypeError, AttributeError) as e:
+        raise LoraError(f"LoRA {path.name} cannot be read as safetensors: {_shown(str(e), 200)}") from None
+    return metadata, entries
 
 
-def _adapter_config(metadata: dict, submodel: str, path: Path) -> dict:
-    """peft's LoraConfig for `submodel` as diffusers stores it (keys prefixed with the submodel)."""
+def _read_tensor(path: Path, key: str, entry: tuple[str, list[int], int, int]) -> np.ndarray:
+    """A tensor from its bytes; bf16 (numpy has none, and kohya often saves in it) widened to float32."""
+    dtype, shape, start, end = entry
+    if dtype not in _FLOATS:
+        kind = re.sub(r"^(BF|I|U|F|C)(?=\d)", lambda m: {"BF": "bfloat", "I": "int", "U": "uint", "F": "float",
+                                                         "C": "complex"}[m[1]], dtype).lower()
+        raise LoraError(f"LoRA {path.name}: {_shown(key)} holds {kind} values; LoRA weights are floats (float16, "
+                        "bfloat16, float32 or float64)")
+    try:
+        with open(path, "rb") as raw:
+            raw.seek(start)
+            tensor = np.frombuffer(raw.read(end - start), _FLOATS[dtype]).reshape(shape)
+    except (OSError, ValueError) as e:  # the file changed since its header was checked
+        raise LoraError(f"LoRA {path.name} cannot be read as safetensors: {_shown(key)}: {e}") from None
+    return (tensor.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else tensor
+
+
+def _checked_tensor(path: Path, key: str, part: str, tensor: np.ndarray) -> np.ndarray:
+    """`tensor` if it is finite (in float32 too) and of a shape its part ("down", "up", "alpha") can have."""
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(tensor.astype(np.float32)).all()
+    if not finite:
+        raise LoraError(f"LoRA {path.name}: {_shown(key)} holds NaN/inf values (or values beyond float32's range, "
+                        "which edgesd computes LoRAs in); LoRA weights must be finite")
+    if part == "alpha":
+        if tensor.size != 1:
+            raise LoraError(f"LoRA {path.name}: {_shown(key)} should hold one number, it has shape {tensor.shape}")
+        if not abs(alpha := float(tensor.reshape(-1)[0])) <= MAX_ALPHA:
+            raise LoraError(f"LoRA {path.name}: {_shown(key)} is {alpha:g}; alphas are within ±{MAX_ALPHA:,.0f}")
+    elif tensor.ndim not in (2, 4) or 0 in tensor.shape:
+        raise LoraError(f"LoRA {path.name}: {_shown(key)} has shape {tensor.shape}; LoRA {part} matrices are 2-d "
+                        "(linear) or 4-d (conv), with every side at least 1")
+    return tensor
+
+
+def _adapter_config(metadata: dict[str, str], submodel: str, path: Path) -> _AdapterConfig | None:
+    """peft's LoraConfig for `submodel` as diffusers stores it (keys prefixed with the submodel), checked."""
     raw = metadata.get("lora_adapter_metadata")
     if not raw:
-        return {}
+        return None
     try:
         config = json.loads(raw)
-    except ValueError:
-        raise LoraError(f"LoRA {path.name}: its lora_adapter_metadata is not JSON") from None
+    except (ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        raise LoraError(f"LoRA {path.name}: its lora_adapter_metadata is not JSON of an object (peft's LoraConfig "
+                        "fields, prefixed with the submodel)")
     prefix = f"{submodel}."
     config = {key[len(prefix):]: value for key, value in config.items() if key.startswith(prefix)}
-    if config.get("use_rslora"):
+    if not config:
+        return None
+    try:
+        checked = _AdapterConfig.model_validate(config)
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = f"{submodel}.{error['loc'][0]}" + "".join(f"[{part!r}]" for part in error["loc"][1:])
+        raise LoraError(f"LoRA {path.name}: its lora_adapter_metadata's {_shown(where)} is "
+                        f"{_shown(repr(error['input']), 40)}: {error['msg'][0].lower()}{error['msg'][1:]}") from None
+    if checked.use_rslora:
         raise LoraError(f"LoRA {path.name} is rank-stabilized (use_rslora), which edgesd does not merge")
-    return config
+    return checked
 
 
-def _apply_metadata_alphas(layers: dict[str, Layer], config: dict) -> None:
+def _apply_metadata_alphas(layers: dict[str, Layer], config: _AdapterConfig | None) -> None:
     """peft's alpha: alpha_pattern's entry whose key ends the module's name, else lora_alpha (peft's
     default 8 when the config leaves it out). `.alpha` tensors in the file come first."""
-    if not config:
+    if config is None:
         return
-    patterns = config.get("alpha_pattern") or {}
+    patterns = config.alpha_pattern or {}
     for name, layer in layers.items():
         if layer.alpha is not None:
             continue
         matched = [alpha for pattern, alpha in patterns.items() if re.fullmatch(rf"(.*\.)?({re.escape(pattern)})", name)]
-        layer.alpha = float(matched[0] if matched else config.get("lora_alpha", 8))
+        layer.alpha = matched[0] if matched else config.lora_alpha
 
 
 def _listing(names: Iterable[str], most: int = 6) -> str:
     names = sorted(names)
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+    return ", ".join(map(_shown, names[:most])) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _shown(text: str, most: int = 80) -> str:
+    """A name from a file, fit for a one-line message: escaped to printable ASCII, cut at `most` characters."""
+    text = ascii(text)[1:-1]
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 class LoraMerge:
@@ -211,7 +285,8 @@ class LoraMerge:
         for module, layers in self.targets(modules).items():
             total = layers[0][1].delta(layers[0][0].weight)
             for lora, layer in layers[1:]:
-                total += layer.delta(lora.weight).reshape(total.shape)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    total += layer.delta(lora.weight).reshape(total.shape)
             yield module, total
 
     def targets(self, modules: dict[str, tuple | str]) -> dict[str, list[tuple[Lora, Layer]]]:
@@ -308,13 +383,19 @@ def shared_by(weights: dict[str, tuple], modules: dict[str, tuple | str]) -> Non
 
 def add_delta(base: np.ndarray, delta: np.ndarray, transposed: bool, module: str) -> np.ndarray:
     """base + delta computed in float32, returned in base's dtype. `transposed`: the graph stores the
-    weight as (in, out), as torch.onnx does for MatMul; a delta whose shape does not fit is an error."""
+    weight as (in, out), as torch.onnx does for MatMul; a delta whose shape does not fit is an error, and
+    so is one that takes the weight beyond ±MAX_MERGED (finite LoRA values can still multiply to inf)."""
     delta = delta.reshape(delta.shape[0], -1)
     if transposed:
         delta = delta.T
     if delta.size != base.size or delta.shape[0] != base.shape[0]:
         raise LoraError(f"LoRA layer {module} has shape {delta.shape}, the model's weight {base.shape}")
-    return (base.astype(np.float32) + delta.reshape(base.shape)).astype(base.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        merged = base.astype(np.float32) + delta.reshape(base.shape)
+    if not np.all(np.abs(merged) <= MAX_MERGED):
+        raise LoraError(f"the LoRAs take the weight of {module} beyond ±{MAX_MERGED:g} (float16's range) or to NaN; "
+                        "lower their weights, or leave out the LoRA whose values are that large")
+    return merged.astype(base.dtype)
 
 
 def module_of(node_name: str) -> str | None:

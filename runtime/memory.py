@@ -26,6 +26,9 @@ GIB = 2**30
 # backend -> (UNet's attention unfused, fused by the export, the VAE's): score matrices held at once
 ATTENTION_SCORE_COPIES = {"onnxruntime": (3, 0, 3), "openvino": (0, 0, 0)}
 VAE_FULL_RESOLUTION_COPIES = 6
+# The UNet's first level (block_out_channels[0] x latent pixels per image) also grows with the image on
+# every engine, tiled VAE or not; a resnet holds its input, normalised input, output and skip at once.
+UNET_FULL_RESOLUTION_COPIES = 4
 
 
 def _heads(unet: dict, level: int) -> int:
@@ -34,9 +37,10 @@ def _heads(unet: dict, level: int) -> int:
 
 
 def _terms(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
-           low_memory: bool, vae: ModelFolder | None = None) -> tuple[int, int, int]:
+           low_memory: bool, vae: ModelFolder | None = None) -> tuple[int, int, int, int]:
     """Bytes of what grows with the image: the UNet's attention, the VAE's attention, its full-resolution
-    layers. `vae`: a VAE folder used in place of the model's (a tiny VAE has no attention)."""
+    layers, the UNet's full-resolution layers. `vae`: a VAE folder used in place of the model's (a tiny
+    VAE has no attention)."""
     scale = folder.manifest["vae_scale_factor"]
     tokens = (width // scale) * (height // scale)
     unet = folder.unet_config
@@ -52,7 +56,8 @@ def _terms(folder: ModelFolder, width: int, height: int, num_images: int, guidan
     unfused, fused, vae_copies = ATTENTION_SCORE_COPIES.get(backend, (3, 3, 3))
     unet_copies = fused if folder.manifest.get("onnx_attention_fused") else unfused
     vae_layers = VAE_FULL_RESOLUTION_COPIES * num_images * config["block_out_channels"][0] * vae_pixels
-    return 4 * unet_copies * unet_scores, 4 * vae_copies * vae_scores, 4 * vae_layers
+    unet_layers = UNET_FULL_RESOLUTION_COPIES * unet_batch * unet["block_out_channels"][0] * tokens
+    return 4 * unet_copies * unet_scores, 4 * vae_copies * vae_scores, 4 * vae_layers, 4 * unet_layers
 
 
 def call_bytes(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
@@ -90,7 +95,7 @@ def check_call(folder: ModelFolder, width: int, height: int, num_images: int, gu
     """Raise InvalidInputError, naming what would help, when the call (plus `loading` bytes of
     weights still to load) needs more than is available (EDGESD_MEMORY_CHECK=0 skips the check).
     `vae`: a VAE folder that replaces the model's VAE for encoding and decoding."""
-    unet_attention, vae_attention, vae_layers = terms = _terms(folder, width, height, num_images, guidance, backend,
+    unet_attention, vae_attention, vae_layers, _ = terms = _terms(folder, width, height, num_images, guidance, backend,
                                                                low_memory, vae)
     needed = max(terms) + loading
     available = available_bytes()

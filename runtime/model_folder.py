@@ -9,12 +9,11 @@ from pathlib import Path
 
 from edgesd.cache import cache_root
 from edgesd.errors import ModelFolderError
+from edgesd.schema import (FORMAT_VERSION, SUBMODELS, VAE_SUBMODELS, SchedulerConfig, UNetConfig, VaeConfig, check_config,
+                           check_manifest)
 from edgesd.sessions import BACKEND_OF_FORMAT
 
-FORMAT_VERSION = 1
 MANIFEST = "edgesd.json"
-SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-VAE_SUBMODELS = ("vae_encoder", "vae_decoder")  # what a VAE folder (kind "vae", e.g. a tiny VAE) holds
 DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
 
 
@@ -39,7 +38,8 @@ class ModelFolder:
 
     @property
     def vae_config(self) -> dict:
-        return _read_json(self.path / "vae_decoder" / "config.json")
+        file = self.path / "vae_decoder" / "config.json"
+        return check_config(VaeConfig, _read_json(file), file)
 
     @property
     def vae_sample_size(self) -> int:
@@ -55,7 +55,8 @@ class ModelFolder:
 
     @property
     def unet_config(self) -> dict:
-        return _read_json(self.path / "unet" / "config.json")
+        file = self.path / "unet" / "config.json"
+        return check_config(UNetConfig, _read_json(file), file)
 
     @property
     def unet_latent_multiple(self) -> int:
@@ -68,7 +69,8 @@ class ModelFolder:
 
     @property
     def scheduler_config(self) -> dict:
-        return _read_json(self.path / "scheduler" / "scheduler_config.json")
+        file = self.path / "scheduler" / "scheduler_config.json"
+        return check_config(SchedulerConfig, _read_json(file), file)
 
     @property
     def common_formats(self) -> list[str]:
@@ -83,30 +85,38 @@ class ModelFolder:
         return self.path / submodel / BACKEND_OF_FORMAT[fmt].main_file
 
     def verify(self, hashes: bool = True, formats: list[str] | None = None, stamps: dict | None = None) -> list[str]:
-        """Problems found: missing files, wrong sizes and (if `hashes`) sha256 mismatches, for all
-        formats or only `formats`. With `stamps` ({path: [size, mtime_ns, sha256]}, updated here),
-        a file already verified and unchanged since is not hashed again."""
+        """Problems found: missing or empty files, wrong sizes and (if `hashes`) sha256 mismatches, for
+        all formats or only `formats`, and the files every format shares (tokenizer, configs). With
+        `stamps` ({path: [size, mtime_ns, ctime_ns, inode, sha256]}, updated here), a file verified
+        before and unchanged since is not hashed again."""
+        listed = [(f"{submodel}/{name}", meta) for submodel, entry in self.manifest["submodels"].items()
+                  for fmt, info in entry["formats"].items() if formats is None or fmt in formats
+                  for name, meta in info.get("files", {}).items()]
         problems = []
-        for submodel, entry in self.manifest["submodels"].items():
-            for fmt, info in entry["formats"].items():
-                if formats is not None and fmt not in formats:
-                    continue
-                for name, meta in info.get("files", {}).items():
-                    file = self.path / submodel / name
-                    if not file.is_file():
-                        problems.append(f"{submodel}/{name}: missing")
-                    elif "bytes" in meta and file.stat().st_size != meta["bytes"]:
-                        problems.append(f"{submodel}/{name}: {file.stat().st_size} bytes, expected {meta['bytes']}")
-                    elif hashes and "sha256" in meta and not _hash_matches(file, meta["sha256"], stamps):
-                        problems.append(f"{submodel}/{name}: sha256 mismatch (file changed or corrupt)")
+        for name, meta in listed + list(self.manifest.get("support_files", {}).items()):
+            file = self.path / name
+            if not file.is_file():
+                problems.append(f"{name}: missing")
+            elif file.stat().st_size != meta.get("bytes", file.stat().st_size) or file.stat().st_size == 0:
+                problems.append(f"{name}: {file.stat().st_size} bytes, expected {meta.get('bytes', 'more')}")
+            elif hashes and "sha256" in meta and not _hash_matches(file, meta["sha256"], stamps):
+                problems.append(f"{name}: sha256 mismatch (file changed or corrupt)")
         return problems
+
+    @property
+    def hashed_files(self) -> int:
+        """How many of its files the manifest gives a sha256 for (none in optimum's folders)."""
+        return sum("sha256" in meta for entry in self.manifest["submodels"].values() for info in entry["formats"].values()
+                   for meta in info.get("files", {}).values()) + sum("sha256" in meta for meta in self.manifest.get("support_files", {}).values())
 
     def verify_once(self, formats: list[str]) -> None:
         """Hash the files of `formats` the first time they are used (and after they change); raise on a mismatch."""
         stamps_file = cache_root() / "verified.json"
         try:
             stamps = json.loads(stamps_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            stamps = {}
+        if not isinstance(stamps, dict):  # a damaged cache file costs only re-hashing
             stamps = {}
         problems = self.verify(hashes=True, formats=formats, stamps=stamps)
         if problems:
@@ -121,8 +131,8 @@ class ModelFolder:
 
 
 def _hash_matches(file: Path, expected: str, stamps: dict | None) -> bool:
-    stat = file.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns, expected]
+    stat = file.stat()  # ctime and inode change whenever the content does, even if size and mtime are restored
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, expected]
     key = str(file.resolve())
     if stamps is not None and stamps.get(key) == stamp:
         return True
@@ -143,11 +153,14 @@ def sha256(file: Path) -> str:
 
 def _read_json(file: Path) -> dict:
     try:
-        return json.loads(file.read_text())
+        data = json.loads(file.read_text())
     except FileNotFoundError:
         raise ModelFolderError(f"{file} is missing; re-export the model with `edgesd export`") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ModelFolderError(f"{file} is unreadable ({e}); re-export the model with `edgesd export`") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{file} holds a JSON {type(data).__name__}, not an object; re-export the model with `edgesd export`")
+    return data
 
 
 def open_model_folder(path: str | Path) -> ModelFolder:
@@ -201,11 +214,7 @@ def _present_formats(path: Path, manifest: dict) -> dict:
 
 
 def _read_manifest(path: Path) -> dict:
-    manifest = _read_json(path / MANIFEST)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelFolderError(f"{path} has model-folder format {version!r}; this edgesd reads up to {FORMAT_VERSION}: upgrade edgesd")
-    return manifest
+    return check_manifest(_read_json(path / MANIFEST), path / MANIFEST)
 
 
 def _checked(folder: ModelFolder) -> ModelFolder:
@@ -220,18 +229,21 @@ def _manifest_from_optimum_folder(path: Path) -> dict:
     if (path / "text_encoder_2").is_dir() or _read_json(path / "unet" / "config.json").get("addition_embed_type") == "text_time":
         return {"family": "sdxl"}  # refused by the caller with the families this runtime has
     submodels = {}
-    for submodel in SUBMODELS:
-        formats = {fmt: {"files": {b.main_file: {}}} for fmt, b in BACKEND_OF_FORMAT.items()
-                   if (path / submodel / b.main_file).exists()}
+    for submodel in SUBMODELS:  # every file the engine reads must be there and not empty (checked by _checked)
+        formats = {fmt: {"files": {name: {} for name in b.files if name == b.main_file or name.endswith(".bin")
+                                   or (path / submodel / name).exists()}}
+                   for fmt, b in BACKEND_OF_FORMAT.items() if (path / submodel / b.main_file).exists()}
         if not formats:
             raise ModelFolderError(
                 f"{path} is not a model folder: {submodel}/ has neither model.onnx nor openvino_model.xml "
                 f"(and there is no {MANIFEST}); export it with `edgesd export SOURCE -o {path}`"
             )
         submodels[submodel] = {"formats": formats}
-    vae = _read_json(path / "vae_decoder" / "config.json")
+    vae = check_config(VaeConfig, _read_json(path / "vae_decoder" / "config.json"), path / "vae_decoder" / "config.json")
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
-    return {
+    tokenizer = ["tokenizer/tokenizer.json"] if (path / "tokenizer/tokenizer.json").exists() else ["tokenizer/vocab.json",
+                                                                                                  "tokenizer/merges.txt"]
+    return check_manifest({
         "format_version": FORMAT_VERSION,
         "family": "sd",
         "prediction_type": scheduler.get("prediction_type", "epsilon"),
@@ -239,5 +251,7 @@ def _manifest_from_optimum_folder(path: Path) -> dict:
         "vae_scaling_factor": vae.get("scaling_factor", 0.18215),
         "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
         "submodels": submodels,
+        "support_files": {name: {} for name in [*tokenizer, "scheduler/scheduler_config.json",
+                                                *(f"{s}/config.json" for s in ("unet", "vae_decoder"))]},
         "provenance": {"source": "optimum export (no edgesd.json)"},
-    }
+    }, path / "scheduler" / "scheduler_config.json")

@@ -1,8 +1,12 @@
 """Writing images: atomically (temp file + rename), never over an existing file unless asked,
-with the generation parameters inside: a PNG text chunk, or EXIF UserComment in JPEG and WebP."""
+with the generation parameters inside: a PNG text chunk, or EXIF UserComment in JPEG and WebP.
+Temporary files and claims (an output another edgesd process is making) carry the writer's pid, so
+those a killed process left are recognised and removed by the next run."""
 
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -10,6 +14,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from edgesd.errors import InvalidInputError
+from edgesd.schema import check_parameters
 
 PARAMETERS_KEY = "edgesd"
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
@@ -28,7 +33,7 @@ def _write_atomic(path: Path, write, overwrite: bool = True) -> None:
     """write(file object) into a temp file beside `path`, then move it there: readers never see half
     a file. Without `overwrite`, an existing `path` (even one that appeared meanwhile) is kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -67,11 +72,99 @@ def write_text_atomic(path: Path, text: str) -> None:
     _write_atomic(path, lambda f: f.write(text.encode()))
 
 
-def save_image(image: Image.Image, path: Path, parameters: dict, overwrite: bool = True) -> None:
-    """Save in the format the suffix names, with `parameters` inside (PNG, JPEG, WebP)."""
+def image_format(path: Path) -> str:
+    """The format Pillow writes for `path`'s suffix, or InvalidInputError."""
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise InvalidInputError(f"cannot write {path}: unknown image format {path.suffix!r}; use .png, .jpg or .webp")
+    return fmt
+
+
+def check_writable(folder: Path, name: str) -> None:
+    """Can `name` be written into `folder`? Tried with a temporary file before any work; a folder
+    still to be made is checked at the nearest one that exists (nothing is created here)."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists() or p == p.parent)
+    try:
+        if existing != folder.absolute() and not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+        fd, probe = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InvalidInputError(f"cannot write outputs in {folder}: {e.strerror or e}; choose another --output") from None
+
+
+def claim(path: Path) -> bool:
+    """Mark `path` as being made by this process (a `.NAME.claim` file beside it holding our pid);
+    False if another live process has claimed it. A claim whose process is gone is taken over."""
+    marker = _claim_file(path)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _alive(_pid_in(marker)):
+                return False
+            marker.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(path: Path) -> None:
+    marker = _claim_file(path)
+    if _pid_in(marker) == os.getpid():
+        marker.unlink(missing_ok=True)
+
+
+def remove_stale(folder: Path) -> None:
+    """Delete the temporary files and claims in `folder` that processes no longer running left behind."""
+    if not folder.is_dir():
+        return
+    for file in folder.glob(".*"):
+        if match := _TEMPORARY.fullmatch(file.name):
+            pid = int(match[1])
+        elif file.name.endswith(".claim"):
+            pid = _pid_in(file)
+        else:
+            continue
+        if not _alive(pid):
+            file.unlink(missing_ok=True)
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp")  # _write_atomic's: .NAME.PID.RANDOM.tmp
+
+
+def _claim_file(path: Path) -> Path:
+    return path.with_name(f".{path.name}.claim")
+
+
+def _pid_in(marker: Path) -> int | None:
+    try:
+        return int(marker.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None or pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C there: assume it runs
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def save_image(image: Image.Image, path: Path, parameters: dict, overwrite: bool = True) -> None:
+    """Save in the format the suffix names, with `parameters` inside (PNG, JPEG, WebP)."""
+    fmt = image_format(path)
     text = json.dumps(parameters, ensure_ascii=True)
     options = {}
     if fmt == "PNG":
@@ -94,11 +187,12 @@ def read_parameters(path: Path) -> dict:
                 comment = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
                 if isinstance(comment, bytes) and comment.startswith(_ASCII):
                     text = comment[len(_ASCII):].decode("ascii")
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InvalidInputError(f"cannot read {path}: {e}") from None
     if not text:
         raise InvalidInputError(f"{path} carries no edgesd parameters (only images written by edgesd img2img do)")
     try:
-        return json.loads(text)
-    except ValueError:
-        raise InvalidInputError(f"{path}: its edgesd parameters are damaged") from None
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidInputError(f"{path}: its edgesd parameters are damaged (not JSON)") from None
+    return check_parameters(data, path)

@@ -60,6 +60,15 @@ def _token(value) -> str:
 
 class ClipTokenizer:
     def __init__(self, folder: Path):
+        try:
+            self._load(folder)
+        except ModelFolderError:
+            raise
+        except Exception as e:  # tokenizers raises plain Exceptions for a damaged file; json, ValueError/TypeError
+            raise ModelFolderError(f"{folder}: damaged tokenizer files ({str(e).splitlines()[0][:200]}); re-download or "
+                                   "re-export the model") from None
+
+    def _load(self, folder: Path) -> None:
         config = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             if (folder / name).exists():

@@ -5,6 +5,7 @@ The pipeline keeps the last prompt encoding and the last image's VAE moments, so
 sweep pay only for what changes (noise, steps, decode)."""
 
 import itertools
+import math
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -33,6 +34,8 @@ def parse_list(text: str | None, kind: type, option: str, low: float | None = No
     except ValueError:
         raise InvalidInputError(f"{option} takes a number or a comma-separated list of numbers, got {text!r}") from None
     for value in values:
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{option} must be a finite number, got {value}")
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
             raise InvalidInputError(f"{option} must be {bounds}, got {value}")

@@ -34,8 +34,11 @@ def test_writes_png_with_parameters_and_replays_it(model, tmp_path):
     assert stored["prompt"] == "hills at dusk" and stored["seed"] == 5 and stored["strength"] == 0.6
     assert stored["num_inference_steps"] == 2 and stored["scheduler"] == "EulerDiscreteScheduler"
     assert len(stored["manifest_sha256"]) == 64 and stored["edgesd_version"]
+    assert stored["model"] == Path(model).name and str(Path(model).parent) not in json.dumps(stored)  # no local paths
     replayed = tmp_path / "b.png"
-    done = edgesd("img2img", "-i", INPUT, "--replay", out, "-o", replayed)  # the model is stored too
+    unnamed = edgesd("img2img", "-i", INPUT, "--replay", out, "-o", replayed)  # a local model is named again
+    assert unnamed.returncode == 2 and "MODEL is required" in unnamed.stderr and Path(model).name in unnamed.stderr
+    done = edgesd("img2img", model, "-i", INPUT, "--replay", out, "-o", replayed)
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(replayed)))
 
@@ -272,7 +275,7 @@ def test_jpeg_and_webp_outputs_carry_parameters_that_replay(model, tmp_path, suf
     assert stored["prompt"] == "hills" and stored["seed"] == 8 and stored["backend"] in ("openvino", "onnxruntime")
     assert stored["inference_precision"] in ("bf16", "fp32") and stored["weights_precision"] == "fp32"  # what the engine used
     assert stored["input_sha256"] == image_sha256(load_image(INPUT))
-    done = edgesd("img2img", "-i", INPUT, "--replay", tmp_path / f"a{suffix}", "-o", tmp_path / "b.png")
+    done = edgesd("img2img", model, "-i", INPUT, "--replay", tmp_path / f"a{suffix}", "-o", tmp_path / "b.png")
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
     assert np.array_equal(_pixels(tmp_path / "a.png"), _pixels(tmp_path / "b.png"))
 
@@ -282,7 +285,7 @@ def test_replay_warns_when_backend_or_input_differ(model, tmp_path):
     assert edgesd("img2img", model, "-i", INPUT, "-p", "x", "--seed", 1, "--backend", "openvino", "-o", out).returncode == 0
     other = tmp_path / "other.png"
     Image.open(INPUT).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
-    done = edgesd("img2img", "-i", other, "--replay", out, "--backend", "onnxruntime", "-o", tmp_path / "b.png")
+    done = edgesd("img2img", model, "-i", other, "--replay", out, "--backend", "onnxruntime", "-o", tmp_path / "b.png")
     assert done.returncode == 0, done.stderr
     assert "backend (openvino -> onnxruntime)" in done.stderr and "input image (" in done.stderr
 
@@ -370,11 +373,11 @@ def test_inpaint_writes_replays_and_warns_on_another_mask(model, tmp_path):
     assert done.returncode == 0, done.stderr
     stored = json.loads(done.stdout)["results"][0]["settings"]
     assert stored["task"] == "inpaint" and stored["strength"] == 1.0 and len(stored["mask_sha256"]) == 64
-    again = edgesd("inpaint", "-i", INPUT, "--mask", mask, "--replay", out, "-o", tmp_path / "again.png")
+    again = edgesd("inpaint", model, "-i", INPUT, "--mask", mask, "--replay", out, "-o", tmp_path / "again.png")
     assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
     assert np.array_equal(_pixels(out), _pixels(tmp_path / "again.png"))
     Image.fromarray(255 - m).save(tmp_path / "other.png")
-    other = edgesd("inpaint", "-i", INPUT, "--mask", tmp_path / "other.png", "--replay", out, "-o", tmp_path / "o.png")
+    other = edgesd("inpaint", model, "-i", INPUT, "--mask", tmp_path / "other.png", "--replay", out, "-o", tmp_path / "o.png")
     assert other.returncode == 0 and "mask (" in other.stderr
     missing = edgesd("inpaint", model, "-i", INPUT, "--mask", tmp_path / "none.png", "-p", "x", "-o", tmp_path / "n.png")
     assert missing.returncode == 2 and "none.png does not exist" in missing.stderr
@@ -391,7 +394,7 @@ def test_outpaint_writes_the_grown_canvas_and_replays(model, tmp_path):
                   "--seed", 3, "-o", out)
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (120, 48) and "right 20 -> 24" in done.stderr  # 64 + 32 + 24: multiples of 8
-    again = edgesd("outpaint", "-i", ROOT / "tests/data/small.png", "--replay", out, "-o", tmp_path / "again.png")
+    again = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "--replay", out, "-o", tmp_path / "again.png")
     assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
     assert np.array_equal(_pixels(out), _pixels(tmp_path / "again.png"))
     nothing = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "-p", "sky", "-o", tmp_path / "none.png")

@@ -290,9 +290,9 @@ def test_cli_lora_is_recorded_and_replay_says_when_it_differs(exported, lora_fil
     assert read_parameters(out)["loras"] == [{"file": "sd1-both.safetensors", "sha256": read_lora(lora_files["sd1-both"]).sha256,
                                               "weight": 0.7}]
     assert json.loads(done.stdout)["results"][0]["settings"]["loras"][0]["weight"] == 0.7
-    again = edgesd("img2img", "-i", source, "--replay", out, "-o", tmp_path / "again.png")
+    again = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "-o", tmp_path / "again.png")
     assert again.returncode == 0 and "LoRAs (sd1-both.safetensors:0.7 -> none" in again.stderr
-    same = edgesd("img2img", "-i", source, "--replay", out, "--lora", f"{lora_files['sd1-both']}:0.7", "-o", tmp_path / "same.png")
+    same = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "--lora", f"{lora_files['sd1-both']}:0.7", "-o", tmp_path / "same.png")
     assert same.returncode == 0 and "LoRA" not in same.stderr
     assert np.array_equal(np.asarray(read_image(out)), np.asarray(read_image(tmp_path / "same.png")))
     missing = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--lora", tmp_path / "nope.safetensors:0.5")

@@ -59,7 +59,7 @@ def test_estimate_grows_with_attention_not_only_pixels(exported):
     # the UNet's score matrices count only where its attention is not fused (older exports, optimum's)
     assert folder.manifest["onnx_attention_fused"]
     unfused = dataclasses.replace(folder, manifest={**folder.manifest, "onnx_attention_fused": False})
-    unet, vae, _ = memory._terms(folder, 256, 256, 1, True, "onnxruntime", False)
+    unet, vae, _, _ = memory._terms(folder, 256, 256, 1, True, "onnxruntime", False)
     assert unet == 0 and vae > 0 and memory._terms(unfused, 256, 256, 1, True, "onnxruntime", False)[0] > 0
 
 

@@ -110,7 +110,7 @@ def test_cli_vae_is_recorded_and_replay_says_when_it_differs(exported, tiny_vae,
                   "--vae", tiny_vae["exported"], "-o", out)
     assert done.returncode == 0, done.stderr
     assert read_parameters(out)["vae"]["folder"] == "taesd"
-    again = edgesd("img2img", "-i", source, "--replay", out, "-o", tmp_path / "again.png")
+    again = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "-o", tmp_path / "again.png")
     assert again.returncode == 0 and "VAE (taesd for encoder+decoder -> the model's; give it with --vae)" in again.stderr
     alone = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--vae-decode-only")
     assert alone.returncode == 2 and "--vae-decode-only needs --vae FOLDER" in alone.stderr

@@ -79,7 +79,7 @@ def test_img2img_runs_without_torch(runtime_venv, layout, backend, exported, opt
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outputs"] == [str(out)] and result["seed"] == 1 and out.stat().st_size > 0
-    again = run(runtime_venv, "edgesd", "img2img", "--image", str(ROOT / "tests/data/small.png"), "--replay", str(out),
+    again = run(runtime_venv, "edgesd", "img2img", str(folder), "--image", str(ROOT / "tests/data/small.png"), "--replay", str(out),
                 "-o", str(tmp_path / "again.png"), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["results"][0]["settings"]["prompt"] == "hills", again.stderr
     check = run(runtime_venv, "python", "-c", "import torch")
@@ -184,3 +184,42 @@ def test_a_ready_export_downloads_without_torch(runtime_venv, exported, tmp_path
         assert hub.fetched and not any("openvino" in name for name in hub.fetched)
     finally:
         hub.shutdown()
+
+
+def test_hostile_inputs_fail_cleanly_without_torch(runtime_venv, exported, tmp_path):
+    """The schemas (pydantic at its lowest allowed version too) and the LoRA checks where users run:
+    a replayed revision that is a path, a manifest of the wrong type, a LoRA holding NaN, an output
+    folder that is the input folder; each one line and exit 2, nothing written."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    from safetensors.numpy import save_file
+
+    small = str(ROOT / "tests/data/small.png")
+    info = PngInfo()
+    info.add_text("edgesd", json.dumps({"prompt": "x", "model": "owner/repo", "hub_revision": f"../../../../{tmp_path}/x"}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "shared.png", pnginfo=info)
+    broken = tmp_path / "broken"
+    shutil.copytree(exported["tiny-sd1"], broken)
+    manifest = json.loads((broken / "edgesd.json").read_text())
+    (broken / "edgesd.json").write_text(json.dumps({**manifest, "latent_channels": "4"}))
+    save_file({"lora_unet_conv_in.lora_down.weight": np.full((2, 4, 3, 3), np.nan, np.float32),
+               "lora_unet_conv_in.lora_up.weight": np.ones((32, 2, 1, 1), np.float32)}, str(tmp_path / "nan.safetensors"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(small).save(folder / "a.png")
+    cases = {
+        "revision": ["img2img", "-i", small, "--replay", str(tmp_path / "shared.png"), "-o", str(tmp_path / "o.png")],
+        "field latent_channels": ["img2img", str(broken), "-i", small, "-p", "x", "-o", str(tmp_path / "o.png")],
+        "NaN": ["img2img", str(exported["tiny-sd1"]), "-i", small, "-p", "x", "--lora", str(tmp_path / "nan.safetensors"),
+                "-o", str(tmp_path / "o.png")],
+        "is the input folder": ["img2img", str(exported["tiny-sd1"]), "-i", str(folder), "-o", str(folder), "-p", "x",
+                                "--overwrite"],
+    }
+    for says, args in cases.items():
+        done = run(runtime_venv, "edgesd", *args, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")})
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, (says, done.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "nan.safetensors", "photos", "shared.png"]
+    assert [p.name for p in folder.iterdir()] == ["a.png"]

@@ -21,6 +21,7 @@ from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
 from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder
 from edgesd.models import TextEncoder, UNet, Vae
 from edgesd.outputs import save_image
+from edgesd.schema import check_settings
 from edgesd.schedulers.base import Plan
 from edgesd.sessions import BACKENDS, Session, choose_backend, mapped_weights, open_session
 from edgesd.tokenizer import ClipTokenizer
@@ -82,8 +83,8 @@ class Pipeline:
         self._last_prompts = self._last_moments = None  # (key, encoding)
         self._said = set()  # warnings given once per pipeline
         stored = manifest["submodels"]["unet"]["formats"][self.format].get("precision", "fp32")
-        self.provenance = {"task": self.task, "model": folder.name, "model_path": str(folder.path.resolve()),
-                           "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
+        # what outputs carry: names, hashes and versions, never a local path (images are shared)
+        self.provenance = {"task": self.task, "model": folder.name, "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
                            "backend": backend, "device": device, "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
         self._whole_vae = vae if replaced == VAE_SUBMODELS else None  # what the memory check sizes instead of the model's
@@ -186,7 +187,7 @@ class Pipeline:
         """The (width, height) an input of `size` is processed at (see image.target_size); folders whose
         UNet upsamples by a fixed 2x floor further, to what it can take, and say so once."""
         scale = self.vae.scale_factor
-        width, height = target_size(size, scale, requested)
+        width, height = target_size(size, scale, requested, self.max_pixels)
         multiple = scale * self.unet_latent_multiple
         floored = (width - width % multiple, height - height % multiple)
         if 0 in floored:
@@ -256,18 +257,11 @@ def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength
     steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
     guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
     seed = secrets.randbelow(2**63) if seed is None else seed
-    if not isinstance(prompt, str) or (negative_prompt is not None and not isinstance(negative_prompt, str)):
-        raise InvalidInputError("prompt and negative_prompt must be strings")
-    if not 0 <= strength <= 1:
-        raise InvalidInputError(f"strength must be between 0 and 1, got {strength}")
-    if int(steps) != steps or steps < 1:
-        raise InvalidInputError(f"num_inference_steps must be a positive integer, got {steps}")
-    if guidance_scale < 0:
-        raise InvalidInputError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    if int(num_images) != num_images or num_images < 1:
-        raise InvalidInputError(f"num_images must be a positive integer, got {num_images}")
-    if int(seed) != seed or not 0 <= seed < 2**64:
-        raise InvalidInputError(f"seed must be an integer in [0, 2**64), got {seed}")
+    if not isinstance(prompt, str):
+        raise InvalidInputError("prompt must be a string")
+    check_settings(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, seed=seed, num_images=num_images, scheduler=scheduler)
+    steps, num_images, seed = int(steps), int(num_images), int(seed)
     plan = schedulers.from_config(folder.scheduler_config, scheduler).plan(steps, strength)
     if strength > 0 and len(plan.timesteps) == 0:
         raise InvalidInputError(

@@ -130,10 +130,10 @@ class InpaintPipeline(Pipeline):
         band reaches into the image. Other options as for __call__."""
         image = load_image(image, self.max_pixels)
         if size is not None:
-            image = image.resize(target_size(image.size, 1, size), resample=Image.Resampling.LANCZOS)
+            image = image.resize(target_size(image.size, 1, size, self.max_pixels), resample=Image.Resampling.LANCZOS)
         multiple = self.vae.scale_factor * self.unet_latent_multiple
         overlap = 2 * self.vae.scale_factor if overlap is None else overlap
-        canvas, mask = extend(image, left, right, top, bottom, multiple, overlap)
+        canvas, mask = extend(image, left, right, top, bottom, multiple, overlap, self.max_pixels)
         right, bottom = canvas.width - image.width - left, canvas.height - image.height - top  # as rounded
         result = self(canvas, mask, prompt, size=canvas.size, **options)
         result.settings.update(extension=dict(left=left, right=right, top=top, bottom=bottom, overlap=overlap),

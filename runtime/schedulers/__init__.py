@@ -43,7 +43,7 @@ def from_config(config: Mapping, class_name: str | None = None) -> Scheduler:
     `<class_name>.from_config(config)` does: `class_name` (default: the config's `_class_name`) picks
     the algorithm, fields that class reads are taken from the config, all others are ignored."""
     name = class_name or config.get("_class_name")
-    if name not in _CLASSES:
+    if not isinstance(name, str) or name not in _CLASSES:
         raise UnsupportedSchedulerError(
             f"scheduler {name!r} is not supported; supported: {', '.join(SUPPORTED)}. "
             "Pick one of them (scheduler=..., CLI --scheduler)")

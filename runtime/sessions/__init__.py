@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgesd.errors import BackendUnavailableError
+from edgesd.errors import BackendUnavailableError, EdgesdError, ModelFolderError
 from edgesd.sessions.base import Session
 
 log = logging.getLogger("edgesd")
@@ -26,7 +26,15 @@ class Backend:
     def open(self, path: Path, device: str, precision: str, **options) -> Session:
         module, cls = self.session.split(":")
         taken = {name: options.get(name) for name in self.options}
-        return getattr(importlib.import_module(module), cls)(path, device, precision, **taken)
+        session = getattr(importlib.import_module(module), cls)
+        try:
+            return session(path, device, precision, **taken)
+        except (EdgesdError, MemoryError):
+            raise
+        except Exception as e:  # what the engine says of files it cannot parse (each engine has its own types)
+            said = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__  # OpenVINO's reason comes last
+            raise ModelFolderError(f"damaged model files in {path.parent.name}/ ({', '.join(self.files)}): {self.name} "
+                                   f"cannot read them ({said}); re-download or re-export the model") from e
 
     def effective_precision(self, device: str, requested: str, stored: str) -> str:
         """What the engine computes in for `requested` ("auto" resolved) on weights stored as `stored`."""
