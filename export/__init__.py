@@ -15,11 +15,11 @@ from importlib import metadata
 from pathlib import Path
 
 from edgesd.errors import EdgesdError
+from edgesd.formats import FORMATS as FILE_FORMATS
 from edgesd.model_folder import FORMAT_VERSION, MANIFEST, SUBMODELS, sha256
-from edgesd.sessions import BACKEND_OF_FORMAT
 
 log = logging.getLogger("edgesd")
-FORMATS = ("onnx", "openvino")
+FORMATS = tuple(FILE_FORMATS)  # what --format may name
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2"}
 _PACKAGES = ("edgesd", "torch", "diffusers", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "openvino")
 
@@ -121,22 +121,23 @@ def _convert_and_validate(folder: Path, formats, references: dict) -> dict:
     against torch ({name: {backend: max deviation}}), and the ONNX files removed if ONNX was not
     asked for."""
     from edgesd.export.validate import max_deviation
+    from edgesd.sessions import BACKEND_OF_FORMAT
 
     if "openvino" in formats:
         from edgesd.export.openvino import convert_to_openvino
 
         for name in references:
             log.info("converting %s to OpenVINO IR", name)
-            convert_to_openvino(folder / name / BACKEND_OF_FORMAT["onnx"].main_file)
+            convert_to_openvino(folder / name / FILE_FORMATS["onnx"].main_file)
     if "onnx" in formats and "unet" in references:  # for onnxruntime only, so after the IR's conversion
         from edgesd.export.fuse_attention import fuse_unet_attention
 
-        fuse_unet_attention(folder / "unet" / BACKEND_OF_FORMAT["onnx"].main_file)
+        fuse_unet_attention(folder / "unet" / FILE_FORMATS["onnx"].main_file)
     validation = {name: {} for name in references}
     for fmt in formats:
         backend = BACKEND_OF_FORMAT[fmt].name
         for name in references:
-            validation[name][backend] = max_deviation(name, *references[name], backend, folder / name / BACKEND_OF_FORMAT[fmt].main_file)
+            validation[name][backend] = max_deviation(name, *references[name], backend, folder / name / FILE_FORMATS[fmt].main_file)
             log.info("validated %s on %s: max deviation from torch %.2e", name, backend, validation[name][backend])
     if "onnx" not in formats:
         for file in folder.glob("*/model.onnx*"):
@@ -170,7 +171,7 @@ def _write_tokenizer_json(folder: Path) -> None:
 def _files(folder: Path, fmt: str) -> dict:
     return {
         name: {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
-        for name in BACKEND_OF_FORMAT[fmt].files
+        for name in FILE_FORMATS[fmt].files
         if (folder / name).exists()
     }
 
@@ -190,7 +191,7 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
         "vae_scale_factor": scale_factor,
         "sample_size": unet.sample_size * scale_factor,
         "unet_any_size": True,  # see _size_following
-        "onnx_attention_fused": "onnx" in formats and has_fused_attention(folder / "unet" / BACKEND_OF_FORMAT["onnx"].main_file),
+        "onnx_attention_fused": "onnx" in formats and has_fused_attention(folder / "unet" / FILE_FORMATS["onnx"].main_file),
         "defaults": source.recipe.get("defaults", {}),
         "submodels": {
             name: {

@@ -47,7 +47,7 @@ PROMPTS = (
 
 
 class RecordingSession:
-    """Wraps a Session (`.run(feeds) -> list`, `.input_types`) and keeps a copy of every call's feeds
+    """Wraps a Session (`.run(feeds) -> {name: output}`, `.input_types`) and keeps a copy of every call's feeds
     (and, with `keep_outputs`, outputs). Copies, because the pipeline reuses its input buffers."""
 
     def __init__(self, session, keep_outputs: bool = False):
@@ -57,7 +57,7 @@ class RecordingSession:
         self.device = getattr(session, "device", None)
         self.keep_outputs = keep_outputs
         self.feeds: list[dict] = []
-        self.outputs: list[list] = []
+        self.outputs: list[dict] = []
 
     @classmethod
     def around(cls, pipe, submodel: str = "unet", keep_outputs: bool = False) -> "RecordingSession":
@@ -74,11 +74,11 @@ class RecordingSession:
         pipe.wrap_sessions(wrap)
         return made[-1]
 
-    def run(self, feeds: dict) -> list:
+    def run(self, feeds: dict) -> dict:
         outputs = self._session.run(feeds)
         self.feeds.append({name: np.array(value, copy=True) for name, value in feeds.items()})
         if self.keep_outputs:
-            self.outputs.append([np.array(o, copy=True) for o in outputs])
+            self.outputs.append({name: np.array(o, copy=True) for name, o in outputs.items()})
         return outputs
 
 

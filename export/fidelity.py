@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesd.export.calibration import RecordingSession, builtin_images
+from edgesd.sessions.base import output
 
 CASES = (  # (prompt, seed); the images are builtin_images(seed=1), not calibration's seed=0
     ("a lighthouse on a rocky coast, golden hour photograph", 1234),
@@ -99,7 +100,8 @@ def measure(
     per_case = []
     for image, (prompt, seed), ref, case_calls in zip(images, cases, refs, calls):
         got = np.asarray(q_pipe(image, prompt, seed=seed, **settings).images[0])
-        unet_cos = [cosine(q_pipe.sessions["unet"].run(feeds)[0], outputs[0]) for feeds, outputs in case_calls]
+        unet_cos = [cosine(output(q_pipe.sessions["unet"].run(feeds), "out_sample"), output(outputs, "out_sample"))
+                    for feeds, outputs in case_calls]
         per_case.append({"prompt": prompt, "seed": seed, "psnr": psnr(ref, got), "ssim": ssim(ref, got),
                          "unet_cosine": float(np.mean(unet_cos)) if unet_cos else None})
     unet = [c["unet_cosine"] for c in per_case if c["unet_cosine"] is not None]

@@ -12,14 +12,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from edgesd.export import quantize_onnx, quantize_openvino
 from edgesd.export.calibration import DEFAULT_SAMPLES, collect_unet_calibration, image_size
 from edgesd.export.precision import PrecisionPlan
 from edgesd.model_folder import MANIFEST
+from edgesd.export.validate import deviations
 from edgesd.sessions import BACKEND_OF_FORMAT
-from edgesd.sessions import open_session
 
 log = logging.getLogger("edgesd")
 _BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -66,7 +65,7 @@ def apply_precision(
             results[name]["methods"][fmt] = method
             if references:
                 backend = _BACKEND[fmt]
-                deviation = max_abs_deviation(*references[name], backend, folder / name / BACKEND_OF_FORMAT[fmt].main_file)
+                deviation = max(deviations(*references[name], backend, folder / name / BACKEND_OF_FORMAT[fmt].main_file).values())
                 results[name]["quantized_max_abs_deviation"][backend] = deviation
                 log.info("%s %s on %s: max deviation from fp32 %.3g", name, precision, backend, deviation)
     return results
@@ -101,15 +100,9 @@ def quantize_folder(
     options["precision"] = plan.spec
     if plan.needs_calibration:
         options["calibration"] = {"samples": calibration_samples, "size": image_size(manifest.get("sample_size"), calibration_size),
-                                  "images": str(calibration_images) if calibration_images else "built-in"}
+                                  "images": Path(calibration_images).name if calibration_images else "built-in"}  # no local path
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return results
-
-
-def max_abs_deviation(reference: np.ndarray, feeds: dict, backend: str, path: Path) -> float:
-    session = open_session(backend, path, "cpu", "fp32")
-    feeds = {name: np.asarray(value).astype(session.input_types[name]) for name, value in feeds.items()}
-    return float(np.abs(session.run(feeds)[0].astype(np.float32) - reference).max())
 
 
 def _replace(submodel: Path, fmt: str, convert, *args) -> str:

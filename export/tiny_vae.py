@@ -75,5 +75,5 @@ def _references(vae, latent_channels: int, scale_factor: int) -> dict:
     pixels = rng.uniform(-1, 1, (1, 3, 12 * scale_factor, 8 * scale_factor)).astype(np.float32)
     latents = rng.standard_normal((1, latent_channels, 12, 8), dtype=np.float32)
     with torch.no_grad():
-        return {"vae_encoder": (vae.encode(torch.from_numpy(pixels)).latents.numpy(), {"sample": pixels}),
-                "vae_decoder": (vae.decode(torch.from_numpy(latents)).sample.numpy(), {"latent_sample": latents})}
+        return {"vae_encoder": ({"latent_parameters": vae.encode(torch.from_numpy(pixels)).latents.numpy()}, {"sample": pixels}),
+                "vae_decoder": ({"sample": vae.decode(torch.from_numpy(latents)).sample.numpy()}, {"latent_sample": latents})}

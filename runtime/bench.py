@@ -62,7 +62,7 @@ def run_benchmark(model: str | Path, backend="auto", device="auto", precision="a
         stages["step"].extend(timings["steps"])
     folder_bytes = sum(f.stat().st_size for f in pipe.folder.path.rglob("*") if f.is_file())
     return {
-        "model": str(model),
+        "model": pipe.provenance["model"],  # its name or hub repo: results are shared, local paths are not
         "backend": pipe.backend,
         "device": device,
         "low_memory": low_memory,

@@ -25,8 +25,7 @@ try:  # newer typer vendors click
     from typer._click import exceptions as click_errors
 except ImportError:
     from click import exceptions as click_errors
-from edgesd.image import MAX_PIXELS
-from edgesd.schema import MAX_GUIDANCE, MAX_SIDE
+from edgesd.limits import MAX_GUIDANCE, MAX_PIXELS, MAX_SIDE
 
 # Plain click help (rich's boxed tables truncate options at 80 columns).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -194,6 +193,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     from edgesd.hub import download, is_repo_id
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
+    from edgesd.families import family_of
     from edgesd.model_folder import open_model_folder, open_vae_folder
     from edgesd.outpaint import grown
     from edgesd.outputs import read_parameters, release, save_image
@@ -242,10 +242,13 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         model = run_guarded(download, model, revision, backend, device, vae_folder and vae_folder.common_formats)
     # Everything that can be checked without the weights is, before the (slow) load.
     folder = run_guarded(open_model_folder, model)
+    run_guarded(family_of, folder)
     formats = [f for f in folder.common_formats if vae_folder is None or f in vae_folder.common_formats]
     backend = run_guarded(choose_backend, backend, device, formats)
     last_seed = (settings["seed"] or 0) + iterations - 1
-    resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides})[0] for run in runs]
+    pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
+    resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides},
+                            task_defaults=pipeline.task_defaults)[0] for run in runs]
     # A replay regenerates the stored batch and keeps the stored image of it.
     per_run = 1 if replay else settings["num_images"]
     suffixes = [run.suffix for run in runs] if iterations == 1 else [f"-iter{k}" for k in range(1, iterations + 1)]
@@ -274,7 +277,6 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
                     memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
                     f"{image.name} at {width}x{height} on {backend}", None if vae_decode_only else vae_folder)
     t0 = time.perf_counter()
-    pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
     pipe = run_guarded(pipeline.load, model, backend=backend, device=device, inference_precision=precision,
                        threads=threads, low_memory=low_memory, loras=loras, vae=vae, vae_decode_only=vae_decode_only)
     pipe.max_pixels = max_pixels
@@ -294,45 +296,46 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         for n, job in enumerate(plan.jobs, 1):
             cells, source = [], job.image
             schedule = runs if iterations == 1 else [runs[0]] * iterations
-            if why := _claim(job, overwrite, grid):  # another edgesd on the same folder has it, or has done it
-                skipped.append({"image": str(job.image), "reason": why})
-                say(f"skipped {job.image}: {why}")
-                continue
-            try:
-                # inpaint keeps the input's size (the API, as diffusers, would use the native square)
-                call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
-                for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
-                    call = {**settings, **run.overrides}
-                    if iterations > 1 and call["seed"] is not None:
-                        call["seed"] += k
-                    label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
-                    with _progress(show, label) as callback:
-                        result = run_task(source, callback=callback, size=call_size, **call)
-                    indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
-                    for index, path in zip(indices, outputs):
-                        result.save(path, index, overwrite=overwrite)
-                        name = run.label or (f"iteration {k + 1}" if iterations > 1 else "")
-                        cells.append((result.images[index], ", ".join(filter(None, [name, f"image {index}" * (len(indices) > 1)]))))
-                    if iterations > 1:
-                        source = result.images[0]
-                    done.append({"image": str(job.image), "outputs": [str(p) for p in outputs[: len(indices)]],
-                                 "seed": result.seed, "settings": result.parameters, "timings": result.timings})
-                    steps_run = result.timings["steps"]
-                    per_step = statistics.median(steps_run) if steps_run else 0.0
-                    say(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
-                        f"{per_step:.3f}s, total {result.timings['total']:.2f}s)")
-                if grid:
-                    save_image(contact_sheet(cells), job.grid, {"grid_of": [Path(p).name for d in done if d["image"] == str(job.image)
-                                                                                   for p in d["outputs"]]}, overwrite)
-                    say(f"wrote {job.grid}")
-            except Exception as e:  # a batch goes on past any input's failure; --json reports every one
-                if len(plan.jobs) == 1 and not as_json:
-                    if isinstance(e, EdgesdError):
-                        exit_with(e)
-                    raise
-                message = str(e) if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"
-                failures.append({"image": str(job.image), "error": message})
-                typer.echo(f"failed {job.image}: {message}", err=True)
+            try:  # the claim is released however the job ends (a signal included)
+                if why := _claim(job, overwrite, grid):  # another edgesd on the same folder has it, or has done it
+                    skipped.append({"image": str(job.image), "reason": why})
+                    say(f"skipped {job.image}: {why}")
+                    continue
+                try:
+                    # inpaint keeps the input's size (the API, as diffusers, would use the native square)
+                    call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
+                    for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
+                        call = {**settings, **run.overrides}
+                        if iterations > 1 and call["seed"] is not None:
+                            call["seed"] += k
+                        label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
+                        with _progress(show, label) as callback:
+                            result = run_task(source, callback=callback, size=call_size, **call)
+                        indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
+                        for index, path in zip(indices, outputs):
+                            result.save(path, index, overwrite=overwrite)
+                            name = run.label or (f"iteration {k + 1}" if iterations > 1 else "")
+                            cells.append((result.images[index], ", ".join(filter(None, [name, f"image {index}" * (len(indices) > 1)]))))
+                        if iterations > 1:
+                            source = result.images[0]
+                        done.append({"image": str(job.image), "outputs": [str(p) for p in outputs[: len(indices)]],
+                                     "seed": result.seed, "settings": result.parameters, "timings": result.timings})
+                        steps_run = result.timings["steps"]
+                        per_step = statistics.median(steps_run) if steps_run else 0.0
+                        say(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
+                            f"{per_step:.3f}s, total {result.timings['total']:.2f}s)")
+                    if grid:
+                        save_image(contact_sheet(cells), job.grid, {"grid_of": [Path(p).name for d in done if d["image"] == str(job.image)
+                                                                                       for p in d["outputs"]]}, overwrite)
+                        say(f"wrote {job.grid}")
+                except Exception as e:  # a batch goes on past any input's failure; --json reports every one
+                    if len(plan.jobs) == 1 and not as_json:
+                        if isinstance(e, EdgesdError):
+                            exit_with(e)
+                        raise
+                    message = str(e) if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"
+                    failures.append({"image": str(job.image), "error": message})
+                    typer.echo(f"failed {job.image}: {message}", err=True)
             finally:
                 release(job.outputs[0][0])
     except KeyboardInterrupt as e:

@@ -36,9 +36,9 @@ def denoise(plan: Plan, predict: Predict, latents: np.ndarray, generator, callba
     return latents, False, step_times
 
 
-def guided(unet, hidden_states: np.ndarray, guidance_scale: float, extra: np.ndarray | None = None) -> Predict:
+def guided(unet, conditioning: dict[str, np.ndarray], guidance_scale: float, extra: np.ndarray | None = None) -> Predict:
     """The UNet's prediction with classifier-free guidance as diffusers applies it (scale > 1: one
-    batched call on [unconditional, conditional] latents, hidden_states ordered the same way);
+    batched call on [unconditional, conditional] latents, every conditioning input ordered the same way);
     `extra`: inputs concatenated to the latents on the channel axis (inpainting's mask and masked
     image latents), already doubled under guidance. The UNet's input is one buffer, allocated on the
     first step and refilled in place on the next ones (the extra channels are written once)."""
@@ -49,7 +49,7 @@ def guided(unet, hidden_states: np.ndarray, guidance_scale: float, extra: np.nda
     def predict(latents: np.ndarray, t) -> np.ndarray:
         nonlocal sample
         if copies == 1 and extra is None:
-            return unet(latents, t, hidden_states)
+            return unet(latents, t, conditioning)
         n, channels = latents.shape[:2]
         if sample is None:
             width = channels + (0 if extra is None else extra.shape[1])
@@ -58,7 +58,7 @@ def guided(unet, hidden_states: np.ndarray, guidance_scale: float, extra: np.nda
                 sample[:, channels:] = extra
         for k in range(copies):
             sample[k * n : (k + 1) * n, :channels] = latents
-        noise_pred = unet(sample, t, hidden_states)
+        noise_pred = unet(sample, t, conditioning)
         if copies == 1:
             return noise_pred
         uncond, text = np.split(noise_pred, 2)

@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edgesd.errors import InvalidInputError
-
-MAX_PIXELS = 4096 * 4096
+from edgesd.limits import MAX_PIXELS
 
 
 def load_image(image, max_pixels: int = MAX_PIXELS, keep_gray: bool = False) -> Image.Image:

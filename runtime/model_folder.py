@@ -9,9 +9,9 @@ from pathlib import Path
 
 from edgesd.cache import cache_root
 from edgesd.errors import ModelFolderError
+from edgesd.formats import FORMATS
 from edgesd.schema import (FORMAT_VERSION, SUBMODELS, VAE_SUBMODELS, SchedulerConfig, UNetConfig, VaeConfig, check_config,
                            check_manifest)
-from edgesd.sessions import BACKEND_OF_FORMAT
 
 MANIFEST = "edgesd.json"
 DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
@@ -82,7 +82,7 @@ class ModelFolder:
         return list(self.manifest["submodels"][submodel]["formats"])
 
     def model_file(self, submodel: str, fmt: str) -> Path:
-        return self.path / submodel / BACKEND_OF_FORMAT[fmt].main_file
+        return self.path / submodel / FORMATS[fmt].main_file
 
     def verify(self, hashes: bool = True, formats: list[str] | None = None, stamps: dict | None = None) -> list[str]:
         """Problems found: missing or empty files, wrong sizes and (if `hashes`) sha256 mismatches, for
@@ -171,13 +171,7 @@ def open_model_folder(path: str | Path) -> ModelFolder:
     manifest = _present_formats(path, _read_manifest(path)) if (path / MANIFEST).exists() else _manifest_from_optimum_folder(path)
     if manifest.get("kind") == "vae":
         raise ModelFolderError(f"{path} is a VAE folder, not a whole model: give it as --vae (vae=) next to a model folder")
-    from edgesd.families import FAMILIES
-
-    if manifest.get("family") not in FAMILIES:
-        raise ModelFolderError(
-            f"{path} is a {manifest.get('family')!r}-family model; this edgesd runs {', '.join(FAMILIES)} (SD 1.x/2.x) models"
-        )
-    return _checked(ModelFolder(path, manifest))
+    return _checked(ModelFolder(path, manifest))  # whether its family runs here is families.family_of's to say
 
 
 def open_vae_folder(path: str | Path) -> ModelFolder:
@@ -227,12 +221,12 @@ def _checked(folder: ModelFolder) -> ModelFolder:
 def _manifest_from_optimum_folder(path: Path) -> dict:
     """Synthesise a manifest for a folder written by `optimum-cli export onnx|openvino`."""
     if (path / "text_encoder_2").is_dir() or _read_json(path / "unet" / "config.json").get("addition_embed_type") == "text_time":
-        return {"family": "sdxl"}  # refused by the caller with the families this runtime has
+        raise ModelFolderError(f"{path} is an SDXL model (optimum's layout); this edgesd runs SD 1.x/2.x models")
     submodels = {}
     for submodel in SUBMODELS:  # every file the engine reads must be there and not empty (checked by _checked)
         formats = {fmt: {"files": {name: {} for name in b.files if name == b.main_file or name.endswith(".bin")
                                    or (path / submodel / name).exists()}}
-                   for fmt, b in BACKEND_OF_FORMAT.items() if (path / submodel / b.main_file).exists()}
+                   for fmt, b in FORMATS.items() if (path / submodel / b.main_file).exists()}
         if not formats:
             raise ModelFolderError(
                 f"{path} is not a model folder: {submodel}/ has neither model.onnx nor openvino_model.xml "

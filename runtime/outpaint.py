@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from edgesd.errors import InvalidInputError
-from edgesd.image import MAX_PIXELS
+from edgesd.limits import MAX_PIXELS
 
 log = logging.getLogger("edgesd")
 

@@ -98,18 +98,14 @@ def claim(path: Path) -> bool:
     """Mark `path` as being made by this process (a `.NAME.claim` file beside it holding our pid);
     False if another live process has claimed it. A claim whose process is gone is taken over."""
     marker = _claim_file(path)
-    marker.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        try:  # written whole or not at all, so a claim always names its process
+            _write_atomic(marker, lambda f: f.write(str(os.getpid()).encode()), overwrite=False)
+            return True
+        except InvalidInputError:  # claimed already
             if _alive(_pid_in(marker)):
                 return False
             marker.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
     return False
 
 

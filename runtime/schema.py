@@ -3,7 +3,7 @@
 in a shared image (--replay), hub repo ids and revisions, and the numbers of a call. Each is parsed
 with a pydantic schema (strict: "8" is not 8, true is not 1, NaN and inf are not numbers); a wrong
 value becomes one sentence naming the file, the field and what is allowed. LoRA files are checked
-where they are read (lora.py). Imports nothing of edgesd above errors."""
+where they are read (lora.py). Imports nothing of edgesd above errors and limits."""
 
 import re
 from typing import Annotated, Literal
@@ -11,14 +11,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from edgesd.errors import InvalidInputError, ModelFolderError
+from edgesd.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS
 
 FORMAT_VERSION = 1
 SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 VAE_SUBMODELS = ("vae_encoder", "vae_decoder")
-MAX_SIDE = 16384  # pixels on a side of any image edgesd makes (a 16k x 16k image is 1 GiB as RGB floats per channel)
-MAX_STEPS = 1000  # diffusers' schedulers train on 1000 timesteps
-MAX_GUIDANCE = 100.0  # far past any useful scale (7.5 typical, 30 extreme); beyond, images saturate or overflow
-MAX_IMAGES = 64  # images per call (a batch)
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]

@@ -360,7 +360,16 @@ def test_an_unknown_family_is_one_line(optimum_exported, tmp_path):
     (folder / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
     done = edgesd("img2img", folder, "-i", INPUT, "-p", "x", "-o", tmp_path / "o.png")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "is a 'sdxl'-family model; this edgesd runs sd1, sd2" in done.stderr
+    assert "is an SDXL model (optimum's layout); this edgesd runs SD 1.x/2.x models" in done.stderr
+
+
+def test_inpaint_defaults_agree_with_the_api(model, tmp_path):
+    """One step runs, as InpaintPipeline(...)(..., num_inference_steps=1) does: inpainting's strength is 1."""
+    mask = tmp_path / "mask.png"
+    Image.new("L", Image.open(INPUT).size, 255).save(mask)
+    done = edgesd("inpaint", model, "-i", INPUT, "--mask", mask, "-p", "a", "--steps", 1, "-o", tmp_path / "o.png", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"][0]["settings"]["strength"] == 1.0
 
 
 def test_inpaint_writes_replays_and_warns_on_another_mask(model, tmp_path):
@@ -399,3 +408,15 @@ def test_outpaint_writes_the_grown_canvas_and_replays(model, tmp_path):
     assert np.array_equal(_pixels(out), _pixels(tmp_path / "again.png"))
     nothing = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "-p", "sky", "-o", tmp_path / "none.png")
     assert nothing.returncode == 2 and "outpaint needs pixels to add" in nothing.stderr
+
+
+def test_version_and_errors_load_nothing_heavy():
+    """The package root imports lazily and the model folder below the engines' registry: `edgesd
+    --version` and `from edgesd.errors import ...` load neither numpy nor an engine."""
+    code = ("import sys; sys.argv = ['edgesd', '--version']\nfrom edgesd.errors import EdgesdError\n"
+            "from edgesd.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('numpy', 'onnxruntime', 'openvino', 'PIL', 'edgesd.pipelines') if m in sys.modules))")
+    from edgesd import __version__
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.splitlines() == [f"edgesd {__version__}", "[]"], done.stderr

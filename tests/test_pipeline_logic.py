@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgesd import Img2ImgPipeline, InpaintPipeline
+from edgesd.errors import ModelFolderError
 from edgesd.generator import TorchGenerator
 from edgesd.sessions.fake import FakeSession, fake_model_folder
 
@@ -97,3 +98,28 @@ def test_an_inpainting_model_is_refused_by_img2img_with_what_to_use(tmp_path):
     pipe, _ = fake(Img2ImgPipeline, tmp_path, unet_in_channels=9)
     with pytest.raises(InvalidInputError, match="inpainting model .* use InpaintPipeline"):
         pipe(IMAGE, "x", strength=0.5, num_inference_steps=4, seed=0)
+
+
+def test_a_family_is_data_its_named_inputs_reach_the_unet_batched(tmp_path, monkeypatch):
+    """A family added from data alone: its conditioning names one more UNet input (as SDXL's
+    text_embeds), which the guidance wrapper doubles with the others and the UNet wrapper feeds by
+    name, with no change to the loop, the task or the wrappers."""
+    from edgesd import families
+    from edgesd.model_folder import ModelFolder
+
+    class Pooled(families.Family):
+        def conditioning(self, encoded, num_images):
+            pooled = np.repeat(encoded["last_hidden_state"][:, 0], num_images, axis=0)  # (batch, width)
+            return {**super().conditioning(encoded, num_images), "text_embeds": pooled}
+
+    monkeypatch.setitem(families.FAMILIES, "pooled", Pooled("pooled", families.SUBMODELS))
+    folder = fake_model_folder(tmp_path)
+    folder = ModelFolder(folder.path, {**folder.manifest, "family": "pooled"})
+    sessions = {}
+    pipe = Img2ImgPipeline(folder, lambda name, lora: sessions.setdefault(name, FakeSession(name)), "onnxruntime")
+    pipe(IMAGE, "a cat", strength=0.5, num_inference_steps=4, guidance_scale=7.5, num_images=3, seed=1)
+    call = sessions["unet"].calls[0]
+    assert call["text_embeds"] == (6, 8) and call["encoder_hidden_states"] == (6, 77, 8) and call["sample"][0] == 6
+    monkeypatch.delitem(families.FAMILIES, "pooled")
+    with pytest.raises(ModelFolderError, match="'pooled'-family model"):
+        Img2ImgPipeline(folder, lambda name, lora: FakeSession(name), "onnxruntime")

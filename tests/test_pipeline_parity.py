@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from edgesd import Img2ImgPipeline
-from edgesd.families import Conditioning
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -194,8 +193,7 @@ def test_catches_swapped_guidance_halves(pipes, reference_pipes, monkeypatch):
     encode = pipe.encode_prompt
 
     def swapped(*args):
-        negative, positive = np.split(encode(*args).hidden_states, 2)
-        return Conditioning(np.concatenate([positive, negative]))
+        return {name: np.concatenate(np.split(value, 2)[::-1]) for name, value in encode(*args).items()}
 
     monkeypatch.setattr(pipe, "encode_prompt", swapped)
     pipe.reuse_encodings = False

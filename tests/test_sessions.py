@@ -19,7 +19,7 @@ def test_io_binding_gives_the_same_outputs_and_keeps_unchanged_inputs(exported):
     for t in (900.0, 500.0):
         feeds = {"sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
                  "timestep": np.asarray(t, np.float32), "encoder_hidden_states": hidden}
-        np.testing.assert_array_equal(bound.run(feeds)[0], plain.run(feeds)[0])
+        np.testing.assert_array_equal(bound.run(feeds)["out_sample"], plain.run(feeds)["out_sample"])
         if t == 900.0:
             resident = bound._resident["encoder_hidden_states"][1]
     assert bound._resident["encoder_hidden_states"][1] is resident  # not uploaded again
@@ -36,7 +36,7 @@ def test_openvino_compile_cache_only_when_asked_for_on_cpu(exported, tmp_path, m
     latents = {"latent_sample": np.zeros((1, 4, 8, 8), np.float32)}
     plain = OpenVINOSession(path, "cpu")
     cached = OpenVINOSession(path, "cpu", cache_dir=tmp_path / "asked")
-    np.testing.assert_array_equal(plain.run(latents)[0], cached.run(latents)[0])
+    np.testing.assert_array_equal(plain.run(latents)["sample"], cached.run(latents)["sample"])
     assert not (tmp_path / "default-cache").exists()
     assert list((tmp_path / "asked").glob("*.blob"))
 
@@ -53,15 +53,15 @@ def test_openvino_gives_back_the_mapped_weights_and_computes_the_same(exported):
     feeds = {"sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32), "timestep": np.asarray(500, np.float32),
              "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32)}
     released = OpenVINOSession(path, "cpu", precision="fp32")
-    first = released.run(feeds)[0]
+    first = released.run(feeds)["out_sample"]
     kept = OpenVINOSession(path, "cpu", precision="fp32")
     with pytest.MonkeyPatch.context() as m:
         m.setattr(mapped_weights, "release", lambda path: 0)
         m.setattr(mapped_weights, "released_while", lambda path: contextlib.nullcontext())
-        reference = kept.run(feeds)[0]
+        reference = kept.run(feeds)["out_sample"]
     np.testing.assert_array_equal(first, reference)
     assert mapped_weights.release(path.with_suffix(".bin")) > 0  # the file is mapped, and its pages were given back
-    np.testing.assert_array_equal(released.run(feeds)[0], reference)
+    np.testing.assert_array_equal(released.run(feeds)["out_sample"], reference)
 
 
 def test_releasing_pages_of_a_mapped_file_keeps_its_contents(tmp_path):
@@ -103,3 +103,23 @@ def test_wrap_sessions_sees_every_engine_call(exported, low_memory):
     result = pipe(np.zeros((64, 64, 3), np.uint8), "x", num_inference_steps=4, strength=1.0, guidance_scale=0, seed=0)
     assert calls == {"text_encoder": 1, "vae_encoder": 1, "unet": len(result.timings["steps"]), "vae_decoder": 1}
     assert len(result.timings["steps"]) == 4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_sessions_answer_by_name(exported, backend):
+    """Every output comes back under the name the exporter gave it (the text encoder's pooled output
+    too, which SDXL's conditioning reads); a model with one output is read whatever it is called."""
+    from edgesd.errors import ModelFolderError
+    from edgesd.formats import FORMATS
+    from edgesd.sessions import BACKENDS, open_session
+    from edgesd.sessions.base import output
+
+    fmt = FORMATS[BACKENDS[backend].format]
+    session = open_session(backend, exported["tiny-sd1"] / "text_encoder" / fmt.main_file, "cpu", "fp32")
+    ids = np.zeros((2, 77), session.input_types["input_ids"])
+    outputs = session.run({"input_ids": ids})
+    assert list(outputs) == ["last_hidden_state", "pooler_output"]
+    assert outputs["last_hidden_state"].shape == (2, 77, 32) and outputs["pooler_output"].shape == (2, 32)
+    with pytest.raises(ModelFolderError, match="no output 'text_embeds'"):
+        output(outputs, "text_embeds")
+    assert output({"anything": ids}, "sample") is ids

@@ -1,4 +1,5 @@
-"""CLIP text encoder: prompts -> last hidden states (batch, 77, width)."""
+"""CLIP text encoder: prompts -> its outputs by name (last hidden states (batch, 77, width), pooled
+output, and whatever else the export has); the family picks what its UNet takes."""
 
 from typing import Callable
 
@@ -13,7 +14,7 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self._session = session  # the compiled submodel (opened on demand in low-memory mode)
 
-    def __call__(self, prompts: list[str]) -> np.ndarray:
+    def __call__(self, prompts: list[str]) -> dict[str, np.ndarray]:
         session = self._session()
         ids = self.tokenizer(prompts).astype(session.input_types["input_ids"])
-        return session.run({"input_ids": ids})[0]
+        return session.run({"input_ids": ids})

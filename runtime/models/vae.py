@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from edgesd.sessions import Session
+from edgesd.sessions.base import output
 from edgesd.vae_tiling import tiled
 
 
@@ -26,7 +27,7 @@ class Vae:
         """(N, 3, H, W) in [-1, 1] -> (N, 2 * channels, H / f, W / f): mean and log-variance (a tiny
         VAE: the latents, (N, channels, H / f, W / f))."""
         encoder = self._encoder()
-        return self._run(lambda x: encoder.run({"sample": x})[0], pixels, self.tile, self.tile // self.scale_factor)
+        return self._run(lambda x: output(encoder.run({"sample": x}), "latent_parameters"), pixels, self.tile, self.tile // self.scale_factor)
 
     def sample(self, moments: np.ndarray, generator) -> np.ndarray:
         """Scaled latents drawn from the distribution (one draw of the generator), as diffusers; a
@@ -40,7 +41,7 @@ class Vae:
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents -> (N, 3, H, W) pixels in about [-1, 1]."""
         decoder = self._decoder()
-        return self._run(lambda z: decoder.run({"latent_sample": z})[0], latents / np.float32(self.decoder_scaling_factor),
+        return self._run(lambda z: output(decoder.run({"latent_sample": z}), "sample"), latents / np.float32(self.decoder_scaling_factor),
                          self.tile // self.scale_factor, self.tile)
 
     def _run(self, run, x: np.ndarray, in_tile: int, out_tile: int) -> np.ndarray:

@@ -14,9 +14,10 @@ from PIL import Image
 
 from edgesd import __version__, memory, schedulers
 from edgesd.errors import InvalidInputError, ModelFolderError
-from edgesd.families import FAMILIES, Conditioning
+from edgesd.families import Conditioning, family_of
 from edgesd.hub import download, hub_origin, is_repo_id
-from edgesd.image import MAX_PIXELS, target_size
+from edgesd.image import target_size
+from edgesd.limits import MAX_PIXELS
 from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
 from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder
 from edgesd.models import TextEncoder, UNet, Vae
@@ -50,6 +51,7 @@ class Result:
 
 class Pipeline:
     task = ""  # what its __call__ does, stored with every output ("img2img", "inpaint")
+    task_defaults: dict = {}  # defaults of this task over the folder's (inpainting: strength 1, as diffusers)
 
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str, LoraMerge | None], Session], backend: str,
                  low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=(),
@@ -60,7 +62,7 @@ class Pipeline:
         engine's cache where it has one), and images larger than the VAE's native size are encoded
         and decoded in blended tiles."""
         self.folder = folder
-        self.family = FAMILIES[folder.manifest["family"]]
+        self.family = family_of(folder)
         self.backend = backend
         self.format = BACKENDS[backend].format
         self.low_memory = low_memory
@@ -110,6 +112,7 @@ class Pipeline:
         if is_repo_id(path):
             path = download(path, revision, backend, device, vae_folder and vae_folder.common_formats)
         folder = open_model_folder(path)
+        family_of(folder)
         formats = folder.common_formats
         if vae_folder is not None:
             _check_vae_fits(folder, vae_folder)
@@ -248,11 +251,12 @@ def _read_loras(loras) -> list[Lora]:
 
 
 def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength=None, num_inference_steps=None,
-                     guidance_scale=None, seed=None, num_images=1, scheduler=None) -> tuple[dict, Plan]:
+                     guidance_scale=None, seed=None, num_images=1, scheduler=None, task_defaults=None) -> tuple[dict, Plan]:
     """Check a call's options against the model folder (no submodel is needed: the CLI runs this
-    before loading) and fill in defaults: None means the folder's recommended value. Returns the
-    settings actually used and the scheduler's plan."""
-    defaults = folder.defaults
+    before loading) and fill in defaults: None means the task's default (a pipeline's
+    `task_defaults`), else the folder's recommended value. Returns the settings actually used and the
+    scheduler's plan."""
+    defaults = {**folder.defaults, **(task_defaults or {})}
     strength = defaults["strength"] if strength is None else strength
     steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
     guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale

@@ -62,7 +62,7 @@ class Img2ImgPipeline(Pipeline):
         timings["steps"] = []
         if len(plan.timesteps):
             latents = plan.add_noise(latents, generator.randn(latents.shape))
-            predict = guided(self.unet, conditioning.hidden_states, guidance_scale)
+            predict = guided(self.unet, conditioning, guidance_scale)
             latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback)
             if cancelled:
                 return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)

@@ -35,6 +35,7 @@ def mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 class InpaintPipeline(Pipeline):
     task = "inpaint"
+    task_defaults = {"strength": 1.0}
 
     def __call__(
         self,
@@ -60,8 +61,8 @@ class InpaintPipeline(Pipeline):
             raise InvalidInputError(f"this model's UNet takes {self.unet.in_channels} channels; inpainting needs 4 or 9")
         start = time.perf_counter()
         timings = {}
-        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, 1.0 if strength is None else strength,
-                                          num_inference_steps, guidance_scale, seed, num_images, scheduler)
+        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps,
+                                          guidance_scale, seed, num_images, scheduler, self.task_defaults)
         if len(plan.timesteps) == 0:
             raise InvalidInputError("inpainting needs at least one denoising step: increase strength or num_inference_steps")
         image = load_image(image, self.max_pixels)
@@ -111,7 +112,7 @@ class InpaintPipeline(Pipeline):
                 known = image_latents if i == len(plan.timesteps) - 1 else plan.add_noise(image_latents, noise, i + 1)
                 return keep * known + latent_mask * latents
 
-        predict = guided(self.unet, conditioning.hidden_states, guidance_scale, extra)
+        predict = guided(self.unet, conditioning, guidance_scale, extra)
         latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback, on_step)
         if cancelled:
             return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)

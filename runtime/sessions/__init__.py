@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesd.errors import BackendUnavailableError, EdgesdError, ModelFolderError
+from edgesd.formats import FORMATS
 from edgesd.sessions.base import Session
 
 log = logging.getLogger("edgesd")
@@ -17,11 +18,17 @@ DEVICES = ("auto", "cpu", "gpu", "cuda", "npu")
 @dataclass(frozen=True)
 class Backend:
     name: str  # what users pass as backend=, also the engine's import name
-    format: str  # the model-folder format it runs (the manifest's key)
-    main_file: str  # the file that names a submodel in that format
-    files: tuple[str, ...]  # every file of a submodel in that format
+    format: str  # the model-folder format it runs (formats.FORMATS' key, the manifest's)
     session: str  # "module:Class" of its Session, imported only when one is opened
     options: tuple[str, ...]  # the open() options this engine takes
+
+    @property
+    def main_file(self) -> str:
+        return FORMATS[self.format].main_file
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return FORMATS[self.format].files
 
     def open(self, path: Path, device: str, precision: str, **options) -> Session:
         module, cls = self.session.split(":")
@@ -42,10 +49,8 @@ class Backend:
 
 
 BACKENDS = {b.name: b for b in (
-    Backend("onnxruntime", "onnx", "model.onnx", ("model.onnx", "model.onnx_data"),
-            "edgesd.sessions.onnxruntime:OnnxRuntimeSession", ("threads", "lora")),
-    Backend("openvino", "openvino", "openvino_model.xml", ("openvino_model.xml", "openvino_model.bin"),
-            "edgesd.sessions.openvino:OpenVINOSession", ("cache_dir", "lora")),
+    Backend("onnxruntime", "onnx", "edgesd.sessions.onnxruntime:OnnxRuntimeSession", ("threads", "lora")),
+    Backend("openvino", "openvino", "edgesd.sessions.openvino:OpenVINOSession", ("cache_dir", "lora")),
 )}
 BACKEND_OF_FORMAT = {b.format: b for b in BACKENDS.values()}
 

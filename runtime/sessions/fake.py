@@ -12,6 +12,8 @@ from edgesd.model_folder import FORMAT_VERSION, MANIFEST, SUBMODELS, ModelFolder
 
 SCALE = 8  # pixels per latent side of the fake VAE
 LATENT = 4
+OUTPUT_NAMES = {"text_encoder": "last_hidden_state", "unet": "out_sample", "vae_encoder": "latent_parameters",
+                "vae_decoder": "sample"}  # as optimum's exporters name them
 
 
 class FakeSession:
@@ -29,17 +31,17 @@ class FakeSession:
                             "vae_encoder": {"sample": np.dtype(np.float32)},
                             "vae_decoder": {"latent_sample": np.dtype(np.float32)}}[name]
 
-    def run(self, feeds: dict) -> list[np.ndarray]:
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
         self.calls.append({k: np.shape(v) for k, v in feeds.items()})
-        return [getattr(self, self.name)(**feeds)]
+        return {OUTPUT_NAMES[self.name]: getattr(self, self.name)(**feeds)}
 
     @staticmethod
     def text_encoder(input_ids):  # (B, 77) -> (B, 77, 8)
         return np.repeat((input_ids.astype(np.float32) / 49408)[..., None], 8, axis=2)
 
     @staticmethod
-    def unet(sample, timestep, encoder_hidden_states):  # noise ~ 0.1 x latents, shifted by the prompt
-        shift = encoder_hidden_states.mean(axis=(1, 2)).reshape(-1, 1, 1, 1)
+    def unet(sample, timestep, encoder_hidden_states, **more):  # noise ~ 0.1 x latents, shifted by the prompt
+        shift = encoder_hidden_states.mean(axis=(1, 2)).reshape(-1, 1, 1, 1)  # (a family's other inputs: more)
         return (0.1 * sample[:, :LATENT] + shift + np.float32(timestep) / 1000).astype(np.float32)
 
     @staticmethod

@@ -88,13 +88,14 @@ class OnnxRuntimeSession:
         del options, model, merged, values
         self.device = self._session.get_providers()[0]
         self.input_types = {i.name: np.dtype(_DTYPES[i.type]) for i in self._session.get_inputs()}
+        self.output_names = [o.name for o in self._session.get_outputs()]
         self._io_binding = self.device == "CUDAExecutionProvider" if io_binding is None else io_binding
         self._ort_device = "cuda" if self.device == "CUDAExecutionProvider" else "cpu"
         self._resident = {}  # input name -> (array, OrtValue on the device) for inputs fed unchanged
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._io_binding:
-            return self._session.run(None, feeds)
+            return dict(zip(self.output_names, self._session.run(None, feeds)))
         ort = _import()
         binding = self._session.io_binding()
         for name, array in feeds.items():
@@ -103,10 +104,10 @@ class OnnxRuntimeSession:
                 held = (array, ort.OrtValue.ortvalue_from_numpy(array, self._ort_device, 0))
                 self._resident[name] = held
             binding.bind_ortvalue_input(name, held[1])
-        for output in self._session.get_outputs():
-            binding.bind_output(output.name, self._ort_device)
+        for name in self.output_names:
+            binding.bind_output(name, self._ort_device)
         self._session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
 
 def _with_lora(path: Path, lora: LoraMerge) -> tuple[str | bytes, dict[str, np.ndarray]]:

@@ -83,6 +83,7 @@ class OpenVINOSession:
         if cache_dir or self.device != "CPU":
             self._config["CACHE_DIR"] = str(cache_dir or cache_root() / "openvino")
         self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in model.inputs}
+        self.output_names = [min(p.get_names(), default=f"output_{i}") for i, p in enumerate(model.outputs)]
         self._requests = {}  # input shapes -> infer request, the most recently used last
 
     def _request_for(self, shapes: tuple):
@@ -103,12 +104,12 @@ class OpenVINOSession:
             del model
         return self._requests[shapes], True
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request, fresh = self._request_for(tuple((name, tuple(array.shape)) for name, array in feeds.items()))
         result = request.infer(feeds, share_inputs=True)
         if fresh:  # in case the first inference repacked more weights
             mapped_weights.release(self._weights)
-        return [result[i] for i in range(len(result))]
+        return {name: result[i] for i, name in enumerate(self.output_names)}
 
 
 def _weights(model) -> tuple[dict, dict]:
