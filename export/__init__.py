@@ -60,8 +60,7 @@ def export_model(
     formats = tuple(dict.fromkeys(formats))
     if not formats or set(formats) - set(FORMATS):
         raise EdgesdError(f"formats must be among {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
-    if output.exists() and not overwrite:
-        raise EdgesdError(f"{output} already exists; pass --overwrite to replace it")
+    _check_output(source, output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     partial.chmod(0o755)  # mkdtemp makes it private; the model folder is not
@@ -73,6 +72,21 @@ def export_model(
         shutil.rmtree(partial, ignore_errors=True)
     log.info("model folder written: %s", output)
     return output
+
+
+def _check_output(source: str, output: Path, overwrite: bool) -> None:
+    """Replace only what an export made: never the source, a folder holding it, a file, or a folder
+    that is not an edgesd model folder (--overwrite would otherwise delete whatever is there)."""
+    local = Path(source)
+    if local.exists() and (output.resolve() == local.resolve() or output.resolve() in local.resolve().parents):
+        raise EdgesdError(f"-o {output} is the source or holds it; write the export to another folder")
+    if not output.exists() and not output.is_symlink():
+        return
+    if not overwrite:
+        raise EdgesdError(f"{output} already exists; pass --overwrite to replace it")
+    if not output.is_dir() or not (output / MANIFEST).is_file():
+        raise EdgesdError(f"{output} exists and is not an edgesd model folder, so --overwrite does not replace it; "
+                          "choose another -o or remove it yourself")
 
 
 def _require_export_extra(formats, plan=None) -> None:

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Argument(..., help="Hub id (e.g. stabilityai/sd-turbo; madebyollin/taesd: a tiny VAE folder for --vae), a local diffusers folder, or random:RECIPE."),
         output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (must not exist unless --overwrite)."),
         format: Format = typer.Option(Format.onnx, "--format", "-f", help="onnx, openvino or both."),
-        overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (only once the new export is complete)."),
+        overwrite: bool = typer.Option(False, help="Replace OUTPUT if it is an edgesd model folder (only once the new export is complete); never the source, a folder holding it, or anything else."),
         precision: str | None = typer.Option(
             None, "--precision", "-p",
             help="fp32, fp16, int8-weights (int8 weights, float compute: smaller) or int8 (UNet weights and activations, "

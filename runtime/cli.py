@@ -25,7 +25,7 @@ try:  # newer typer vendors click
     from typer._click import exceptions as click_errors
 except ImportError:
     from click import exceptions as click_errors
-from edgesd.limits import MAX_GUIDANCE, MAX_PIXELS, MAX_SIDE
+from edgesd.limits import MAX_GUIDANCE, MAX_PIXELS, MAX_SIDE, MAX_THREADS
 
 # Plain click help (rich's boxed tables truncate options at 80 columns).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -129,8 +129,8 @@ def _shared_options(
     scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name, e.g. EulerDiscreteScheduler. Default: the model's.", show_default=False),
     num_images: Optional[int] = typer.Option(None, "--num-images", min=1, help="Images per run from one prompt and seed, in one batch (OUT-0.png ...). Default 1.", show_default=False),
     resize: Optional[str] = typer.Option(None, metavar="WxH", help="Resize the input to WxH first, e.g. 768x512.", show_default=False),
-    width: Optional[int] = typer.Option(None, min=8, help="Resize the input to this width first (keeps the aspect ratio unless --height is given).", show_default=False),
-    height: Optional[int] = typer.Option(None, min=8, help="Resize the input to this height first (keeps the aspect ratio unless --width is given).", show_default=False),
+    width: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Resize the input to this width first (keeps the aspect ratio unless --height is given).", show_default=False),
+    height: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Resize the input to this height first (keeps the aspect ratio unless --width is given).", show_default=False),
     grid: bool = typer.Option(False, help="Also write a labelled contact sheet of each input's images (OUT-grid.png)."),
     iterations: int = typer.Option(1, min=1, help="Feed each output back as the next input, N times (OUT-iter1.png ...; seed + 1 each time)."),
     replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in an image edgesd wrote (with the same --image, the same image).", show_default=False),
@@ -141,7 +141,7 @@ def _shared_options(
     backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto.", show_default=False),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores).", show_default=False),
+    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for onnxruntime (default: all cores).", show_default=False),
     low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded and tile the VAE for large images (less memory, slower)."),
     max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse inputs with more pixels than this."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (a batch otherwise skips inputs already done)."),
@@ -153,7 +153,7 @@ def _shared_options(
 
 def _inpaint_options(
     mask: Path = typer.Option(..., "--mask", "-m", help="Mask image: white repaints, black keeps (grey >= 50% repaints).", show_default=False),
-    padding_mask_crop: Optional[int] = typer.Option(None, "--padding-mask-crop", min=0, metavar="PX", help="Inpaint only the mask's box grown by PX pixels, at full size, and paste it back (sharper small repairs).", show_default=False),
+    padding_mask_crop: Optional[int] = typer.Option(None, "--padding-mask-crop", min=0, max=MAX_SIDE, metavar="PX", help="Inpaint only the mask's box grown by PX pixels, at full size, and paste it back (sharper small repairs).", show_default=False),
 ):
     """What inpaint adds to the shared options."""
 
@@ -197,6 +197,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     from edgesd.model_folder import open_model_folder, open_vae_folder
     from edgesd.outpaint import grown
     from edgesd.outputs import read_parameters, release, save_image
+    from edgesd.schema import hub_repo_id
     from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, resolve_settings
     from edgesd.sessions import BACKENDS, choose_backend
     from edgesd.variations import contact_sheet, parse_list, variants
@@ -216,6 +217,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     settings["num_images"] = settings["num_images"] or 1
     if replay and num_images is not None and num_images != stored.get("num_images", 1):
         fail("--replay regenerates the stored batch of --num-images; drop --num-images")
+    if iterations > 1 and (settings["seed"] or 0) + iterations > 2**64:
+        fail(f"--seed {settings['seed']} with --iterations {iterations} goes past the largest seed, 2**64 - 1")
     if iterations > 1 and settings["seed"] is None:  # one random seed, then seed + 1 each pass
         settings["seed"] = lists["seed"][0] = secrets.randbelow(2**63)
     size = run_guarded(_requested_size, resize, width, height) or (tuple(stored["size"]) if stored.get("size") else None)
@@ -233,12 +236,13 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
     if vae_decode_only and vae is None:
         fail("--vae-decode-only needs --vae FOLDER")
-    if model is None and stored.get("hub_revision"):  # a replay of a hub model: the repo and commit it came from
-        model, revision = stored["model"], revision or stored["hub_revision"]
+    from_hub = model is None and bool(stored.get("hub_revision"))  # a replay of a hub model: its repo and commit,
+    if from_hub:  # from the hub only: what an image says never names a local folder
+        model, revision = run_guarded(hub_repo_id, stored.get("model", "")), revision or stored["hub_revision"]
     if model is None:  # images carry no local paths: a local model is named again
         fail(f"MODEL is required: the model folder to run{' (the image was made with ' + repr(stored['model']) + ')' if stored.get('model') else ''}")
     vae_folder = run_guarded(open_vae_folder, vae) if vae is not None else None
-    if is_repo_id(model):  # a ready export on the hub: downloaded (or taken from the hub cache) first
+    if from_hub or is_repo_id(model):  # a ready export on the hub: downloaded (or taken from the hub cache) first
         model = run_guarded(download, model, revision, backend, device, vae_folder and vae_folder.common_formats)
     # Everything that can be checked without the weights is, before the (slow) load.
     folder = run_guarded(open_model_folder, model)
@@ -252,7 +256,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     # A replay regenerates the stored batch and keeps the stored image of it.
     per_run = 1 if replay else settings["num_images"]
     suffixes = [run.suffix for run in runs] if iterations == 1 else [f"-iter{k}" for k in range(1, iterations + 1)]
-    plan = run_guarded(plan_jobs, image, output, per_run, overwrite, suffixes, grid)
+    plan = run_guarded(plan_jobs, image, output, per_run, overwrite, suffixes, grid, [p for p in (mask, replay) if p])
     say = (lambda text: None) if quiet or as_json else (lambda text: typer.echo(text, err=True))
     skipped = [{"image": str(p), "reason": why} for p, why in plan.skipped]
     for entry in skipped:
@@ -298,6 +302,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
             schedule = runs if iterations == 1 else [runs[0]] * iterations
             try:  # the claim is released however the job ends (a signal included)
                 if why := _claim(job, overwrite, grid):  # another edgesd on the same folder has it, or has done it
+                    if not image.is_dir():  # one output asked for by name: not a silent skip
+                        fail(f"{job.outputs[0][0]}: {why}; wait for it, or choose another -o")
                     skipped.append({"image": str(job.image), "reason": why})
                     say(f"skipped {job.image}: {why}")
                     continue
@@ -388,8 +394,8 @@ def _requested_size(resize: str | None, width: int | None, height: int | None):
         w, h = (int(side) for side in resize.lower().split("x"))
     except ValueError:
         raise InvalidInputError(f"--resize takes WxH, e.g. 768x512, got {resize!r}") from None
-    if w < 8 or h < 8:
-        raise InvalidInputError(f"--resize {resize}: sides must be at least 8 pixels")
+    if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
+        raise InvalidInputError(f"--resize {resize}: sides must be between 8 and {MAX_SIDE} pixels")
     return w, h
 
 
@@ -493,11 +499,15 @@ def info(
         problems = folder.verify(hashes=True)
         if problems:
             fail(f"{folder.path} failed verification: {'; '.join(problems)}")
-        if folder.hashed_files == 0:  # optimum's folders carry no hashes: say what was and was not checked
+        unhashed = [name for name, meta in folder.listed_files.items() if "sha256" not in meta]
+        if len(unhashed) == len(folder.listed_files):  # optimum's folders: say what was and was not checked
             typer.echo("not verified: this folder's files have no hashes to check (not exported by edgesd); every file "
                        "is present and not empty, and a damaged one is named when an engine cannot read it")
+        elif unhashed:
+            typer.echo(f"verified {len(folder.listed_files) - len(unhashed)} files by sha256; not {', '.join(unhashed)} "
+                       "(no hash in the manifest: present and not empty only)")
         else:
-            typer.echo(f"verified: every file matches its sha256 ({folder.hashed_files} files)")
+            typer.echo(f"verified: every file matches its sha256 ({len(folder.listed_files)} files)")
 
 
 @app.command()
@@ -506,24 +516,28 @@ def bench(
     backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
     device: str = typer.Option("auto", help="cpu, gpu, cuda, npu or auto."),
     precision: str = typer.Option("auto", "--precision", help="Inference precision: auto, fp32, bf16, fp16."),
-    resolution: Optional[int] = typer.Option(None, min=8, help="Square input side in pixels. Default: the model's native size (512 for SD 1.5).", show_default=False),
+    resolution: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Square input side in pixels. Default: the model's native size (512 for SD 1.5).", show_default=False),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps (default: the model's)."),
     strength: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Strength (default: the model's)."),
     guidance: Optional[float] = typer.Option(None, min=0.0, help="Guidance scale (default: the model's)."),
     repeat: int = typer.Option(3, min=1, help="Timed warm runs."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs after the cold start."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for onnxruntime."),
+    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for onnxruntime."),
     low_memory: bool = typer.Option(False, help="Measure the low-memory mode (one submodel loaded at a time, tiled VAE)."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this file."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --json file."),
 ):
     """Measure cold start, per-stage warm latency (median, min, max), peak memory and model size."""
     from edgesd.bench import run_benchmark
 
+    loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
+    if json_file:  # checked before the (long) run, as generating commands check their outputs
+        run_guarded(_check_report, json_file, overwrite, [model, vae, *(l.path for l in loras)])
     result = run_guarded(run_benchmark, model, backend=backend, device=device, precision=precision, resolution=resolution,
                          steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads,
-                         low_memory=low_memory, loras=[run_guarded(parse_lora, spec) for spec in lora or ()], vae=vae)
+                         low_memory=low_memory, loras=loras, vae=vae)
     resolution = result["resolution"]
     typer.echo(f"{result['model']} on {result['backend']}{' (low memory)' if low_memory else ''}, {resolution}x{resolution}, "
                f"{result['unet_steps']} UNet steps, precision {precision}"
@@ -537,6 +551,21 @@ def bench(
         from edgesd.outputs import write_text_atomic
 
         write_text_atomic(json_file, json.dumps(result, indent=2))
+
+
+def _check_report(path: Path, overwrite: bool, sources: list) -> None:
+    """A report file: not inside what is measured, not over an existing file unless asked, writable."""
+    from edgesd.errors import InvalidInputError
+    from edgesd.outputs import check_writable
+
+    if path.is_dir():
+        raise InvalidInputError(f"--json {path} is a folder; name the file to write")
+    for source in filter(None, map(Path, filter(None, sources))):
+        if source.exists() and (path.resolve() == source.resolve() or source.resolve() in path.resolve().parents):
+            raise InvalidInputError(f"--json {path} is inside {source}, which the benchmark reads; write it elsewhere")
+    if path.exists() and not overwrite:
+        raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it")
+    check_writable(path.parent, path.name)
 
 
 def _version() -> str:

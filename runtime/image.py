@@ -53,7 +53,7 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
     if not path.is_file():
-        raise InvalidInputError(f"image {path} does not exist")
+        raise InvalidInputError(f"image {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     try:
         with Image.open(path) as opened:
             if opened.width * opened.height > max_pixels:

@@ -4,6 +4,7 @@ same-stem inputs (a.jpg, a.webp) are named by their full names (a.jpg.png, a.web
 about the outputs is checked before any work: they can be written, and none is an input (not even
 with --overwrite)."""
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,14 @@ def files_of(job: Job, grid: bool) -> list[Path]:
 
 
 def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool, suffixes: list[str] = ("",),
-              grid: bool = False) -> Plan:
+              grid: bool = False, other_inputs: list[Path] = ()) -> Plan:
     """The jobs to run, each with `num_images` outputs per run named OUT{suffix} (and a contact sheet
     with `grid`). A single input whose output exists is an error: nothing is overwritten silently;
-    in a folder such an input is skipped (all outputs there) or refused (some)."""
+    in a folder such an input is skipped (all outputs there) or refused (some). `other_inputs` (a
+    mask, a replayed image) are never replaced either."""
+    for path in (image, *([output] if output else [])):
+        if any(len(os.fsencode(part)) > 255 for part in path.parts):
+            raise InvalidInputError(f"{str(path)[:80]}...: a name in this path is longer than file systems allow (255 bytes)")
     if not image.is_dir():
         if not image.is_file():
             raise InvalidInputError(f"image {image} does not exist")
@@ -48,7 +53,7 @@ def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool
         if output.is_dir():
             raise InvalidInputError(f"--output {output} is a folder; with one input, name the output file (e.g. {output / 'out.png'})")
         job = _job(image, output, num_images, list(suffixes))
-        _check_outputs([image], [job], grid)
+        _check_outputs([image, *other_inputs], [job], grid)
         existing = [str(p) for p in files_of(job, grid) if p.exists()]
         if existing and not overwrite:
             raise InvalidInputError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
@@ -79,7 +84,7 @@ def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool
             plan.skipped.append((path, "its output exists (--overwrite to redo)"))
         else:
             plan.skipped.append((path, f"{len(existing)} of its {len(outputs)} outputs exist (--overwrite to redo all)"))
-    _check_outputs(inputs, plan.jobs, grid)
+    _check_outputs([*inputs, *other_inputs], plan.jobs, grid)
     return plan
 
 

@@ -6,3 +6,4 @@ MAX_SIDE = 16384  # pixels on a side of any image edgesd makes
 MAX_STEPS = 1000  # diffusers' schedulers train on 1000 timesteps
 MAX_GUIDANCE = 100.0  # far past any useful scale (7.5 typical, 30 extreme); beyond, images saturate or overflow
 MAX_IMAGES = 64  # images per call (a batch)
+MAX_THREADS = 256  # CPU threads asked of an engine (each costs a stack and an arena; 100000 exhausted memory)

@@ -112,7 +112,7 @@ def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
     """Read a LoRA file (.safetensors) of any format above; layers of another family are an error."""
     path = Path(path)
     if not path.is_file():
-        raise LoraError(f"LoRA file {path} does not exist")
+        raise LoraError(f"LoRA file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     if path.suffix != ".safetensors":
         raise LoraError(f"LoRA {path.name}: only .safetensors files are read (pickled .pt/.ckpt files can run code)")
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not abs(weight) <= MAX_WEIGHT:

@@ -104,10 +104,11 @@ class ModelFolder:
         return problems
 
     @property
-    def hashed_files(self) -> int:
-        """How many of its files the manifest gives a sha256 for (none in optimum's folders)."""
-        return sum("sha256" in meta for entry in self.manifest["submodels"].values() for info in entry["formats"].values()
-                   for meta in info.get("files", {}).values()) + sum("sha256" in meta for meta in self.manifest.get("support_files", {}).values())
+    def listed_files(self) -> dict[str, dict]:
+        """Every file the manifest lists (relative path -> its size and sha256, where given)."""
+        return {**{f"{submodel}/{name}": meta for submodel, entry in self.manifest["submodels"].items()
+                   for info in entry["formats"].values() for name, meta in info.get("files", {}).items()},
+                **self.manifest.get("support_files", {})}
 
     def verify_once(self, formats: list[str]) -> None:
         """Hash the files of `formats` the first time they are used (and after they change); raise on a mismatch."""
@@ -215,6 +216,12 @@ def _checked(folder: ModelFolder) -> ModelFolder:
     problems = folder.verify(hashes=False)
     if problems:
         raise ModelFolderError(f"{folder.path} is incomplete or damaged: {'; '.join(problems)}; re-export it")
+    if folder.manifest["kind"] == "model":  # the numbers the runtime sizes arrays by agree with each other
+        latent, unet, vae = folder.manifest["latent_channels"], folder.unet_config, folder.vae_config
+        if vae.get("latent_channels", 4) != latent or unet.get("in_channels", 4) not in (latent, 2 * latent + 1):
+            raise ModelFolderError(f"{folder.path} does not add up: the manifest says {latent} latent channels, the VAE's "
+                                   f"config {vae.get('latent_channels', 4)}, the UNet takes {unet.get('in_channels', 4)} "
+                                   f"(it should take {latent}, or {2 * latent + 1} for inpainting); re-export it")
     return folder
 
 

@@ -73,10 +73,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def image_format(path: Path) -> str:
-    """The format Pillow writes for `path`'s suffix, or InvalidInputError."""
+    """The format Pillow writes for `path`'s suffix, among those that carry the parameters (PNG, JPEG,
+    WebP), or InvalidInputError."""
     fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise InvalidInputError(f"cannot write {path}: unknown image format {path.suffix!r}; use .png, .jpg or .webp")
+    if fmt not in ("PNG", "JPEG", "WEBP") or fmt not in Image.SAVE:
+        raise InvalidInputError(f"cannot write {path}: {path.suffix or 'no suffix'} is not an image format edgesd writes "
+                                "(with its parameters inside); use .png, .jpg or .webp")
     return fmt
 
 
@@ -102,8 +104,9 @@ def claim(path: Path) -> bool:
         try:  # written whole or not at all, so a claim always names its process
             _write_atomic(marker, lambda f: f.write(str(os.getpid()).encode()), overwrite=False)
             return True
-        except InvalidInputError:  # claimed already
-            if _alive(_pid_in(marker)):
+        except InvalidInputError:  # claimed already: by a live process other than this one, or left by a dead one
+            owner = _pid_in(marker)
+            if owner != os.getpid() and _alive(owner):
                 return False
             marker.unlink(missing_ok=True)
     return False

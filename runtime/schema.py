@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from edgesd.errors import InvalidInputError, ModelFolderError
+from edgesd.formats import FORMATS
 from edgesd.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS
 
 FORMAT_VERSION = 1
@@ -91,6 +92,10 @@ class Manifest(_Schema):
             raise ValueError("family is missing")
         if any(part in (".", "..") for name in self.support_files for part in name.split("/")):
             raise ValueError("support_files names a file outside the folder")
+        unlisted = [f"{name} ({fmt})" for name, entry in self.submodels.items() for fmt, spec in entry.formats.items()
+                    if FORMATS[fmt].main_file not in spec.files]
+        if unlisted:  # else the file would be neither checked nor hashed
+            raise ValueError(f"submodels {', '.join(unlisted)} do not list their main file")
         return self
 
 
@@ -140,7 +145,7 @@ class SchedulerConfig(_Schema):
     trained_betas: list[Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]] | None = Field(None, max_length=10_000)
     prediction_type: Label = "epsilon"
     timestep_spacing: Label | None = None
-    steps_offset: int = Field(0, ge=0, le=1000)
+    steps_offset: int = Field(0, ge=0, le=1)  # diffusers' SD configs: 0 or 1 (more skips past the schedule's end)
     clip_sample: bool | None = None
     clip_sample_range: Finite = Field(1.0, gt=0, le=1e6)
     sample_max_value: Finite = Field(1.0, gt=0, le=1e6)
@@ -155,6 +160,13 @@ class SchedulerConfig(_Schema):
     timestep_scaling: Finite = Field(10.0, gt=0, le=1e6)
     original_inference_steps: int = Field(50, ge=1, le=10_000)
     solver_order: int = Field(2, ge=1, le=3)
+
+    @model_validator(mode="after")
+    def _betas(self):
+        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
+            raise ValueError(f"trained_betas has {len(self.trained_betas)} values for {self.num_train_timesteps} "
+                             "num_train_timesteps")
+        return self
 
 
 def check_manifest(data, source) -> dict:

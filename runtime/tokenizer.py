@@ -77,6 +77,8 @@ class ClipTokenizer:
         eos = _token(config.get("eos_token", "<|endoftext|>"))
         pad = _token(config.get("pad_token", eos))
         self.max_length = min(int(config.get("model_max_length", 77)), 77)
+        if self.max_length < 2:  # room for the start and end tokens at least
+            raise ModelFolderError(f"{folder}: model_max_length {self.max_length} leaves no room for a prompt; re-export the model")
         if (folder / "tokenizer.json").exists():
             self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():

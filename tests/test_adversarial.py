@@ -234,7 +234,8 @@ def test_overwrite_never_replaces_an_input(model, tmp_path):
     assert source.read_bytes() == before
 
 
-@pytest.mark.parametrize("output,says", [("file.txt/out.png", "cannot write outputs"), ("out.xyz", "unknown image format"),
+@pytest.mark.parametrize("output,says", [("file.txt/out.png", "cannot write outputs"), ("out.xyz", "not an image format edgesd writes"),
+                                         ("out.gif", "not an image format edgesd writes"),
                                          ("folder", "is a folder")])
 def test_unwritable_outputs_are_refused_before_loading(model, tmp_path, output, says):
     (tmp_path / "file.txt").write_text("x")
@@ -418,3 +419,107 @@ def test_info_verify_says_what_it_could_not_check(optimum_exported, model):
     assert "no hashes" in done.stdout
     done = edgesd("info", model, "--verify")
     assert done.returncode == 0 and "verified: every file" in done.stdout
+
+
+# -- found by an adversarial sweep after the first round ------------------------------------------------
+
+def test_export_overwrite_replaces_only_an_edgesd_folder(tmp_path):
+    from edgesd.export import _check_output
+
+    parent = tmp_path / "par"
+    (parent / "src").mkdir(parents=True)
+    (parent / "notes.txt").write_text("mine")
+    for output, says in ((parent, "is the source or holds it"), (parent / "src", "is the source or holds it"),
+                         (parent / "notes.txt", "is not an edgesd model folder"), (tmp_path, "is the source or holds it")):
+        with pytest.raises(EdgesdError, match=says):
+            _check_output(str(parent / "src"), output, overwrite=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(EdgesdError, match="is not an edgesd model folder"):
+        _check_output("random:tiny-sd1", other, overwrite=True)
+    (other / MANIFEST).write_text("{}")
+    _check_output("random:tiny-sd1", other, overwrite=True)  # an export's folder: replaced
+    assert (parent / "notes.txt").read_text() == "mine"
+
+
+def test_masks_and_replayed_images_are_inputs_too(model, tmp_path):
+    mask = tmp_path / "mask.png"
+    Image.new("L", Image.open(SMALL).size, 255).save(mask)
+    before = mask.read_bytes()
+    done = edgesd("inpaint", model, "-i", SMALL, "--mask", mask, "-p", "x", "-o", mask, "--overwrite")
+    assert clean_failure(done) and "is an input" in done.stderr and mask.read_bytes() == before
+    replayed = png_with(tmp_path / "r.png", json.dumps({**GOOD, "size": None, "extension": None}))
+    kept = replayed.read_bytes()
+    done = edgesd("img2img", model, "-i", SMALL, "--replay", replayed, "-o", replayed, "--overwrite")
+    assert clean_failure(done) and "is an input" in done.stderr and replayed.read_bytes() == kept
+
+
+def test_a_replayed_model_name_never_opens_a_local_folder(model, tmp_path):
+    image = png_with(tmp_path / "p.png", json.dumps({**GOOD, "model": str(model), "hub_revision": "main"}))
+    done = edgesd("img2img", "-i", SMALL, "--replay", image, "-o", tmp_path / "o.png",
+                  env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert clean_failure(done) and "hub repo id" in done.stderr and not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("args,says", [(["--threads", "100000"], "--threads"), (["--width", "100000"], "--width"),
+                                       (["--resize", "100000x8"], "between 8 and 16384"),
+                                       (["--seed", str(2**64 - 1), "--iterations", "2"], "goes past the largest seed")])
+def test_options_that_would_exhaust_the_machine_are_refused(model, tmp_path, args, says):
+    done = edgesd("img2img", model, "-i", SMALL, "-p", "x", *args, "-o", tmp_path / "o.png")
+    assert clean_failure(done) and says in done.stderr
+
+
+def test_bench_report_is_checked_before_the_run(model, tmp_path):
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(model, copy)
+    manifest = (copy / MANIFEST).read_bytes()
+    inside = edgesd("bench", copy, "--json", copy / MANIFEST, "--overwrite")
+    assert clean_failure(inside) and "inside" in inside.stderr and (copy / MANIFEST).read_bytes() == manifest
+    (tmp_path / "old.json").write_text("keep")
+    existing = edgesd("bench", copy, "--json", tmp_path / "old.json")
+    assert clean_failure(existing) and "--overwrite" in existing.stderr and (tmp_path / "old.json").read_text() == "keep"
+    folder = edgesd("bench", copy, "--json", tmp_path)
+    assert clean_failure(folder) and "is a folder" in folder.stderr
+
+
+def test_a_claim_on_one_named_output_is_an_error_and_our_own_pid_is_stale(model, tmp_path):
+    out = tmp_path / "o.png"
+    (tmp_path / ".o.png.claim").write_text(str(os.getppid()))  # a live process other than edgesd's
+    done = edgesd("img2img", model, "-i", SMALL, "-p", "x", "--steps", 1, "--strength", 1, "-o", out)
+    assert clean_failure(done) and "another edgesd process" in done.stderr and not out.exists()
+    from edgesd.outputs import claim, release
+
+    (tmp_path / ".x.png.claim").write_text(str(os.getpid()))  # left by this very process id (a container's pid 1)
+    assert claim(tmp_path / "x.png")
+    release(tmp_path / "x.png")
+    assert not (tmp_path / ".x.png.claim").exists()
+
+
+def test_a_manifest_must_list_each_formats_main_file(tmp_path):
+    fake_model_folder(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["submodels"]["unet"]["formats"]["onnx"]["files"] = {}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match=r"unet \(onnx\) do not list their main file"):
+        open_model_folder(tmp_path)
+
+
+@pytest.mark.parametrize("config,says", [({"steps_offset": 1000}, "steps_offset"),
+                                         ({"trained_betas": [0.01] * 10}, "trained_betas has 10 values")])
+def test_scheduler_configs_that_break_the_schedule_are_refused(tmp_path, config, says):
+    fake_model_folder(tmp_path)
+    file = tmp_path / "scheduler" / "scheduler_config.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), **config}))
+    with pytest.raises(ModelFolderError, match=says):
+        resolve_settings(open_model_folder(tmp_path), "x")
+
+
+@pytest.mark.parametrize("file,change", [(MANIFEST, {"latent_channels": 8}), ("unet/config.json", {"in_channels": 7}),
+                                         ("vae_decoder/config.json", {"latent_channels": 16})])
+def test_channel_counts_that_disagree_are_refused_when_opened(tmp_path, file, change):
+    fake_model_folder(tmp_path)
+    (tmp_path / file).write_text(json.dumps({**json.loads((tmp_path / file).read_text()), **change}))
+    with pytest.raises(ModelFolderError, match="does not add up"):
+        open_model_folder(tmp_path)

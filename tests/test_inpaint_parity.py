@@ -213,15 +213,15 @@ def test_padding_mask_crop_matches_diffusers(pipes, reference_pipes, model, back
 
 def test_catches_an_unblended_last_step(pipes, reference_pipes, monkeypatch):
     """4-channel UNet: the known region must be put back after the last step too (unnoised)."""
-    from edgesd.pipelines import inpaint
+    from edgesd.pipelines import base
 
-    denoise = inpaint.denoise
+    denoise = base.denoise
 
     def skip_last_blend(plan, predict, latents, generator, callback=None, on_step=None):
         last = len(plan.timesteps) - 1
         return denoise(plan, predict, latents, generator, callback, lambda i, z: z if i == last else on_step(i, z))
 
-    monkeypatch.setattr(inpaint, "denoise", skip_last_blend)
+    monkeypatch.setattr(base, "denoise", skip_last_blend)
     size = SIZES["tiny-sd2"]
     with pytest.raises(AssertionError):
         assert_images_close(ours(pipes["tiny-sd2", "onnxruntime"], "EulerDiscreteScheduler", 1.0, 0.0, size=size),

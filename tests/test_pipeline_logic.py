@@ -80,9 +80,9 @@ ONE, BATCH = (1, 4, 6, 8), (2, 4, 6, 8)  # a VAE sample of the single input; the
     (9, 0.5, [ONE, BATCH, ONE]),
 ])
 def test_inpaint_draws_in_diffusers_order(tmp_path, monkeypatch, channels, strength, expected):
-    from edgesd.pipelines import inpaint
+    from edgesd.pipelines import base
 
-    monkeypatch.setattr(inpaint, "TorchGenerator", Recording)
+    monkeypatch.setattr(base, "TorchGenerator", Recording)
     Recording.draws = []
     pipe, sessions = fake(InpaintPipeline, tmp_path, unet_in_channels=channels)
     pipe(IMAGE, MASK, "x", strength=strength, num_inference_steps=4, guidance_scale=7.5, num_images=2, seed=0, size=(64, 48))

@@ -1,9 +1,11 @@
 """What every task pipeline shares: loading a model folder on an engine, the typed submodels, the
-input checks and sizes, the memory check, provenance, and reusing the last encodings (sweeps)."""
+input checks and sizes, the memory check, provenance, reusing the last encodings (sweeps), and the
+one call skeleton (`generate`): a task supplies only what differs, its `Preparation`."""
 
 import hashlib
 import logging
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +15,12 @@ import numpy as np
 from PIL import Image
 
 from edgesd import __version__, memory, schedulers
+from edgesd.denoise import Callback, OnStep, denoise, guided
 from edgesd.errors import InvalidInputError, ModelFolderError
 from edgesd.families import Conditioning, family_of
 from edgesd.hub import download, hub_origin, is_repo_id
-from edgesd.image import target_size
+from edgesd.generator import TorchGenerator
+from edgesd.image import postprocess, target_size
 from edgesd.limits import MAX_PIXELS
 from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
 from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder
@@ -47,6 +51,17 @@ class Result:
     def save(self, path: str | Path, index: int = 0, overwrite: bool = False) -> None:
         """Write image `index` atomically, its parameters inside (PNG text chunk; EXIF in JPEG/WebP)."""
         save_image(self.images[index], Path(path), {**self.parameters, "index": index}, overwrite)
+
+
+@dataclass
+class Preparation:
+    """What a task gives the shared skeleton: the starting latents (noised to the strength's start),
+    UNet channels beside them (inpainting UNets' mask and masked image, already doubled for guidance),
+    work after each step (inpainting's blend of the known region), and after decoding (a paste-back)."""
+    latents: np.ndarray
+    extra: np.ndarray | None = None
+    on_step: OnStep | None = None
+    finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None
 
 
 class Pipeline:
@@ -210,6 +225,35 @@ class Pipeline:
         loading = memory.weights_bytes(self.folder, self.format, True) if self.low_memory else 0
         memory.check_call(self.folder, width, height, num_images, guided, self.backend, self.low_memory, loading,
                           f"{width}x{height} x{num_images} on {self.backend}", self._whole_vae)
+
+    def generate(self, start: float, settings: dict, plan: Plan, size: tuple[int, int], provenance: dict,
+                 prepare: Callable[[TorchGenerator], Preparation], callback: Callback | None) -> Result:
+        """The call every task shares, in diffusers' order: check memory, encode the prompt, the task's
+        latents (`prepare`, with the seeded generator: its draws are the task's), denoise with
+        guidance, decode, the task's finish. `start`: when the call began (for timings["total"])."""
+        timings = {}
+        guidance_scale, num_images = settings["guidance_scale"], settings["num_images"]
+        self.check_memory(*size, num_images, guidance_scale > 1)
+        generator = TorchGenerator(settings["seed"])
+        t0 = time.perf_counter()
+        conditioning = self.encode_prompt(settings["prompt"], settings["negative_prompt"], guidance_scale, num_images)
+        timings["text"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        task = prepare(generator)
+        timings["encode"] = time.perf_counter() - t0
+        latents, timings["steps"] = task.latents, []
+        if len(plan.timesteps):
+            predict = guided(self.unet, conditioning, guidance_scale, task.extra)
+            latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback, task.on_step)
+            if cancelled:
+                return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)
+        t0 = time.perf_counter()
+        images = postprocess(self.vae.decode(latents))
+        if task.finish is not None:
+            images = task.finish(images)
+        timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+        return Result(images, settings["seed"], settings, timings, provenance=provenance)
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float, num_images: int) -> Conditioning:
         """The family's conditioning; the negative prompt only where guidance applies (scale > 1), as diffusers."""

@@ -15,13 +15,12 @@ import time
 import numpy as np
 from PIL import Image
 
-from edgesd.denoise import Callback, denoise, guided
+from edgesd.denoise import Callback
 from edgesd.errors import InvalidInputError
-from edgesd.generator import TorchGenerator
-from edgesd.image import image_sha256, load_image, postprocess, preprocess, target_size
+from edgesd.image import image_sha256, load_image, preprocess, target_size
 from edgesd.mask_crop import crop_region, paste_back, resize_fill
 from edgesd.outpaint import extend
-from edgesd.pipelines.base import Pipeline, Result, resolve_settings
+from edgesd.pipelines.base import Pipeline, Preparation, Result, resolve_settings
 
 
 def mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -60,7 +59,6 @@ class InpaintPipeline(Pipeline):
         if self.unet.in_channels not in (4, 9):
             raise InvalidInputError(f"this model's UNet takes {self.unet.in_channels} channels; inpainting needs 4 or 9")
         start = time.perf_counter()
-        timings = {}
         settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps,
                                           guidance_scale, seed, num_images, scheduler, self.task_defaults)
         if len(plan.timesteps) == 0:
@@ -70,59 +68,43 @@ class InpaintPipeline(Pipeline):
         native = self.folder.native_size
         width, height = self.input_size(image.size, size or (native, native))
         settings.update(size=[width, height], padding_mask_crop=padding_mask_crop)
-        guidance_scale = settings["guidance_scale"]
-        self.check_memory(width, height, num_images, guidance_scale > 1)
         provenance = {**self.provenance, "input_sha256": image_sha256(image), "mask_sha256": image_sha256(mask)}
-        generator = TorchGenerator(settings["seed"])
-        t0 = time.perf_counter()
-        conditioning = self.encode_prompt(prompt, negative_prompt, guidance_scale, num_images)
-        timings["text"] = time.perf_counter() - t0
-        # Latents, in diffusers' draw order: image latents (4-channel UNet, or strength < 1), noise,
-        # then the masked image's latents (drawn even where a 4-channel UNet will not use them).
-        t0 = time.perf_counter()
-        original, original_mask = image, mask
-        if padding_mask_crop is not None:
+        finish = None
+        if padding_mask_crop is not None:  # inpaint the mask's box at full size, then paste it back
             if not np.asarray(mask.convert("L")).any():
                 raise InvalidInputError("the mask is all black: there is nothing to inpaint (nor to crop around)")
             box = crop_region(mask, width, height, padding_mask_crop)
+            original, original_mask = image, mask
             image, mask = (resize_fill(im.crop(box), width, height) for im in (image, mask))
-        pixels = preprocess(image, (width, height))
-        full_strength = settings["strength"] == 1.0
-        image_latents = None
-        if self.unet.in_channels == 4 or not full_strength:
-            image_latents = np.repeat(self.encode_image(pixels, generator), num_images, axis=0)
-        noise = generator.randn((num_images, self.latent_channels, height // self.vae.scale_factor,
-                                 width // self.vae.scale_factor))
-        latents = noise * plan.init_noise_sigma if full_strength else plan.add_noise(image_latents, noise)
-        mask = mask_array(mask, (width, height))
-        masked_latents = self.encode_image(pixels * (mask < 0.5), generator)
-        latent_mask = mask[:, :, :: self.vae.scale_factor, :: self.vae.scale_factor]
-        timings["encode"] = time.perf_counter() - t0
-        # Denoise.
-        doubled = 2 if guidance_scale > 1 else 1
-        if self.unet.in_channels == 9:
-            extra = np.concatenate([np.repeat(latent_mask, num_images * doubled, axis=0),
-                                    np.repeat(masked_latents, num_images * doubled, axis=0)], axis=1)
-            on_step = None
-        else:
-            extra = None
+            finish = lambda images: [paste_back(original_mask, original, im, box) for im in images]  # noqa: E731
+        n, copies = settings["num_images"], 2 if settings["guidance_scale"] > 1 else 1
+
+        def prepare(generator) -> Preparation:
+            # Latents, in diffusers' draw order: image latents (4-channel UNet, or strength < 1), noise,
+            # then the masked image's latents (drawn even where a 4-channel UNet will not use them).
+            pixels = preprocess(image, (width, height))
+            full_strength = settings["strength"] == 1.0
+            image_latents = None
+            if self.unet.in_channels == 4 or not full_strength:
+                image_latents = np.repeat(self.encode_image(pixels, generator), n, axis=0)
+            noise = generator.randn((n, self.latent_channels, height // self.vae.scale_factor, width // self.vae.scale_factor))
+            latents = noise * plan.init_noise_sigma if full_strength else plan.add_noise(image_latents, noise)
+            pixel_mask = mask_array(mask, (width, height))
+            masked_latents = self.encode_image(pixels * (pixel_mask < 0.5), generator)
+            latent_mask = pixel_mask[:, :, :: self.vae.scale_factor, :: self.vae.scale_factor]
+            if self.unet.in_channels == 9:  # the UNet sees the mask and the masked image beside the latents
+                extra = np.concatenate([np.repeat(latent_mask, n * copies, axis=0),
+                                        np.repeat(masked_latents, n * copies, axis=0)], axis=1)
+                return Preparation(latents, extra, finish=finish)
             keep = np.float32(1) - latent_mask
 
-            def on_step(i: int, latents: np.ndarray) -> np.ndarray:
+            def on_step(i: int, latents: np.ndarray) -> np.ndarray:  # the known region put back, noised to the next step
                 known = image_latents if i == len(plan.timesteps) - 1 else plan.add_noise(image_latents, noise, i + 1)
                 return keep * known + latent_mask * latents
 
-        predict = guided(self.unet, conditioning, guidance_scale, extra)
-        latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback, on_step)
-        if cancelled:
-            return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)
-        t0 = time.perf_counter()
-        images = postprocess(self.vae.decode(latents))
-        if padding_mask_crop is not None:
-            images = [paste_back(original_mask, original, im, box) for im in images]
-        timings["decode"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - start
-        return Result(images, settings["seed"], settings, timings, provenance=provenance)
+            return Preparation(latents, on_step=on_step, finish=finish)
+
+        return self.generate(start, settings, plan, (width, height), provenance, prepare, callback)
 
     def outpaint(self, image, prompt: str, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
                  overlap: int | None = None, size: tuple[int | None, int | None] | None = None, **options) -> Result:

@@ -79,6 +79,9 @@ def fake_model_folder(path: Path, unet_in_channels: int = 4, scheduler: dict | N
     (path / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
     manifest = {"format_version": FORMAT_VERSION, "family": "sd1", "prediction_type": "epsilon", "latent_channels": LATENT,
                 "vae_scaling_factor": 0.18215, "vae_scale_factor": SCALE, "sample_size": 64, "unet_any_size": True,
-                "submodels": {name: {"formats": {"onnx": {"precision": "fp32", "files": {}}}} for name in SUBMODELS}}
+                "submodels": {name: {"formats": {"onnx": {"precision": "fp32", "files": {"model.onnx": {}}}}} for name in SUBMODELS}}
+    for name in SUBMODELS:  # a placeholder where the engine's file would be (FakeSessions never read it)
+        (path / name).mkdir(exist_ok=True)
+        (path / name / "model.onnx").write_bytes(b"fake session")
     (path / MANIFEST).write_text(json.dumps(manifest))
     return ModelFolder(path, manifest)

@@ -69,8 +69,8 @@ class OnnxRuntimeSession:
         ort = _import()
         if precision not in ("auto", "fp32"):
             raise BackendUnavailableError(
-                f"onnxruntime computes in the precision the model was exported in; for {precision} export with "
-                f"`edgesd export --precision {precision}` or use --backend openvino"
+                f"onnxruntime computes in the precision the model was exported in; for {precision} use --backend openvino"
+                + (" or export with `edgesd export --precision fp16`" if precision == "fp16" else "")
             )
         options = ort.SessionOptions()
         if threads:
