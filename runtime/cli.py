@@ -190,16 +190,13 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: inpaint's (padding_mask_crop) or outpaint's (left, right, top, bottom, overlap)."""
     from edgesd import memory
-    from edgesd.hub import download, is_repo_id
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
-    from edgesd.families import family_of
-    from edgesd.model_folder import open_model_folder, open_vae_folder
     from edgesd.outpaint import grown
     from edgesd.outputs import read_parameters, release, save_image
     from edgesd.schema import hub_repo_id
-    from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, resolve_settings
-    from edgesd.sessions import BACKENDS, choose_backend
+    from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, plan_load, resolve_settings
+    from edgesd.sessions import BACKENDS
     from edgesd.variations import contact_sheet, parse_list, variants
 
     global _json_errors
@@ -241,14 +238,10 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         model, revision = run_guarded(hub_repo_id, stored.get("model", "")), revision or stored["hub_revision"]
     if model is None:  # images carry no local paths: a local model is named again
         fail(f"MODEL is required: the model folder to run{' (the image was made with ' + repr(stored['model']) + ')' if stored.get('model') else ''}")
-    vae_folder = run_guarded(open_vae_folder, vae) if vae is not None else None
-    if from_hub or is_repo_id(model):  # a ready export on the hub: downloaded (or taken from the hub cache) first
-        model = run_guarded(download, model, revision, backend, device, vae_folder and vae_folder.common_formats)
-    # Everything that can be checked without the weights is, before the (slow) load.
-    folder = run_guarded(open_model_folder, model)
-    run_guarded(family_of, folder)
-    formats = [f for f in folder.common_formats if vae_folder is None or f in vae_folder.common_formats]
-    backend = run_guarded(choose_backend, backend, device, formats)
+    # Everything that can be checked without the weights is, before the (slow) load: the pipeline's own
+    # checks (plan_load: the folder, downloaded if a hub repo, its family, the VAE, the engine), then the call's.
+    load_plan = run_guarded(plan_load, model, backend, device, vae, revision, from_hub)
+    folder, vae_folder, backend = load_plan.folder, load_plan.vae, load_plan.backend
     last_seed = (settings["seed"] or 0) + iterations - 1
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
     resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides},
@@ -281,8 +274,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
                     memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
                     f"{image.name} at {width}x{height} on {backend}", None if vae_decode_only else vae_folder)
     t0 = time.perf_counter()
-    pipe = run_guarded(pipeline.load, model, backend=backend, device=device, inference_precision=precision,
-                       threads=threads, low_memory=low_memory, loras=loras, vae=vae, vae_decode_only=vae_decode_only)
+    pipe = run_guarded(pipeline.open, load_plan, device=device, inference_precision=precision, threads=threads,
+                       low_memory=low_memory, loras=loras, vae_decode_only=vae_decode_only)
     pipe.max_pixels = max_pixels
     load_time = time.perf_counter() - t0
     if task == "outpaint":

@@ -123,16 +123,15 @@ class Pipeline:
         of the model's VAE, or with `vae_decode_only` for decoding only (fast previews).
         `path` may be a hub repo id (OWNER/REPO, at `revision`) holding an exported model (edgesd's or
         optimum's layout): only the files the engine needs are downloaded, into the hub cache."""
-        vae_folder = None if vae is None else open_vae_folder(vae)
-        if is_repo_id(path):
-            path = download(path, revision, backend, device, vae_folder and vae_folder.common_formats)
-        folder = open_model_folder(path)
-        family_of(folder)
-        formats = folder.common_formats
-        if vae_folder is not None:
-            _check_vae_fits(folder, vae_folder)
-            formats = [f for f in formats if f in vae_folder.common_formats]
-        backend = choose_backend(backend, device, formats)
+        return cls.open(plan_load(path, backend, device, vae, revision), device, inference_precision, threads, cache_dir,
+                        low_memory, loras, vae_decode_only)
+
+    @classmethod
+    def open(cls, plan: "LoadPlan", device: str = "auto", inference_precision: str = "auto", threads: int | None = None,
+             cache_dir: str | Path | None = None, low_memory: bool = False,
+             loras: Sequence[tuple[str | Path, float] | str | Path] = (), vae_decode_only: bool = False):
+        """`load`'s second half: hash the files the engine will read (once), then compile (see `plan_load`)."""
+        folder, vae_folder, backend = plan.folder, plan.vae, plan.backend
         fmt = BACKENDS[backend].format
         for checked in filter(None, (folder, vae_folder)):
             checked.verify_once([fmt])
@@ -274,6 +273,31 @@ class Pipeline:
         if not self.reuse_encodings or cached is None or cached[0] != key:
             cached = self._last_moments = (key, self.vae.moments(pixels))
         return self.vae.sample(cached[1], generator)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What a load will open, decided without reading any weights: the model folder (downloaded first
+    when it is a hub repo), a VAE folder that fits it, and the engine both can run on."""
+    folder: ModelFolder
+    vae: ModelFolder | None
+    backend: str
+
+
+def plan_load(path: str | Path, backend: str = "auto", device: str = "auto", vae: str | Path | None = None,
+              revision: str | None = None, from_hub: bool = False) -> LoadPlan:
+    """Every check of a load that needs no weights (the CLI runs it, then its own checks, then
+    `Pipeline.open`). `from_hub`: `path` is a hub repo id whatever local folder has its name."""
+    vae_folder = None if vae is None else open_vae_folder(vae)
+    if from_hub or is_repo_id(path):
+        path = download(path, revision, backend, device, vae_folder and vae_folder.common_formats)
+    folder = open_model_folder(path)
+    family_of(folder)
+    formats = folder.common_formats
+    if vae_folder is not None:
+        _check_vae_fits(folder, vae_folder)
+        formats = [f for f in formats if f in vae_folder.common_formats]
+    return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats))
 
 
 def _vae_replaces(vae: ModelFolder | None, decode_only: bool) -> tuple[str, ...]:
