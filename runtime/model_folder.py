@@ -178,12 +178,13 @@ def open_model_folder(path: str | Path) -> ModelFolder:
 def open_vae_folder(path: str | Path) -> ModelFolder:
     """Open a VAE folder (`edgesd export` of a tiny VAE such as madebyollin/taesd): a model's VAE replacement."""
     path = Path(path)
-    make = f"`edgesd export madebyollin/taesd -o {path}`"
     if not (path / MANIFEST).is_file():
-        raise ModelFolderError(f"{path} is not a VAE folder (no {MANIFEST}); make one with {make}")
-    manifest = _read_manifest(path)
-    if manifest.get("kind") != "vae":
-        raise ModelFolderError(f"{path} is a whole model, not a VAE folder; make one with {make}")
+        raise ModelFolderError(f"{path} is not a VAE folder (no {MANIFEST}); make one with "
+                               f"`edgesd export madebyollin/taesd -o {path}`")
+    manifest = _present_formats(path, _read_manifest(path))  # as a model's: a format deleted to save space
+    if manifest.get("kind") != "vae":  # (its path is a model's: the export goes elsewhere)
+        raise ModelFolderError(f"{path} is a whole model, not a VAE folder (give it as MODEL); make a VAE folder with "
+                               "`edgesd export madebyollin/taesd -o models/taesd`")
     return _checked(ModelFolder(path, manifest))
 
 

@@ -17,7 +17,8 @@ def grown(size: tuple[int, int], left: int, right: int, top: int, bottom: int, m
     """(right, bottom) rounded up so the canvas sides are multiples of `multiple`; a canvas over
     `max_pixels` is refused here, before anything is allocated or loaded."""
     if min(left, right, top, bottom) < 0 or not any((left, right, top, bottom)):
-        raise InvalidInputError("outpaint needs a non-negative extension on at least one side (left, right, top, bottom)")
+        raise InvalidInputError("outpaint needs pixels to add on at least one side (left, right, top, bottom), and none "
+                                "negative")
     width, height = size[0] + left + right, size[1] + top + bottom
     right, bottom = right + -width % multiple, bottom + -height % multiple
     width, height = size[0] + left + right, size[1] + top + bottom

@@ -523,3 +523,19 @@ def test_channel_counts_that_disagree_are_refused_when_opened(tmp_path, file, ch
     (tmp_path / file).write_text(json.dumps({**json.loads((tmp_path / file).read_text()), **change}))
     with pytest.raises(ModelFolderError, match="does not add up"):
         open_model_folder(tmp_path)
+
+
+def test_a_vae_in_no_format_the_model_has_says_so(exported, tiny_vae, tmp_path):
+    import shutil
+
+    from edgesd.pipelines import plan_load
+
+    model, vae = tmp_path / "model", tmp_path / "vae"
+    shutil.copytree(exported["tiny-sd1"], model)
+    shutil.copytree(tiny_vae["exported"], vae)
+    for file in model.glob("*/model.onnx*"):
+        file.unlink()
+    for file in vae.glob("*/openvino_model.*"):
+        file.unlink()
+    with pytest.raises(ModelFolderError, match="model has openvino and the VAE vae onnx: no format in common"):
+        plan_load(model, vae=vae)

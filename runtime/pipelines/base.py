@@ -297,6 +297,10 @@ def plan_load(path: str | Path, backend: str = "auto", device: str = "auto", vae
     if vae_folder is not None:
         _check_vae_fits(folder, vae_folder)
         formats = [f for f in formats if f in vae_folder.common_formats]
+        if not formats:
+            raise ModelFolderError(f"{folder.name} has {', '.join(folder.common_formats)} and the VAE {vae_folder.name} "
+                                   f"{', '.join(vae_folder.common_formats)}: no format in common; export the VAE with "
+                                   "--format both")
     return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats))
 
 
