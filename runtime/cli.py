@@ -193,7 +193,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
     from edgesd.outpaint import grown
-    from edgesd.outputs import read_parameters, release, save_image
+    from edgesd.outputs import read_parameters, release, remove_stale, save_image
     from edgesd.schema import hub_repo_id
     from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, plan_load, resolve_settings
     from edgesd.sessions import BACKENDS
@@ -289,10 +289,40 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
         _warn_replay_differences(stored, task, pipe, image, mask, replay)
     done, failures = [], []
     show = not quiet and not as_json and sys.stderr.isatty()
+
+    def run_job(n: int, job) -> None:
+        """One input: each run (a variation or an iteration) written, then its contact sheet."""
+        cells, source = [], job.image
+        schedule = runs if iterations == 1 else [runs[0]] * iterations
+        # inpaint keeps the input's size (the API, as diffusers, would use the native square)
+        call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
+        for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
+            call = {**settings, **run.overrides}
+            if iterations > 1 and call["seed"] is not None:
+                call["seed"] += k
+            label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
+            with _progress(show, label) as callback:
+                result = run_task(source, callback=callback, size=call_size, **call)
+            indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
+            for index, path in zip(indices, outputs):
+                result.save(path, index, overwrite=overwrite)
+                name = run.label or (f"iteration {k + 1}" if iterations > 1 else "")
+                cells.append((result.images[index], ", ".join(filter(None, [name, f"image {index}" * (len(indices) > 1)]))))
+            if iterations > 1:
+                source = result.images[0]
+            done.append({"image": str(job.image), "outputs": [str(p) for p in outputs[: len(indices)]],
+                         "seed": result.seed, "settings": result.parameters, "timings": result.timings})
+            steps_run = result.timings["steps"]
+            per_step = statistics.median(steps_run) if steps_run else 0.0
+            say(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
+                f"{per_step:.3f}s, total {result.timings['total']:.2f}s)")
+        if grid:
+            save_image(contact_sheet(cells), job.grid, {"grid_of": [Path(p).name for d in done if d["image"] == str(job.image)
+                                                                           for p in d["outputs"]]}, overwrite)
+            say(f"wrote {job.grid}")
+
     try:
         for n, job in enumerate(plan.jobs, 1):
-            cells, source = [], job.image
-            schedule = runs if iterations == 1 else [runs[0]] * iterations
             try:  # the claim is released however the job ends (a signal included)
                 if why := _claim(job, overwrite, grid):  # another edgesd on the same folder has it, or has done it
                     if not image.is_dir():  # one output asked for by name: not a silent skip
@@ -301,32 +331,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
                     say(f"skipped {job.image}: {why}")
                     continue
                 try:
-                    # inpaint keeps the input's size (the API, as diffusers, would use the native square)
-                    call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
-                    for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
-                        call = {**settings, **run.overrides}
-                        if iterations > 1 and call["seed"] is not None:
-                            call["seed"] += k
-                        label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
-                        with _progress(show, label) as callback:
-                            result = run_task(source, callback=callback, size=call_size, **call)
-                        indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
-                        for index, path in zip(indices, outputs):
-                            result.save(path, index, overwrite=overwrite)
-                            name = run.label or (f"iteration {k + 1}" if iterations > 1 else "")
-                            cells.append((result.images[index], ", ".join(filter(None, [name, f"image {index}" * (len(indices) > 1)]))))
-                        if iterations > 1:
-                            source = result.images[0]
-                        done.append({"image": str(job.image), "outputs": [str(p) for p in outputs[: len(indices)]],
-                                     "seed": result.seed, "settings": result.parameters, "timings": result.timings})
-                        steps_run = result.timings["steps"]
-                        per_step = statistics.median(steps_run) if steps_run else 0.0
-                        say(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
-                            f"{per_step:.3f}s, total {result.timings['total']:.2f}s)")
-                    if grid:
-                        save_image(contact_sheet(cells), job.grid, {"grid_of": [Path(p).name for d in done if d["image"] == str(job.image)
-                                                                                       for p in d["outputs"]]}, overwrite)
-                        say(f"wrote {job.grid}")
+                    run_job(n, job)
                 except Exception as e:  # a batch goes on past any input's failure; --json reports every one
                     if len(plan.jobs) == 1 and not as_json:
                         if isinstance(e, EdgesdError):
@@ -338,6 +343,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
             finally:
                 release(job.outputs[0][0])
     except KeyboardInterrupt as e:
+        remove_stale(job.outputs[0][0].parent, ours=True)  # a claim or temporary the signal cut a cleanup of
         finished = len({d["image"] for d in done})
         again = "resume (finished inputs are skipped)" if image.is_dir() else "redo it"
         typer.echo(f"interrupted: {finished} of {len(plan.jobs)} inputs finished, no partial file left; run the same "

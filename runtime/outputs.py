@@ -7,7 +7,9 @@ import errno
 import json
 import os
 import re
-import tempfile
+import secrets
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -33,17 +35,17 @@ def _write_atomic(path: Path, write, overwrite: bool = True) -> None:
     """write(file object) into a temp file beside `path`, then move it there: readers never see half
     a file. Without `overwrite`, an existing `path` (even one that appeared meanwhile) is kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    tmp = _temporary(path)  # named before it exists, so a signal at any point leaves nothing behind
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # an ordinary file's mode (the umask's)
             write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; an output is an ordinary file
         if overwrite:
             os.replace(tmp, path)
         else:
             _move_no_clobber(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        with _uninterrupted():
+            tmp.unlink(missing_ok=True)
 
 
 def _move_no_clobber(tmp: str, path: Path) -> None:
@@ -60,12 +62,6 @@ def _move_no_clobber(tmp: str, path: Path) -> None:
     except FileExistsError:
         raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it") from None
     os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -89,9 +85,11 @@ def check_writable(folder: Path, name: str) -> None:
     try:
         if existing != folder.absolute() and not existing.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
-        fd, probe = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+        probe = _temporary(existing / name)
+        try:
+            probe.touch(exist_ok=False)
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as e:
         raise InvalidInputError(f"cannot write outputs in {folder}: {e.strerror or e}; choose another --output") from None
 
@@ -114,12 +112,27 @@ def claim(path: Path) -> bool:
 
 def release(path: Path) -> None:
     marker = _claim_file(path)
-    if _pid_in(marker) == os.getpid():
-        marker.unlink(missing_ok=True)
+    with _uninterrupted():
+        if _pid_in(marker) == os.getpid():
+            marker.unlink(missing_ok=True)
 
 
-def remove_stale(folder: Path) -> None:
-    """Delete the temporary files and claims in `folder` that processes no longer running left behind."""
+@contextmanager
+def _uninterrupted():
+    """Ctrl-C and SIGTERM wait until the block is done: a cleanup a signal must not cut in half."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def remove_stale(folder: Path, ours: bool = False) -> None:
+    """Delete the temporary files and claims in `folder` that processes no longer running left behind
+    (and, with `ours`, this process's own: after an interrupt)."""
     if not folder.is_dir():
         return
     for file in folder.glob(".*"):
@@ -129,11 +142,15 @@ def remove_stale(folder: Path) -> None:
             pid = _pid_in(file)
         else:
             continue
-        if not _alive(pid):
+        if not _alive(pid) or (ours and pid == os.getpid()):
             file.unlink(missing_ok=True)
 
 
 _TEMPORARY = re.compile(r"\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp")  # _write_atomic's: .NAME.PID.RANDOM.tmp
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # the pattern of _TEMPORARY
 
 
 def _claim_file(path: Path) -> Path:

@@ -311,7 +311,7 @@ def describe(error: ValidationError, option: bool = False) -> str:
     if not first["loc"]:  # a check of the whole (its message names the fields)
         return message
     found = first.get("input")
-    shown = "" if isinstance(found, (dict, list)) or first["type"] == "missing" else f", got {str(found)[:60]}"
+    shown = "" if isinstance(found, (dict, list)) or first["type"] == "missing" else f", got {ascii(str(found)[:60])[1:-1]}"
     where = ".".join(str(part) for part in first["loc"] if not isinstance(part, str) or part not in _UNION_BRANCHES)
     return f"{'' if option else 'field '}{where}: {message[0].lower()}{message[1:]}{shown}"
 
