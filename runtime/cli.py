@@ -498,15 +498,16 @@ def info(
         problems = folder.verify(hashes=True)
         if problems:
             fail(f"{folder.path} failed verification: {'; '.join(problems)}")
-        unhashed = [name for name, meta in folder.listed_files.items() if "sha256" not in meta]
-        if len(unhashed) == len(folder.listed_files):  # optimum's folders: say what was and was not checked
+        listed = folder.listed_files()
+        unhashed = [name for name, meta in listed.items() if "sha256" not in meta]
+        if len(unhashed) == len(listed):  # optimum's folders: say what was and was not checked
             typer.echo("not verified: this folder's files have no hashes to check (not exported by edgesd); every file "
                        "is present and not empty, and a damaged one is named when an engine cannot read it")
         elif unhashed:
-            typer.echo(f"verified {len(folder.listed_files) - len(unhashed)} files by sha256; not {', '.join(unhashed)} "
+            typer.echo(f"verified {len(listed) - len(unhashed)} files by sha256; not {', '.join(unhashed)} "
                        "(no hash in the manifest: present and not empty only)")
         else:
-            typer.echo(f"verified: every file matches its sha256 ({len(folder.listed_files)} files)")
+            typer.echo(f"verified: every file matches its sha256 ({len(listed)} files)")
 
 
 @app.command()

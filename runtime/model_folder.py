@@ -89,11 +89,8 @@ class ModelFolder:
         all formats or only `formats`, and the files every format shares (tokenizer, configs). With
         `stamps` ({path: [size, mtime_ns, ctime_ns, inode, sha256]}, updated here), a file verified
         before and unchanged since is not hashed again."""
-        listed = [(f"{submodel}/{name}", meta) for submodel, entry in self.manifest["submodels"].items()
-                  for fmt, info in entry["formats"].items() if formats is None or fmt in formats
-                  for name, meta in info.get("files", {}).items()]
         problems = []
-        for name, meta in listed + list(self.manifest.get("support_files", {}).items()):
+        for name, meta in self.listed_files(formats).items():
             file = self.path / name
             if not file.is_file():
                 problems.append(f"{name}: missing")
@@ -103,11 +100,12 @@ class ModelFolder:
                 problems.append(f"{name}: sha256 mismatch (file changed or corrupt)")
         return problems
 
-    @property
-    def listed_files(self) -> dict[str, dict]:
-        """Every file the manifest lists (relative path -> its size and sha256, where given)."""
+    def listed_files(self, formats: list[str] | None = None) -> dict[str, dict]:
+        """Every file the manifest lists, of all formats or only `formats`, and the files every format
+        shares (relative path -> its size and sha256, where given)."""
         return {**{f"{submodel}/{name}": meta for submodel, entry in self.manifest["submodels"].items()
-                   for info in entry["formats"].values() for name, meta in info.get("files", {}).items()},
+                   for fmt, info in entry["formats"].items() if formats is None or fmt in formats
+                   for name, meta in info.get("files", {}).items()},
                 **self.manifest.get("support_files", {})}
 
     def verify_once(self, formats: list[str]) -> None:
