@@ -17,6 +17,7 @@ from pathlib import Path
 from edgesd.errors import EdgesdError
 from edgesd.formats import FORMATS as FILE_FORMATS
 from edgesd.model_folder import FORMAT_VERSION, MANIFEST, SUBMODELS, sha256
+from edgesd.schema import SDXL_CONDITIONING
 
 log = logging.getLogger("edgesd")
 FORMATS = tuple(FILE_FORMATS)  # what --format may name
@@ -119,7 +120,9 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
             onnx_export_from_model(pipe, folder, do_validation=False)
     references = reference_outputs(pipe)
     validation = _convert_and_validate(folder, formats, references)
-    _write_tokenizer_json(folder / "tokenizer")
+    for tokenizer in ("tokenizer", "tokenizer_2"):
+        if (folder / tokenizer).is_dir():
+            _write_tokenizer_json(folder / tokenizer)
     manifest = _manifest(pipe, source, folder, formats, validation)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if quantization:  # precision: the fp32 folder above is complete and validated; calibrate on it, then convert
@@ -195,7 +198,9 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
 
     vae, unet = pipe.vae.config, pipe.unet.config
     scale_factor = 2 ** (len(vae.block_out_channels) - 1)
-    family = source.recipe.get("family") or _FAMILY_BY_CROSS_ATTENTION.get(unet.cross_attention_dim, "sd")
+    sdxl = unet.get("addition_embed_type") == "text_time"
+    family = source.recipe.get("family") or ("sdxl" if sdxl else _FAMILY_BY_CROSS_ATTENTION.get(unet.cross_attention_dim, "sd"))
+    extra = {"conditioning": {key: bool(pipe.config[key]) for key in SDXL_CONDITIONING}} if sdxl else {}
     return {
         "format_version": FORMAT_VERSION,
         "family": family,
@@ -207,12 +212,13 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
         "unet_any_size": True,  # see _size_following
         "onnx_attention_fused": "onnx" in formats and has_fused_attention(folder / "unet" / FILE_FORMATS["onnx"].main_file),
         "defaults": source.recipe.get("defaults", {}),
+        **extra,
         "submodels": {
             name: {
                 "formats": {fmt: {"precision": "fp32", "files": _files(folder / name, fmt)} for fmt in formats},
                 "validation_max_abs_deviation": validation[name],
             }
-            for name in SUBMODELS
+            for name in SUBMODELS if name in validation
         },
         "support_files": support_files(folder),
         "provenance": _provenance(source, formats),
@@ -223,7 +229,7 @@ def support_files(folder: Path) -> dict:
     """The files the runtime reads besides the engines' (tokenizer and submodel configs): covered by
     hashes too, so a damaged tokenizer is found like a damaged UNet. Not the scheduler's config: users
     edit it (edgesd's own errors point there), and its values are checked when read (schema.py)."""
-    files = sorted(f for f in folder.glob("*/*") if f.is_file() and (f.parent.name == "tokenizer" or f.name == "config.json")
+    files = sorted(f for f in folder.glob("*/*") if f.is_file() and (f.parent.name.startswith("tokenizer") or f.name == "config.json")
                    and f.parent.name != "scheduler")
     return {f"{f.parent.name}/{f.name}": {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in files}
 

@@ -42,10 +42,14 @@ class PrecisionPlan:
     def __getitem__(self, submodel: str) -> str:
         return self.per_submodel[submodel]
 
+    def of(self, submodels) -> "PrecisionPlan":
+        """The plan for a folder with these submodels (an SD folder has no text_encoder_2)."""
+        return PrecisionPlan({name: value for name, value in self.per_submodel.items() if name in submodels})
+
     @property
     def spec(self) -> str:
         """Canonical spec (every submodel named), as recorded in the manifest's provenance."""
-        return ",".join(f"{name}={self.per_submodel[name]}" for name in SUBMODELS)
+        return ",".join(f"{name}={value}" for name, value in self.per_submodel.items())
 
     @property
     def is_fp32(self) -> bool:
@@ -57,7 +61,7 @@ class PrecisionPlan:
 
     def quantized(self) -> list[str]:
         """Submodels that get something other than fp32, in SUBMODELS order."""
-        return [name for name in SUBMODELS if self.per_submodel[name] != "fp32"]
+        return [name for name, value in self.per_submodel.items() if value != "fp32"]
 
 
 def precision_for(spec: str | None, target: str | None) -> str:

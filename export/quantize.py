@@ -49,6 +49,7 @@ def apply_precision(
     `converters`: (format, precision) -> converter, replacing the defaults (bench/precision.py's variants).
     Returns {submodel: {"methods": {format: method}, "quantized_max_abs_deviation": {backend: float}}}.
     """
+    plan = plan.of(json.loads((folder / MANIFEST).read_text())["submodels"])
     calibration = None
     if plan.needs_calibration:
         backend = "onnxruntime" if "onnx" in formats else "openvino"
@@ -85,6 +86,7 @@ def quantize_folder(
     manifest each format's precision, method and new files/hashes, the deviations, and the options."""
     from edgesd.export import _files  # the manifest's own file records (bytes + sha256)
 
+    plan = _upcast_vae(folder, plan.of(json.loads((folder / MANIFEST).read_text())["submodels"]))
     results = apply_precision(folder, formats, plan, references, calibration_images, calibration_samples, calibration_size,
                               converters)
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -103,6 +105,18 @@ def quantize_folder(
                                   "images": Path(calibration_images).name if calibration_images else "built-in"}  # no local path
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return results
+
+
+def _upcast_vae(folder: Path, plan: PrecisionPlan) -> PrecisionPlan:
+    """An SDXL VAE that overflows in fp16 (force_upcast in its config) stays fp32, as diffusers' SDXL
+    pipelines upcast it: fp16 there would decode to NaN (a black image). (SD pipelines ignore the
+    flag, which diffusers' AutoencoderKL sets by default.)"""
+    halved = [name for name in ("vae_encoder", "vae_decoder") if plan.per_submodel.get(name) == "fp16"]
+    if not halved or json.loads((folder / MANIFEST).read_text()).get("family") != "sdxl" or \
+            not json.loads((folder / "vae_decoder" / "config.json").read_text()).get("force_upcast"):
+        return plan
+    log.warning("%s stay fp32: this model's VAE overflows in fp16 (force_upcast in its config)", " and ".join(halved))
+    return PrecisionPlan({**plan.per_submodel, **dict.fromkeys(halved, "fp32")})
 
 
 def _replace(submodel: Path, fmt: str, convert, *args) -> str:

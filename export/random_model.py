@@ -9,31 +9,34 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (AutoencoderKL, AutoencoderTiny, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from edgesd.export import recipes
 from edgesd.export.tokenizer import write_clip_tokenizer
 
 
 def build_random_pipeline(recipe: dict, folder: Path) -> None:
-    """Build the recipe's pipeline with weights drawn from its fixed seed and save it to `folder`."""
+    """Build the recipe's pipeline with weights drawn from its fixed seed and save it to `folder`: an SD
+    img2img pipeline, or an SDXL one where the recipe has a second text encoder (with its projection)."""
     torch.manual_seed(recipe.get("seed", 0))
-    text_encoder = CLIPTextModel(CLIPTextConfig(**recipe["text_encoder"])).eval()
-    unet = UNet2DConditionModel(**recipe["unet"]).eval()
-    vae = AutoencoderKL(**recipe["vae"]).eval()
-    scheduler = getattr(diffusers, recipe["scheduler"]["_class_name"]).from_config(recipe["scheduler"])
-    tokenizer = write_clip_tokenizer(folder / "tokenizer", **recipe["tokenizer"])
-    pipe = StableDiffusionImg2ImgPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    modules = {}
+    if "text_encoder" in recipe:
+        modules["text_encoder"] = CLIPTextModel(CLIPTextConfig(**recipe["text_encoder"])).eval()
+        modules["tokenizer"] = write_clip_tokenizer(folder / "tokenizer", **recipe["tokenizer"])
+    if "text_encoder_2" in recipe:
+        modules["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**recipe["text_encoder_2"])).eval()
+        modules["tokenizer_2"] = write_clip_tokenizer(folder / "tokenizer_2", **recipe["tokenizer_2"])
+    modules["unet"] = UNet2DConditionModel(**recipe["unet"]).eval()
+    modules["vae"] = AutoencoderKL(**recipe["vae"]).eval()
+    modules["scheduler"] = getattr(diffusers, recipe["scheduler"]["_class_name"]).from_config(recipe["scheduler"])
+    if "text_encoder_2" in recipe:  # a refiner has no first text encoder
+        modules = {"text_encoder": None, "tokenizer": None, **modules}
+        pipe = StableDiffusionXLImg2ImgPipeline(**modules, **recipe.get("pipeline", {}))
+    else:
+        pipe = StableDiffusionImg2ImgPipeline(**modules, safety_checker=None, feature_extractor=None,
+                                              requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
 
 

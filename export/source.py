@@ -9,7 +9,7 @@ from edgesd.errors import EdgesdError
 from edgesd.export import recipes
 
 log = logging.getLogger("edgesd")
-# Only what an SD img2img export reads: fp32 safetensors and configs, not fp16/ckpt/bin variants
+# Only what an SD/SDXL img2img export reads: fp32 safetensors and configs, not fp16/ckpt/bin variants
 # (a tiny VAE repo such as madebyollin/taesd: the two files at its root).
 _HUB_FILES = [
     "config.json",
@@ -17,8 +17,10 @@ _HUB_FILES = [
     "model_index.json",
     "scheduler/scheduler_config.json",
     "tokenizer/*",
+    "tokenizer_2/*",
     "*/config.json",
     "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
 ]

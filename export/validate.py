@@ -18,26 +18,47 @@ TOLERANCE = 1e-2  # relative to the reference's max |value|: far above fp32 nois
 def validation_inputs(pipe, seed: int = 0) -> dict[str, tuple]:
     """(torch callable -> {output name: tensor}, engine feeds) per submodel, at the model's native size."""
     rng = np.random.default_rng(seed)
-    unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+    unet, vae = pipe.unet, pipe.vae
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     side = unet.config.sample_size
     latent = rng.standard_normal((2, unet.config.in_channels, side, side), dtype=np.float32)
     hidden = rng.standard_normal((2, 77, unet.config.cross_attention_dim), dtype=np.float32)
     pixels = rng.uniform(-1, 1, (1, 3, side * scale, side * scale)).astype(np.float32)
     z = rng.standard_normal((1, vae.config.latent_channels, side, side), dtype=np.float32)
-    ids = rng.integers(0, text_encoder.config.vocab_size, (2, 77))
     t = np.float32(501.0)
-    return {
-        "text_encoder": (lambda: dict(zip(("last_hidden_state", "pooler_output"), text_encoder(torch.from_numpy(ids))[:2])),
-                         {"input_ids": ids}),
+    added = _added_conditioning(pipe, rng, side * scale)
+    inputs = {
         "unet": (
-            lambda: {"out_sample": unet(torch.from_numpy(latent), torch.tensor(t), torch.from_numpy(hidden)).sample},
-            {"sample": latent, "timestep": np.asarray(t), "encoder_hidden_states": hidden},
+            lambda: {"out_sample": unet(torch.from_numpy(latent), torch.tensor(t), torch.from_numpy(hidden),
+                                        added_cond_kwargs={k: torch.from_numpy(v) for k, v in added.items()} or None).sample},
+            {"sample": latent, "timestep": np.asarray(t), "encoder_hidden_states": hidden, **added},
         ),
         "vae_encoder": (lambda: {"latent_parameters": vae.encode(torch.from_numpy(pixels)).latent_dist.parameters},
                         {"sample": pixels}),
         "vae_decoder": (lambda: {"sample": vae.decode(torch.from_numpy(z)).sample}, {"latent_sample": z}),
     }
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, name, None) is not None:
+            ids = rng.integers(0, getattr(pipe, name).config.vocab_size, (2, 77))
+            inputs[name] = (lambda encoder=getattr(pipe, name), ids=ids: _named_outputs(encoder(torch.from_numpy(ids))),
+                            {"input_ids": ids})
+    return inputs
+
+
+def _added_conditioning(pipe, rng, size: int) -> dict[str, np.ndarray]:
+    """SDXL's UNet inputs beside the text's: pooled text embeddings and time ids (5 with an aesthetic score)."""
+    if pipe.unet.config.addition_embed_type != "text_time":
+        return {}
+    pooled = rng.standard_normal((2, pipe.text_encoder_2.config.projection_dim), dtype=np.float32)
+    time_ids = [size, size, 0, 0, 6.0] if pipe.config.requires_aesthetics_score else [size, size, 0, 0, size, size]
+    return {"text_embeds": pooled, "time_ids": np.array([time_ids] * 2, np.float32)}
+
+
+def _named_outputs(outputs) -> dict:
+    """A CLIP text model's outputs by the exported names: hidden_states.i for each layer's (when exported)."""
+    named = {key: value for key, value in outputs.items() if key != "hidden_states"}
+    named.update({f"hidden_states.{i}": h for i, h in enumerate(outputs.get("hidden_states") or ())})
+    return named
 
 
 def deviations(reference: dict[str, np.ndarray], feeds: dict, backend: str, path) -> dict[str, float]:

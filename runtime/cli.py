@@ -122,6 +122,9 @@ def _shared_options(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should show (CLIP keeps 77 tokens).", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (.png, .jpg, .webp; default out.png), or a folder for a batch (default IMAGE/edgesd-out).", show_default=False),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", "-n", help="What to steer away from (needs guidance > 1).", show_default=False),
+    prompt_2: Optional[str] = typer.Option(None, "--prompt-2", help="SDXL: the prompt for the second text encoder. Default: --prompt.", show_default=False),
+    negative_prompt_2: Optional[str] = typer.Option(None, "--negative-prompt-2", help="SDXL: the negative prompt for the second text encoder. Default: --negative-prompt.", show_default=False),
+    aesthetic_score: Optional[float] = typer.Option(None, "--aesthetic-score", min=0.0, max=10.0, help="SDXL refiners: the aesthetic score conditioned on (default 6).", show_default=False),
     strength: Optional[str] = typer.Option(None, metavar="S[,S...]", help="0 keeps the input, 1 ignores it; a list (0.3,0.5,0.7) runs each. Default: the model's.", show_default=False),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps before strength (int(steps*strength) run). Default: the model's.", show_default=False),
     guidance: Optional[str] = typer.Option(None, metavar="G[,G...]", help="Classifier-free guidance scale, <= 1 turns it off; a list runs each. Default: the model's.", show_default=False),
@@ -149,6 +152,13 @@ def _shared_options(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """The options every generating command (img2img, inpaint) takes; see _task_command."""
+
+
+def _img2img_options(
+    refiner: Optional[Path] = typer.Option(None, "--refiner", metavar="FOLDER", help="SDXL: a refiner model folder that finishes what MODEL starts (diffusers' ensemble of expert denoisers): MODEL denoises the first --high-noise-frac of the steps, the refiner the rest.", show_default=False),
+    high_noise_frac: float = typer.Option(0.8, "--high-noise-frac", min=0.0, max=1.0, help="With --refiner: the fraction of the denoising MODEL does."),
+):
+    """What img2img adds to the shared options."""
 
 
 def _inpaint_options(
@@ -183,19 +193,22 @@ def _task_command(task: str, help: str, extra=None) -> None:
     app.command(name=task)(command)
 
 
-def generate(task: str, model, image, prompt, output, negative_prompt, strength, steps, guidance, seed, scheduler,
-             num_images, resize, width, height, grid, iterations, replay, lora, vae, vae_decode_only, revision, backend,
-             device, precision, threads,
-             low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
+def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2, negative_prompt_2, aesthetic_score,
+             strength, steps, guidance, seed, scheduler, num_images, resize, width, height, grid, iterations, replay, lora,
+             vae, vae_decode_only, revision, backend, device, precision, threads, low_memory, max_pixels, overwrite, as_json,
+             quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
-    `mask` and `task_options`: inpaint's (padding_mask_crop) or outpaint's (left, right, top, bottom, overlap)."""
+    `mask` and `task_options`: img2img's (refiner, high_noise_frac), inpaint's (padding_mask_crop) or outpaint's
+    (left, right, top, bottom, overlap)."""
     from edgesd import memory
+    from edgesd.families import SDXL_OPTIONS
     from edgesd.image import load_image, target_size
     from edgesd.jobs import plan_jobs
     from edgesd.outpaint import grown
     from edgesd.outputs import read_parameters, release, remove_stale, save_image
     from edgesd.schema import hub_repo_id
     from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, plan_load, resolve_settings
+    from edgesd.pipelines.img2img import refine
     from edgesd.sessions import BACKENDS
     from edgesd.variations import contact_sheet, parse_list, variants
 
@@ -209,7 +222,9 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
              "seed": run_guarded(parse_list, seed, int, "--seed", 0, 2**64 - 1),
              "guidance_scale": run_guarded(parse_list, guidance, float, "--guidance", 0.0, MAX_GUIDANCE)}
     given = dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps, scheduler=scheduler,
-                 num_images=num_images, **{k: v[0] for k, v in lists.items()})
+                 num_images=num_images, **{k: v[0] for k, v in lists.items()},
+                 **{**dict.fromkeys(SDXL_OPTIONS), "prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2,
+                    "aesthetic_score": aesthetic_score})
     settings = {k: v if v is not None else stored.get(k) for k, v in given.items()}
     settings["num_images"] = settings["num_images"] or 1
     if replay and num_images is not None and num_images != stored.get("num_images", 1):
@@ -242,10 +257,16 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     # checks (plan_load: the folder, downloaded if a hub repo, its family, the VAE, the engine), then the call's.
     load_plan = run_guarded(plan_load, model, backend, device, vae, revision, from_hub)
     folder, vae_folder, backend = load_plan.folder, load_plan.vae, load_plan.backend
+    refiner_plan = task_options.get("refiner") and run_guarded(plan_load, task_options["refiner"], backend, device)
     last_seed = (settings["seed"] or 0) + iterations - 1
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
-    resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides},
+    hand_off = {"denoising_end": task_options["high_noise_frac"]} if refiner_plan else {}
+    resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides, **hand_off},
                             task_defaults=pipeline.task_defaults)[0] for run in runs]
+    if refiner_plan:  # the refiner's part of each run leaves steps too
+        for run in runs:
+            run_guarded(resolve_settings, refiner_plan.folder, **{**settings, "seed": last_seed, **run.overrides,
+                                                                   "denoising_start": task_options["high_noise_frac"]})
     # A replay regenerates the stored batch and keeps the stored image of it.
     per_run = 1 if replay else settings["num_images"]
     suffixes = [run.suffix for run in runs] if iterations == 1 else [f"-iter{k}" for k in range(1, iterations + 1)]
@@ -283,6 +304,10 @@ def generate(task: str, model, image, prompt, output, negative_prompt, strength,
     elif task == "inpaint":
         crop = task_options["padding_mask_crop"]
         run_task = partial(pipe, mask_image=mask, padding_mask_crop=stored.get("padding_mask_crop") if crop is None else crop)
+    elif refiner_plan:
+        refiner = run_guarded(Img2ImgPipeline.open, refiner_plan, device=device, inference_precision=precision,
+                              threads=threads, low_memory=low_memory)
+        run_task = partial(refine, pipe, refiner, high_noise_frac=task_options["high_noise_frac"])
     else:
         run_task = pipe
     if stored:
@@ -425,7 +450,7 @@ def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: P
         log.warning("warning: %s was made with another %s; the image will differ", replay, "; ".join(differs))
 
 
-_task_command("img2img", "Transform IMAGE with PROMPT using the model folder MODEL.")
+_task_command("img2img", "Transform IMAGE with PROMPT using the model folder MODEL.", _img2img_options)
 _task_command("inpaint", "Repaint the white part of MASK in IMAGE with PROMPT (keeps the black part).", _inpaint_options)
 _task_command("outpaint", "Extend IMAGE by --left/--right/--top/--bottom pixels, painting the new area with PROMPT.",
               _outpaint_options)

@@ -7,12 +7,12 @@ import re
 from pathlib import Path, PurePath
 
 from edgesd.errors import ModelFolderError
-from edgesd.model_folder import MANIFEST, SUBMODELS
-from edgesd.schema import hub_repo_id, hub_revision
+from edgesd.model_folder import MANIFEST
+from edgesd.schema import SUBMODELS, TEXT_ENCODERS, VAE_SUBMODELS, hub_repo_id, hub_revision
 from edgesd.sessions import BACKENDS, choose_backend
 
 log = logging.getLogger("edgesd")
-_METADATA = [MANIFEST, "model_index.json", "*/config.json", "scheduler/*", "tokenizer/*"]
+_METADATA = [MANIFEST, "model_index.json", "*/config.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -31,13 +31,14 @@ def download(repo_id: str | Path, revision: str | None = None, backend: str = "a
     listed = _remote_files(repo_id, revision)
     folder = _snapshot(repo_id, revision, _METADATA)
     present = (lambda name: name in listed) if listed is not None else (lambda name: (folder / name).exists())
-    formats = [b.format for b in BACKENDS.values() if all(present(f"{submodel}/{b.main_file}") for submodel in SUBMODELS)]
-    if not formats:
-        raise ModelFolderError(f"{repo_id} is not an exported model (no model.onnx or openvino_model.xml for "
-                               f"{', '.join(SUBMODELS)}); export it with `edgesd export {repo_id} -o models/"
-                               f"{repo_id.split('/')[-1]} --format both`")
+    submodels = [name for name in SUBMODELS if any(present(f"{name}/{b.main_file}") for b in BACKENDS.values())]
+    formats = [b.format for b in BACKENDS.values() if all(present(f"{submodel}/{b.main_file}") for submodel in submodels)]
+    if not formats or not {"unet", *VAE_SUBMODELS} <= set(submodels) or not set(TEXT_ENCODERS) & set(submodels):
+        raise ModelFolderError(f"{repo_id} is not an exported model (no model.onnx or openvino_model.xml for each of "
+                               f"a text encoder, unet, {', '.join(VAE_SUBMODELS)}); export it with `edgesd export {repo_id} "
+                               f"-o models/{repo_id.split('/')[-1]} --format both`")
     files = BACKENDS[choose_backend(backend, device, [f for f in formats if usable is None or f in usable])].files
-    return _snapshot(repo_id, revision, _METADATA + [f"{submodel}/{file}" for submodel in SUBMODELS for file in files])
+    return _snapshot(repo_id, revision, _METADATA + [f"{submodel}/{file}" for submodel in submodels for file in files])
 
 
 def hub_origin(folder: Path) -> dict | None:

@@ -10,8 +10,9 @@ Formats read:
   older `.lora.down/.lora.up` and `.lora_linear_layer.down/up`; alpha from the file's
   `lora_adapter_metadata` (lora_alpha, alpha_pattern) or `<module>.alpha`, else alpha = rank;
 - kohya/A1111: `lora_unet_<module with _ for .>.lora_down.weight` / `.lora_up.weight` / `.alpha`,
-  `lora_te_` (or `lora_te1_`) for the text encoder, and the original SD UNet's block names
-  (`input_blocks_4_1_...`, `middle_block_1_...`, `output_blocks_...`, `in_layers_2` ...).
+  `lora_te_` (or `lora_te1_`) for the text encoder, `lora_te2_` for SDXL's second, and the original SD/SDXL
+  UNet's block names (`input_blocks_4_1_...`, `middle_block_1_...`, `output_blocks_...`, `in_layers_2`,
+  `label_emb_0_0` ...).
 
 The delta of a module is weight x alpha / rank x up @ down, as diffusers fuses it (fuse_lora with
 lora_scale, or set_adapters' weights); several LoRAs add up.
@@ -37,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from edgesd.errors import InvalidInputError
 from edgesd.model_folder import sha256
 
-SUBMODELS = ("text_encoder", "unet")  # the submodels LoRAs change
+SUBMODELS = ("text_encoder", "text_encoder_2", "unet")  # the submodels LoRAs change (text_encoder_2: SDXL's)
 QUANTIZED = "quantized (int8)"  # what engines say of a weight that is not stored as floats
 # A LoRA's weight: users set -2..2, slider LoRAs up to about ±10; beyond ±100 no image survives it.
 MAX_WEIGHT = 100.0
@@ -132,8 +133,6 @@ def read_lora(path: str | Path, weight: float = 1.0) -> Lora:
             raise LoraError(f"LoRA {path.name} has {_shown(name)}'s {part} twice (under two names)")
         tensor = _checked_tensor(path, key, part, _read_tensor(path, key, entries[key]))
         setattr(layer, part, float(tensor.reshape(-1)[0]) if part == "alpha" else tensor)
-    if "text_encoder_2" in lora.layers:
-        raise LoraError(f"LoRA {path.name} has layers for a second text encoder (an SDXL LoRA); this model has one")
     for submodel, layers in lora.layers.items():
         incomplete = [name for name, layer in layers.items() if layer.down is None or layer.up is None]
         if incomplete:
@@ -340,7 +339,8 @@ class LoraMerge:
 _INNER = {"in_layers_2": "conv1", "out_layers_3": "conv2", "emb_layers_1": "time_emb_proj",
           "skip_connection": "conv_shortcut", "op": "conv"}
 _TOP = {"input_blocks_0_0": "conv_in", "out_2": "conv_out", "time_embed_0": "time_embedding.linear_1",
-        "time_embed_2": "time_embedding.linear_2"}
+        "time_embed_2": "time_embedding.linear_2", "label_emb_0_0": "add_embedding.linear_1",  # SDXL's pooled text
+        "label_emb_0_2": "add_embedding.linear_2"}  # and time ids' embedding
 
 
 def _from_original_unet(name: str, layers_per_block: int) -> list[str]:

@@ -10,11 +10,12 @@ from pathlib import Path
 from edgesd.cache import cache_root
 from edgesd.errors import ModelFolderError
 from edgesd.formats import FORMATS
-from edgesd.schema import (FORMAT_VERSION, SUBMODELS, VAE_SUBMODELS, SchedulerConfig, UNetConfig, VaeConfig, check_config,
-                           check_manifest)
+from edgesd.schema import (FORMAT_VERSION, SDXL_CONDITIONING, SUBMODELS, TEXT_ENCODERS, VAE_SUBMODELS, SchedulerConfig,
+                           UNetConfig, VaeConfig, check_config, check_manifest)
 
 MANIFEST = "edgesd.json"
 DIFFUSERS_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 0.8}
+FAMILY_DEFAULTS = {"sdxl": {"guidance_scale": 5.0, "strength": 0.3}}  # StableDiffusionXLImg2ImgPipeline's
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,13 @@ class ModelFolder:
 
     @property
     def defaults(self) -> dict:
-        return {**DIFFUSERS_DEFAULTS, **self.manifest.get("defaults", {})}
+        """The folder's recommended call settings (from its recipe), else diffusers' for its family."""
+        return {**DIFFUSERS_DEFAULTS, **FAMILY_DEFAULTS.get(self.manifest.get("family"), {}), **self.manifest.get("defaults", {})}
+
+    @property
+    def submodels(self) -> tuple[str, ...]:
+        """The submodels this folder has, in SUBMODELS order (text encoders first, as they run)."""
+        return tuple(name for name in SUBMODELS if name in self.manifest["submodels"])
 
     @property
     def vae_config(self) -> dict:
@@ -225,11 +232,15 @@ def _checked(folder: ModelFolder) -> ModelFolder:
 
 
 def _manifest_from_optimum_folder(path: Path) -> dict:
-    """Synthesise a manifest for a folder written by `optimum-cli export onnx|openvino`."""
-    if (path / "text_encoder_2").is_dir() or _read_json(path / "unet" / "config.json").get("addition_embed_type") == "text_time":
-        raise ModelFolderError(f"{path} is an SDXL model (optimum's layout); this edgesd runs SD 1.x/2.x models")
+    """Synthesise a manifest for a folder written by `optimum-cli export onnx|openvino` (SD or SDXL:
+    a second text encoder, or a refiner's UNet conditioned on time ids; SDXL's pipeline config is
+    read from model_index.json, which optimum copies)."""
+    sdxl = _read_json(path / "unet" / "config.json").get("addition_embed_type") == "text_time"
+    present = [name for name in SUBMODELS if (path / name).is_dir()]
+    needed = ["text_encoder_2" if sdxl else "text_encoder", "unet", "vae_encoder", "vae_decoder"]
     submodels = {}
-    for submodel in SUBMODELS:  # every file the engine reads must be there and not empty (checked by _checked)
+    for submodel in dict.fromkeys(needed + [name for name in present if sdxl or name != "text_encoder_2"]):
+        # every file the engine reads must be there and not empty (checked by _checked)
         formats = {fmt: {"files": {name: {} for name in b.files if name == b.main_file or name.endswith(".bin")
                                    or (path / submodel / name).exists()}}
                    for fmt, b in FORMATS.items() if (path / submodel / b.main_file).exists()}
@@ -241,17 +252,28 @@ def _manifest_from_optimum_folder(path: Path) -> dict:
         submodels[submodel] = {"formats": formats}
     vae = check_config(VaeConfig, _read_json(path / "vae_decoder" / "config.json"), path / "vae_decoder" / "config.json")
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
-    tokenizer = ["tokenizer/tokenizer.json"] if (path / "tokenizer/tokenizer.json").exists() else ["tokenizer/vocab.json",
-                                                                                                  "tokenizer/merges.txt"]
+    tokenizers = [tokenizer_folder(name) for name in submodels if name in TEXT_ENCODERS]
+    support = [name for t in tokenizers for name in ([f"{t}/tokenizer.json"] if (path / t / "tokenizer.json").exists()
+                                                     else [f"{t}/vocab.json", f"{t}/merges.txt"])]
+    extra = {}
+    if sdxl:
+        index = _read_json(path / "model_index.json") if (path / "model_index.json").exists() else {}
+        extra["conditioning"] = {key: index[key] for key in SDXL_CONDITIONING if key in index}
     return check_manifest({
         "format_version": FORMAT_VERSION,
-        "family": "sd",
+        "family": "sdxl" if sdxl else "sd",
         "prediction_type": scheduler.get("prediction_type", "epsilon"),
         "latent_channels": vae.get("latent_channels", 4),
         "vae_scaling_factor": vae.get("scaling_factor", 0.18215),
         "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
+        **extra,
         "submodels": submodels,
-        "support_files": {name: {} for name in [*tokenizer, "scheduler/scheduler_config.json",
+        "support_files": {name: {} for name in [*support, "scheduler/scheduler_config.json",
                                                 *(f"{s}/config.json" for s in ("unet", "vae_decoder"))]},
         "provenance": {"source": "optimum export (no edgesd.json)"},
-    }, path / "scheduler" / "scheduler_config.json")
+    }, path / "model_index.json" if sdxl else path / "scheduler" / "scheduler_config.json")
+
+
+def tokenizer_folder(text_encoder: str) -> str:
+    """The tokenizer's folder of a text encoder (text_encoder_2 -> tokenizer_2), as diffusers lays them out."""
+    return text_encoder.replace("text_encoder", "tokenizer")

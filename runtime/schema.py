@@ -15,8 +15,10 @@ from edgesd.formats import FORMATS
 from edgesd.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS
 
 FORMAT_VERSION = 1
-SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SDXL's second (with its projection); a refiner has only it
+SUBMODELS = (*TEXT_ENCODERS, "unet", "vae_encoder", "vae_decoder")  # every submodel a model folder may have
 VAE_SUBMODELS = ("vae_encoder", "vae_decoder")
+SDXL_CONDITIONING = ("requires_aesthetics_score", "force_zeros_for_empty_prompt")  # diffusers' SDXL pipeline config
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -64,6 +66,11 @@ class Provenance(_Schema):
     created: Label | None = None
 
 
+class SdxlConditioning(_Closed):
+    requires_aesthetics_score: bool = False  # a refiner's time ids: aesthetic score instead of the target size
+    force_zeros_for_empty_prompt: bool = True  # no negative prompt: zeros instead of encoding ""
+
+
 class Manifest(_Schema):
     format_version: int = Field(ge=1, le=FORMAT_VERSION)
     kind: Literal["model", "vae"] = "model"
@@ -77,6 +84,7 @@ class Manifest(_Schema):
     onnx_attention_fused: bool = False
     vae_encoder_output: Literal["latents", "moments"] | None = None
     defaults: Defaults = Defaults()
+    conditioning: SdxlConditioning | None = None
     submodels: dict[Literal[SUBMODELS], SubmodelEntry]
     support_files: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.+-]{1,200}$")],
                         FileEntry] = {}  # tokenizer/, scheduler/ and config files: covered by hashes too
@@ -84,10 +92,13 @@ class Manifest(_Schema):
 
     @model_validator(mode="after")
     def _whole(self):
-        needed = VAE_SUBMODELS if self.kind == "vae" else SUBMODELS
+        needed = VAE_SUBMODELS if self.kind == "vae" else (
+            "text_encoder_2" if self.family == "sdxl" else "text_encoder", "unet", *VAE_SUBMODELS)
         missing = [name for name in needed if name not in self.submodels]
         if missing:
             raise ValueError(f"submodels lacks {', '.join(missing)}")
+        if self.kind == "vae" and set(self.submodels) - set(VAE_SUBMODELS) or self.family != "sdxl" and "text_encoder_2" in self.submodels:
+            raise ValueError(f"submodels has more than a {self.family or self.kind} folder has")
         if self.kind == "model" and self.family is None:
             raise ValueError("family is missing")
         if any(part in (".", "..") for name in self.support_files for part in name.split("/")):
@@ -132,6 +143,7 @@ class VaeConfig(_Schema):
     scaling_factor: Finite = Field(0.18215, gt=0, le=100)
     sample_size: Side | Annotated[list[Side], Field(min_length=2, max_length=2)] = 512
     mid_block_add_attention: bool = True
+    force_upcast: bool = False  # overflows in fp16 (SDXL's): run in fp32
 
 
 class SchedulerConfig(_Schema):
@@ -212,6 +224,42 @@ def check_settings(**values) -> None:
         raise InvalidInputError(describe(e, option=True)) from None
 
 
+Size = Annotated[list[Annotated[int, Field(ge=1, le=MAX_SIDE)]], Field(min_length=2, max_length=2)]
+Crop = Annotated[list[Annotated[int, Field(ge=0, le=MAX_SIDE)]], Field(min_length=2, max_length=2)]
+
+
+class FamilyOptions(_Schema):
+    """SDXL's call options, by diffusers' names (sizes and crops as (height, width))."""
+    prompt_2: Prompt | None = None
+    negative_prompt_2: Prompt | None = None
+    original_size: Size | None = None
+    target_size: Size | None = None
+    crops_coords_top_left: Crop | None = None
+    negative_original_size: Size | None = None
+    negative_target_size: Size | None = None
+    negative_crops_coords_top_left: Crop | None = None
+    aesthetic_score: Finite | None = Field(None, ge=0, le=10)
+    negative_aesthetic_score: Finite | None = Field(None, ge=0, le=10)
+    denoising_start: Finite | None = Field(None, gt=0, lt=1)
+    denoising_end: Finite | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.denoising_start is not None and self.denoising_end is not None and self.denoising_start >= self.denoising_end:
+            raise ValueError(f"denoising_start {self.denoising_start} must be below denoising_end {self.denoising_end}")
+        return self
+
+
+def check_family_options(values: dict) -> dict:
+    """A family's call options (tuples as lists, as they are stored), or InvalidInputError naming the option."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    try:
+        FamilyOptions.model_validate(values)
+    except ValidationError as e:
+        raise InvalidInputError(describe(e, option=True)) from None
+    return values
+
+
 class StoredLora(_Schema):
     file: Label
     sha256: Sha256
@@ -232,7 +280,7 @@ class Extension(_Closed):
     overlap: int | None = Field(None, ge=0, le=MAX_SIDE)
 
 
-class StoredParameters(Settings):
+class StoredParameters(Settings, FamilyOptions):
     """What an image edgesd wrote carries (outputs.py writes it; --replay reads it back)."""
     index: int = Field(0, ge=0, lt=MAX_IMAGES)
     size: list[Annotated[int, Field(ge=8, le=MAX_SIDE)]] | None = Field(None, min_length=2, max_length=2)

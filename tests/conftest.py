@@ -158,3 +158,52 @@ def tiny_vae(tmp_path_factory) -> dict[str, Path]:
     build_random_tiny_vae(recipes.load("tiny-taesd"), root / "diffusers")
     return {"diffusers": root / "diffusers",
             "exported": export_model("random:tiny-taesd", root / "taesd", formats=("onnx", "openvino"))}
+
+
+@pytest.fixture(scope="session")
+def sdxl(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """recipe -> {"diffusers": its diffusers folder, "exported": an edgesd folder (both formats)} for the
+    SDXL layouts: tiny-sdxl (two text encoders of different widths) and tiny-sdxl-refiner."""
+    pytest.importorskip("torch")
+    from edgesd.export import export_model, recipes
+    from edgesd.export.random_model import build_random_pipeline
+
+    root = tmp_path_factory.mktemp("sdxl")
+    logging.getLogger("edgesd").setLevel(logging.WARNING)
+    folders = {}
+    for name in ("tiny-sdxl", "tiny-sdxl-refiner"):
+        build_random_pipeline(recipes.load(name), root / name)
+        folders[name] = {"diffusers": root / name,
+                         "exported": export_model(f"random:{name}", root / f"{name}-exported", formats=("onnx", "openvino"))}
+    return folders
+
+
+@pytest.fixture(scope="session")
+def sdxl_loras(sdxl, tmp_path_factory) -> dict[str, Path]:
+    """Random LoRAs for tiny-sdxl on its UNet (also the pooled/time-id embedding) and both text encoders:
+    diffusers' format (save_lora_weights) and kohya's (lora_te1_/lora_te2_, the original UNet's block
+    names incl. label_emb), the same layers."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    from edgesd.export.load import load_pipeline
+
+    root = tmp_path_factory.mktemp("sdxl-loras")
+    pipe = load_pipeline(sdxl["tiny-sdxl"]["diffusers"])
+    unet, unet_config = random_lora_layers(pipe.unet, [*UNET_TARGETS, "linear_1", "linear_2"], 4, 8.0, 11)
+    text, text_config = random_lora_layers(pipe.text_encoder, TEXT_TARGETS, 2, 1.0, 12)
+    text_2, text_2_config = random_lora_layers(pipe.text_encoder_2, TEXT_TARGETS, 2, 1.0, 13)
+    diffusers.StableDiffusionXLPipeline.save_lora_weights(
+        root / "both", unet_lora_layers=unet, text_encoder_lora_layers=text, text_encoder_2_lora_layers=text_2,
+        unet_lora_adapter_metadata=unet_config.to_dict(), text_encoder_lora_adapter_metadata=text_config.to_dict(),
+        text_encoder_2_lora_adapter_metadata=text_2_config.to_dict())
+    files = {"sdxl-both": (root / "both" / "pytorch_lora_weights.safetensors").rename(root / "sdxl-both.safetensors")}
+    prefixed = {f"{sub}.{k}": v for sub, part in (("unet", unet), ("text_encoder", text), ("text_encoder_2", text_2))
+                for k, v in part.items()}
+    kohya = as_kohya(prefixed, {"unet": 8.0, "text_encoder": 1.0}, text_prefix="lora_te1_")
+    labels = {"add_embedding_linear_1": "label_emb_0_0", "add_embedding_linear_2": "label_emb_0_2"}
+    kohya = {next((k.replace(d, o) for d, o in labels.items() if d in k), k): v for k, v in original_unet_names(kohya).items()}
+    assert any("label_emb_0_0" in k for k in kohya) and any(k.startswith("lora_te2_") for k in kohya)
+    save_file(kohya, root / "sdxl-both-kohya.safetensors")
+    files["sdxl-both-kohya"] = root / "sdxl-both-kohya.safetensors"
+    return files

@@ -352,15 +352,16 @@ def test_export_hides_tracer_warnings_unless_debugging(tmp_path):
     assert "Warning" not in done.stderr and "model folder written" in done.stderr
 
 
-def test_an_unknown_family_is_one_line(optimum_exported, tmp_path):
-    """An optimum SDXL folder (second text encoder, text_time UNet) is refused before any engine sees it."""
+def test_a_half_sdxl_folder_is_one_line(optimum_exported, tmp_path):
+    """An optimum folder whose UNet is SDXL's (text_time) but lacks SDXL's second text encoder is
+    refused, naming what is missing, before any engine sees it."""
     folder = tmp_path / "sdxl"
     shutil.copytree(optimum_exported["onnx"], folder)
     config = json.loads((folder / "unet" / "config.json").read_text())
     (folder / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
     done = edgesd("img2img", folder, "-i", INPUT, "-p", "x", "-o", tmp_path / "o.png")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "is an SDXL model (optimum's layout); this edgesd runs SD 1.x/2.x models" in done.stderr
+    assert "text_encoder_2/ has neither model.onnx nor openvino_model.xml" in done.stderr
 
 
 def test_inpaint_defaults_agree_with_the_api(model, tmp_path):

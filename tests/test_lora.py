@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from edgesd import Img2ImgPipeline, InpaintPipeline
-from edgesd.lora import QUANTIZED, SUBMODELS, LoraError, LoraMerge, read_lora, shared_by
+from edgesd.lora import QUANTIZED, LoraError, LoraMerge, read_lora, shared_by
 from edgesd.outputs import read_parameters
 
 torch = pytest.importorskip("torch")
@@ -84,7 +84,7 @@ def test_lora_matches_diffusers(exported, diffusers_folders, lora_files, base_im
 def test_kohya_and_diffusers_formats_read_as_the_same_lora(lora_files):
     """The kohya file is diffusers' conversion of sd1-both's layers, alphas kept: the same deltas."""
     diffusers_format, kohya = read_lora(lora_files["sd1-both"]), read_lora(lora_files["sd1-both-kohya"])
-    for submodel in SUBMODELS:
+    for submodel in ("text_encoder", "unet"):
         underscored = {name.replace(".", "_"): layer for name, layer in diffusers_format.layers[submodel].items()}
         assert underscored.keys() == kohya.layers[submodel].keys()
         for name, layer in kohya.layers[submodel].items():
@@ -226,7 +226,6 @@ def test_files_that_are_not_loras_are_refused(tmp_path):
         "ranks.safetensors": ({"lora_unet_a.lora_down.weight": (2, 4), "lora_unet_a.lora_up.weight": (4, 3)}, "do not fit together"),
         "alpha.safetensors": ({"lora_unet_a.lora_down.weight": (2, 4), "lora_unet_a.lora_up.weight": (4, 2),
                                "lora_unet_a.alpha": (2,)}, "should hold one number"),
-        "sdxl.safetensors": ({"lora_te2_x.lora_down.weight": (2, 4), "lora_te2_x.lora_up.weight": (4, 2)}, "SDXL"),
         "half.safetensors": ({"lora_unet_x.lora_down.weight": (2, 4)}, "no down/up pair"),
         "other.safetensors": ({"model.diffusion_model.x.weight": (2, 2)}, "not LoRA layers"),
     }
@@ -350,7 +349,7 @@ def test_onnx_models_with_external_data(optimum_exported, lora_files, tmp_path):
 
     folder = tmp_path / "external"
     shutil.copytree(optimum_exported["onnx"], folder)
-    for submodel in SUBMODELS:
+    for submodel in ("text_encoder", "unet"):
         model = onnx.load(str(folder / submodel / "model.onnx"))
         onnx.save(model, str(folder / submodel / "model.onnx"), save_as_external_data=True, location="model.onnx_data")
     assert (folder / "unet" / "model.onnx_data").stat().st_size > (folder / "unet" / "model.onnx").stat().st_size

@@ -108,11 +108,11 @@ def test_a_family_is_data_its_named_inputs_reach_the_unet_batched(tmp_path, monk
     from edgesd.model_folder import ModelFolder
 
     class Pooled(families.Family):
-        def conditioning(self, encoded, num_images):
-            pooled = np.repeat(encoded["last_hidden_state"][:, 0], num_images, axis=0)  # (batch, width)
-            return {**super().conditioning(encoded, num_images), "text_embeds": pooled}
+        def conditioning(self, encoded, settings, size, guided):
+            pooled = np.repeat(encoded["text_encoder"]["last_hidden_state"][:, 0], settings["num_images"], axis=0)
+            return {**super().conditioning(encoded, settings, size, guided), "text_embeds": pooled}  # (batch, width)
 
-    monkeypatch.setitem(families.FAMILIES, "pooled", Pooled("pooled", families.SUBMODELS))
+    monkeypatch.setitem(families.FAMILIES, "pooled", Pooled("pooled"))
     folder = fake_model_folder(tmp_path)
     folder = ModelFolder(folder.path, {**folder.manifest, "family": "pooled"})
     sessions = {}

@@ -24,6 +24,7 @@ from PIL import Image
 from edgesd.errors import EdgesdError, InvalidInputError
 from edgesd.export.precision import PRECISIONS, parse_precision, precision_for
 from edgesd.model_folder import SUBMODELS, open_model_folder
+from edgesd.sessions.fake import SD_SUBMODELS
 
 FORMATS = ("onnx", "openvino")
 BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -35,9 +36,9 @@ BOUNDS = {"fp16": (50.0, 0.9999), "int8-weights": (42.0, 0.999), "int8": (32.0, 
 # --- specs -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec, expected", [
-    (None, dict.fromkeys(SUBMODELS, "fp32")),
-    ("fp16", dict.fromkeys(SUBMODELS, "fp16")),
-    ("int8-weights", dict.fromkeys(SUBMODELS, "int8-weights")),
+    (None, dict.fromkeys(SD_SUBMODELS, "fp32")),
+    ("fp16", dict.fromkeys(SD_SUBMODELS, "fp16")),
+    ("int8-weights", dict.fromkeys(SD_SUBMODELS, "int8-weights")),
     ("int8", {"text_encoder": "int8-weights", "unet": "int8", "vae_encoder": "int8-weights", "vae_decoder": "int8-weights"}),
     ("unet=int8,vae_decoder=fp16", {"text_encoder": "fp32", "unet": "int8", "vae_encoder": "fp32", "vae_decoder": "fp16"}),
     (" INT8-Weights , vae_decoder = fp32 ", {"text_encoder": "int8-weights", "unet": "int8-weights", "vae_encoder": "int8-weights",
@@ -45,17 +46,19 @@ BOUNDS = {"fp16": (50.0, 0.9999), "int8-weights": (42.0, 0.999), "int8": (32.0, 
     ("int8,unet=fp16", {"text_encoder": "int8-weights", "unet": "fp16", "vae_encoder": "int8-weights", "vae_decoder": "int8-weights"}),
 ])
 def test_precision_specs(spec, expected):
-    plan = parse_precision(spec)
+    """On an SD folder's submodels (an SDXL folder adds text_encoder_2, treated as the text encoder)."""
+    plan = parse_precision(spec).of(SD_SUBMODELS)
     assert plan.per_submodel == expected
-    assert parse_precision(plan.spec).per_submodel == expected  # the canonical form round-trips
+    assert parse_precision(plan.spec).of(SD_SUBMODELS).per_submodel == expected  # the canonical form round-trips
     assert plan.needs_calibration == ("int8" in expected.values())
-    assert plan.quantized() == [name for name in SUBMODELS if expected[name] != "fp32"]
+    assert plan.quantized() == [name for name in SD_SUBMODELS if expected[name] != "fp32"]
+    assert parse_precision(spec).of(SUBMODELS)["text_encoder_2"] == expected["text_encoder"]
 
 
 @pytest.mark.parametrize("spec, message", [
     ("int4", "unknown precision 'int4'; choose fp32, fp16, int8, int8-weights"),
     ("unet=int9", "unknown precision 'int9'"),
-    ("transformer=int8", "unknown submodel 'transformer'; submodels are text_encoder, unet, vae_encoder, vae_decoder"),
+    ("transformer=int8", "unknown submodel 'transformer'; submodels are text_encoder, text_encoder_2, unet, vae_encoder, vae_decoder"),
     ("fp16,int8", "more than one global value"),
     ("unet=int8,unet=fp16", "names unet twice"),
     ("vae_decoder=int8", "calibrated for the unet only; use vae_decoder=int8-weights"),
@@ -215,13 +218,13 @@ def test_int8_export_records_what_was_done(int8_export):
     folder = open_model_folder(int8_export)
     assert folder.verify(hashes=True) == []
     manifest = folder.manifest
-    assert manifest["provenance"]["options"]["precision"] == parse_precision("int8").spec
+    assert manifest["provenance"]["options"]["precision"] == parse_precision("int8").of(SD_SUBMODELS).spec
     assert manifest["provenance"]["options"]["calibration"] == {"samples": 8, "size": 128, "images": "built-in"}
     unet = manifest["submodels"]["unet"]
     assert unet["formats"]["onnx"]["precision"] == unet["formats"]["openvino"]["precision"] == "int8"
     assert "static QDQ" in unet["formats"]["onnx"]["method"] and "8 calibration samples" in unet["formats"]["onnx"]["method"]
     assert "hybrid" in unet["formats"]["openvino"]["method"] and "nncf" in unet["formats"]["openvino"]["method"]
-    for name in SUBMODELS:
+    for name in SD_SUBMODELS:
         entry = manifest["submodels"][name]
         assert entry["validation_max_abs_deviation"]["onnxruntime"] < 1e-3  # the fp32 export, as always
         deviations = entry["quantized_max_abs_deviation"]
@@ -235,10 +238,10 @@ def test_converted_folders_record_what_was_done(converted, precision):
     folder = open_model_folder(converted[precision])
     assert folder.verify(hashes=True) == []
     tools = {"onnx": "onnxruntime", "openvino": {"fp16": "compress_to_fp16", "int8-weights": "compress_weights"}[precision]}
-    for name in SUBMODELS:
+    for name in SD_SUBMODELS:
         for fmt, entry in folder.manifest["submodels"][name]["formats"].items():
             assert entry["precision"] == precision and tools[fmt] in entry["method"]
-    assert folder.manifest["provenance"]["options"]["precision"] == parse_precision(precision).spec
+    assert folder.manifest["provenance"]["options"]["precision"] == parse_precision(precision).of(SD_SUBMODELS).spec
 
 
 def test_smaller_files(folders, fp32_folder):

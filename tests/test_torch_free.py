@@ -166,6 +166,27 @@ def test_a_tiny_vae_runs_without_torch(runtime_venv, backend, exported, tiny_vae
         assert_images_close([made.convert("RGB")], expected)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_sdxl_runs_without_torch(runtime_venv, backend, sdxl, tmp_path):
+    """An SDXL folder (two tokenizers, time ids, pooled embeddings) with its own options, at the lowest
+    versions allowed and today's: the same image as in the development environment."""
+    from PIL import Image
+    from test_pipeline_parity import assert_images_close
+
+    from edgesd import Img2ImgPipeline
+
+    folder, out = sdxl["tiny-sdxl"]["exported"], tmp_path / "out.png"
+    done = run(runtime_venv, "edgesd", "img2img", str(folder), "--image", str(ROOT / "tests/data/small.png"), "--prompt", "hills",
+               "--prompt-2", "snow", "--seed", "1", "--steps", "4", "--strength", "0.6", "--backend", backend,
+               "--precision", "fp32", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    pipe = Img2ImgPipeline.load(folder, backend=backend, device="cpu", inference_precision="fp32")
+    expected = pipe(Image.open(ROOT / "tests/data/small.png"), "hills", prompt_2="snow", seed=1, num_inference_steps=4,
+                    strength=0.6).images
+    with Image.open(out) as made:
+        assert_images_close([made.convert("RGB")], expected)
+
+
 def test_a_ready_export_downloads_without_torch(runtime_venv, exported, tmp_path):
     """huggingface_hub at the lowest version allowed and today's, against the fake hub of test_hub."""
     import threading

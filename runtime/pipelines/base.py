@@ -17,13 +17,13 @@ from PIL import Image
 from edgesd import __version__, memory, schedulers
 from edgesd.denoise import Callback, OnStep, denoise, guided
 from edgesd.errors import InvalidInputError, ModelFolderError
-from edgesd.families import Conditioning, family_of
+from edgesd.families import Conditioning, check_options, family_of
 from edgesd.hub import download, hub_origin, is_repo_id
 from edgesd.generator import TorchGenerator
 from edgesd.image import postprocess, target_size
 from edgesd.limits import MAX_PIXELS
-from edgesd.lora import SUBMODELS, Lora, LoraMerge, read_lora
-from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder
+from edgesd.lora import SUBMODELS, Lora, LoraError, LoraMerge, read_lora
+from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder, tokenizer_folder
 from edgesd.models import TextEncoder, UNet, Vae
 from edgesd.outputs import save_image
 from edgesd.schema import check_settings
@@ -42,6 +42,7 @@ class Result:
     timings: dict = field(default_factory=dict)  # seconds: text, encode, steps (list), decode, total
     cancelled: bool = False
     provenance: dict = field(default_factory=dict)  # model, backend, precisions, device, input's sha256, version
+    latents: np.ndarray | None = None  # with output_type="latent": the denoised latents, not decoded (images empty)
 
     @property
     def parameters(self) -> dict:
@@ -66,7 +67,7 @@ class Preparation:
 
 class Pipeline:
     task = ""  # what its __call__ does, stored with every output ("img2img", "inpaint")
-    task_defaults: dict = {}  # defaults of this task over the folder's (inpainting: strength 1, as diffusers)
+    task_defaults: dict[str, dict] = {}  # family -> this task's defaults over the folder's (inpainting's strength, as diffusers)
 
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str, LoraMerge | None], Session], backend: str,
                  low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=(),
@@ -81,11 +82,13 @@ class Pipeline:
         self.backend = backend
         self.format = BACKENDS[backend].format
         self.low_memory = low_memory
-        self.loras = _read_loras(loras)
+        self.loras = self._fitting(_read_loras(loras))
         self._open_submodel = open_submodel
         self.sessions = {} if low_memory else self._open_all()
         manifest = folder.manifest
-        self.text_encoder = TextEncoder(ClipTokenizer(folder.path / "tokenizer"), lambda: self._submodel("text_encoder"))
+        self.text_encoders = {name: TextEncoder(ClipTokenizer(folder.path / tokenizer_folder(name)),
+                                                lambda name=name: self._submodel(name))
+                              for name in self.family.text_encoders}
         self.unet = UNet(lambda: self._submodel("unet"), folder.unet_config.get("in_channels", 4))
         replaced = _vae_replaces(vae, vae_decode_only)
         encoder, decoder = (vae.manifest if name in replaced else manifest for name in VAE_SUBMODELS)
@@ -137,17 +140,22 @@ class Pipeline:
             checked.verify_once([fmt])
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
         replaced = _vae_replaces(vae_folder, vae_decode_only)
+        upcast = family_of(folder).name == "sdxl"  # (SD pipelines ignore force_upcast, on by default in diffusers)
 
         def open_submodel(name: str, lora: LoraMerge | None) -> Session:
             source = vae_folder if name in replaced else folder
-            return open_session(backend, source.model_file(name, fmt), device, inference_precision, lora=lora, **options)
+            precision = inference_precision
+            if name in VAE_SUBMODELS and upcast and source.vae_config.get("force_upcast") and \
+                    BACKENDS[backend].effective_precision(device, precision, "fp32") == "fp16":
+                precision = "fp32"  # SDXL's VAE overflows in fp16: fp32, as diffusers' SDXL pipelines upcast it
+            return open_session(backend, source.model_file(name, fmt), device, precision, lora=lora, **options)
 
         return cls(folder, open_submodel, backend, low_memory, inference_precision, device, loras, vae_folder, vae_decode_only)
 
     def set_loras(self, loras: Sequence[tuple[str | Path, float] | str | Path]) -> None:
         """Use these LoRAs instead of the loaded ones ([] for none): the submodels they change are
         opened again from the folder (the VAE stays as it is)."""
-        old, new = self.loras, _read_loras(loras)
+        old, new = self.loras, self._fitting(_read_loras(loras))
         changed = [name for name in SUBMODELS if name in self.sessions and any(l.layers.get(name) for l in (*old, *new))]
         for name in changed:  # the old session goes first: never two UNets in memory
             del self.sessions[name]
@@ -162,6 +170,17 @@ class Pipeline:
             self._last_prompts = None
             self._record_loras()
 
+    def _fitting(self, loras: list[Lora]) -> list[Lora]:
+        """`loras`, once each changes only text encoders this model has (layer names and shapes are
+        checked against the graphs as the submodels open)."""
+        for lora in loras:
+            missing = [name for name in lora.layers if name not in self.folder.submodels]
+            if missing:
+                kind = "an SDXL LoRA" if "text_encoder_2" in missing else "a LoRA for another family"
+                raise LoraError(f"LoRA {lora.path.name} has layers for {' and '.join(missing)} ({kind}), which "
+                                f"{self.folder.name} ({self.family.name}) does not have")
+        return loras
+
     def _record_loras(self) -> None:
         self.provenance.pop("loras", None)
         if self.loras:
@@ -173,12 +192,12 @@ class Pipeline:
         (SD-turbo: 6.5 -> 4.7 s; SD 1.5 (inpainting): 5.7 -> 5.0 s, RSS after opening 4.4 -> 4.2 GB
         with the heap trimmed). OpenVINO's only read their graphs here (they compile per call)."""
         if self.backend != "onnxruntime":  # one at a time: a hang was seen opening OpenVINO's from two threads
-            return {name: self._open(name) for name in self.family.submodels}
-        names = sorted(self.family.submodels, key=lambda name: name != "unet")
+            return {name: self._open(name) for name in self.folder.submodels}
+        names = sorted(self.folder.submodels, key=lambda name: name != "unet")
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgesd-open") as pool:
             opened = dict(zip(names, pool.map(self._open, names)))
         mapped_weights.trim_heap()  # what building them left in the threads' malloc arenas
-        return {name: opened[name] for name in self.family.submodels}
+        return {name: opened[name] for name in self.folder.submodels}
 
     def _open(self, name: str) -> Session:
         lora = LoraMerge(name, self.loras, self.folder.unet_config.get("layers_per_block", 2)) if name in SUBMODELS else None
@@ -226,16 +245,20 @@ class Pipeline:
                           f"{width}x{height} x{num_images} on {self.backend}", self._whole_vae)
 
     def generate(self, start: float, settings: dict, plan: Plan, size: tuple[int, int], provenance: dict,
-                 prepare: Callable[[TorchGenerator], Preparation], callback: Callback | None) -> Result:
+                 prepare: Callable[[TorchGenerator], Preparation], callback: Callback | None,
+                 output_type: str = "pil") -> Result:
         """The call every task shares, in diffusers' order: check memory, encode the prompt, the task's
         latents (`prepare`, with the seeded generator: its draws are the task's), denoise with
-        guidance, decode, the task's finish. `start`: when the call began (for timings["total"])."""
+        guidance, decode (not with output_type "latent": a refiner takes the latents), the task's
+        finish. `start`: when the call began (for timings["total"])."""
+        if output_type not in ("pil", "latent"):
+            raise InvalidInputError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         timings = {}
-        guidance_scale, num_images = settings["guidance_scale"], settings["num_images"]
-        self.check_memory(*size, num_images, guidance_scale > 1)
+        guidance_scale = settings["guidance_scale"]
+        self.check_memory(*size, settings["num_images"], guidance_scale > 1)
         generator = TorchGenerator(settings["seed"])
         t0 = time.perf_counter()
-        conditioning = self.encode_prompt(settings["prompt"], settings["negative_prompt"], guidance_scale, num_images)
+        conditioning = self.encode_prompt(settings, size)
         timings["text"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         task = prepare(generator)
@@ -246,6 +269,9 @@ class Pipeline:
             latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback, task.on_step)
             if cancelled:
                 return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)
+        if output_type == "latent":
+            timings["total"] = time.perf_counter() - start
+            return Result([], settings["seed"], settings, timings, provenance=provenance, latents=latents)
         t0 = time.perf_counter()
         images = postprocess(self.vae.decode(latents))
         if task.finish is not None:
@@ -254,16 +280,18 @@ class Pipeline:
         timings["total"] = time.perf_counter() - start
         return Result(images, settings["seed"], settings, timings, provenance=provenance)
 
-    def encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float, num_images: int) -> Conditioning:
-        """The family's conditioning; the negative prompt only where guidance applies (scale > 1), as diffusers."""
-        guided = guidance_scale > 1
-        if negative_prompt and not guided:
-            self.say_once("negative", "the negative prompt is ignored: guidance_scale %g <= 1 turns guidance off", guidance_scale)
-        prompts = self.family.prompts(prompt, negative_prompt, guided)
+    def encode_prompt(self, settings: dict, size: tuple[int, int]) -> Conditioning:
+        """The family's conditioning for a call's settings at the processed (width, height); the
+        negative prompt only where guidance applies (scale > 1), as diffusers."""
+        guided = settings["guidance_scale"] > 1
+        if settings["negative_prompt"] and not guided:
+            self.say_once("negative", "the negative prompt is ignored: guidance_scale %g <= 1 turns guidance off",
+                          settings["guidance_scale"])
+        prompts = self.family.prompts(settings, guided)
         cached = self._last_prompts
         if not self.reuse_encodings or cached is None or cached[0] != prompts:
-            cached = self._last_prompts = (prompts, self.text_encoder(list(prompts)))
-        return self.family.conditioning(cached[1], num_images)
+            cached = self._last_prompts = (prompts, {name: self.text_encoders[name](list(texts)) for name, texts in prompts.items()})
+        return self.family.conditioning(cached[1], settings, size, guided)
 
     def encode_image(self, pixels: np.ndarray, generator) -> np.ndarray:
         """Scaled latents sampled from the VAE's distribution (one generator draw); the moments of the
@@ -323,12 +351,15 @@ def _read_loras(loras) -> list[Lora]:
 
 
 def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength=None, num_inference_steps=None,
-                     guidance_scale=None, seed=None, num_images=1, scheduler=None, task_defaults=None) -> tuple[dict, Plan]:
+                     guidance_scale=None, seed=None, num_images=1, scheduler=None, task_defaults=None,
+                     **family_options) -> tuple[dict, Plan]:
     """Check a call's options against the model folder (no submodel is needed: the CLI runs this
-    before loading) and fill in defaults: None means the task's default (a pipeline's
-    `task_defaults`), else the folder's recommended value. Returns the settings actually used and the
-    scheduler's plan."""
-    defaults = {**folder.defaults, **(task_defaults or {})}
+    before loading) and fill in defaults: None means the task's default for the folder's family (a
+    pipeline's `task_defaults`), else the folder's recommended value. `family_options`: the family's
+    own (SDXL's prompt_2, original_size, ...). Returns the settings actually used and the scheduler's plan."""
+    family = family_of(folder)
+    options = check_options(family, family_options)
+    defaults = {**folder.defaults, **(task_defaults or {}).get(family.name, {})}
     strength = defaults["strength"] if strength is None else strength
     steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
     guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
@@ -338,7 +369,11 @@ def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength
     check_settings(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
                    guidance_scale=guidance_scale, seed=seed, num_images=num_images, scheduler=scheduler)
     steps, num_images, seed = int(steps), int(num_images), int(seed)
-    plan = schedulers.from_config(folder.scheduler_config, scheduler).plan(steps, strength)
+    plan = schedulers.from_config(folder.scheduler_config, scheduler).plan(steps, strength, options.get("denoising_start"),
+                                                                           options.get("denoising_end"))
+    if len(plan.timesteps) == 0 and ({"denoising_start", "denoising_end"} & set(options)):
+        raise InvalidInputError(f"denoising_start/denoising_end leave none of the {steps} steps (at strength {strength}); "
+                                "use more num_inference_steps, or a wider denoising range")
     if strength > 0 and len(plan.timesteps) == 0:
         raise InvalidInputError(
             f"strength {strength} with {steps} steps leaves no denoising step (int(steps * strength) = 0); "
@@ -346,5 +381,5 @@ def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength
         )
     settings = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
                     guidance_scale=guidance_scale, seed=seed, num_images=num_images,
-                    scheduler=scheduler or folder.scheduler_config["_class_name"])
+                    scheduler=scheduler or folder.scheduler_config["_class_name"], **options)
     return settings, plan

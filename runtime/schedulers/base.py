@@ -96,9 +96,13 @@ class Scheduler:
     def require(self, key: str, supported) -> None:
         common.require(self.name, key, self.config[key], supported)
 
-    def plan(self, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(self, num_inference_steps: int, strength: float = 1.0, denoising_start: float | None = None,
+             denoising_end: float | None = None) -> Plan:
         """Freeze the schedule for these settings. As diffusers' img2img: k = int(steps * strength)
-        steps are run, starting (steps - k) * order entries into the full schedule."""
+        steps are run, starting (steps - k) * order entries into the full schedule. As its SDXL
+        pipelines' "ensemble of expert denoisers": `denoising_start` (a fraction of the training
+        schedule, strength then unused) starts at the first timestep below it, and `denoising_end`
+        stops before the first below it (a base hands its latents to a refiner there)."""
         if int(num_inference_steps) != num_inference_steps or num_inference_steps < 1:
             raise InvalidInputError(f"num_inference_steps must be a positive integer, got {num_inference_steps}")
         if num_inference_steps > self.config["num_train_timesteps"]:
@@ -109,12 +113,26 @@ class Scheduler:
             raise InvalidInputError(f"strength must be between 0 and 1, got {strength}")
         num_inference_steps = int(num_inference_steps)
         schedule = self.schedule(num_inference_steps)
-        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
-        begin = max(num_inference_steps - init_timestep, 0) * self.order
         for array in (schedule.timesteps, schedule.sigmas):
             if array is not None:
-                array.setflags(write=False)
-        return Plan(self, num_inference_steps, strength, schedule, begin, schedule.timesteps[begin:])
+                array.setflags(write=False)  # and so the views of it below
+        if denoising_start is None:
+            init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+            begin = max(num_inference_steps - init_timestep, 0) * self.order
+        else:
+            below = int((schedule.timesteps < self._cutoff(denoising_start)).sum())
+            if self.order == 2 and below % 2 == 0:  # as diffusers: a 2nd-order step is not split
+                below += 1
+            begin = len(schedule.timesteps) - below
+        timesteps = schedule.timesteps[begin:]
+        if denoising_end is not None:
+            timesteps = timesteps[: int((timesteps >= self._cutoff(denoising_end)).sum())]
+        return Plan(self, num_inference_steps, strength, schedule, begin, timesteps)
+
+    def _cutoff(self, fraction: float) -> int:
+        """The training timestep a fraction of the denoising is done at (diffusers' discrete_timestep_cutoff)."""
+        total = self.config["num_train_timesteps"]
+        return int(round(total - fraction * total))
 
     # -- what subclasses implement / override ---------------------------------------------------
 

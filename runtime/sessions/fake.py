@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesd.model_folder import FORMAT_VERSION, MANIFEST, SUBMODELS, ModelFolder
+from edgesd.model_folder import FORMAT_VERSION, MANIFEST, ModelFolder
 
 SCALE = 8  # pixels per latent side of the fake VAE
 LATENT = 4
+SD_SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 OUTPUT_NAMES = {"text_encoder": "last_hidden_state", "unet": "out_sample", "vae_encoder": "latent_parameters",
                 "vae_decoder": "sample"}  # as optimum's exporters name them
 
@@ -79,8 +80,8 @@ def fake_model_folder(path: Path, unet_in_channels: int = 4, scheduler: dict | N
     (path / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
     manifest = {"format_version": FORMAT_VERSION, "family": "sd1", "prediction_type": "epsilon", "latent_channels": LATENT,
                 "vae_scaling_factor": 0.18215, "vae_scale_factor": SCALE, "sample_size": 64, "unet_any_size": True,
-                "submodels": {name: {"formats": {"onnx": {"precision": "fp32", "files": {"model.onnx": {}}}}} for name in SUBMODELS}}
-    for name in SUBMODELS:  # a placeholder where the engine's file would be (FakeSessions never read it)
+                "submodels": {name: {"formats": {"onnx": {"precision": "fp32", "files": {"model.onnx": {}}}}} for name in SD_SUBMODELS}}
+    for name in SD_SUBMODELS:  # a placeholder where the engine's file would be (FakeSessions never read it)
         (path / name).mkdir(exist_ok=True)
         (path / name / "model.onnx").write_bytes(b"fake session")
     (path / MANIFEST).write_text(json.dumps(manifest))
