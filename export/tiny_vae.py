@@ -1,4 +1,5 @@
-"""A diffusers AutoencoderTiny (TAESD; madebyollin/taesd for SD 1.x/2.x) -> a VAE folder that
+"""A diffusers AutoencoderTiny (TAESD: madebyollin/taesd for SD 1.x/2.x, madebyollin/taesdxl for SDXL;
+their recipes name the family, recorded so a misfit is refused by name) -> a VAE folder that
 pipelines load with `vae=` / `--vae`: vae_encoder/ and vae_decoder/ in ONNX (optimum's VAE export
 configs, told the tiny VAE's block counts) and/or OpenVINO IR, each validated against torch, and an
 edgesd.json of kind "vae". Its encoder gives latents directly (no distribution to sample)."""
@@ -56,9 +57,11 @@ def export_tiny_vae(source, folder: Path, formats) -> dict:
     for name in VAE_SUBMODELS:
         vae.save_config(folder / name)
     validation = _convert_and_validate(folder, formats, _references(vae, config.latent_channels, scale_factor))
+    family = {"family": source.recipe["family"]} if source.recipe.get("family") else {}  # which models' latents it fits
     return {
         "format_version": FORMAT_VERSION,
         "kind": "vae",
+        **family,
         "vae_encoder_output": "latents",  # not a distribution: nothing to sample
         "latent_channels": config.latent_channels,
         "vae_scaling_factor": config.scaling_factor,

@@ -339,3 +339,35 @@ def test_fp16_export_keeps_the_sdxl_vae_in_fp32(sdxl, pipes, tmp_path):
     half = Img2ImgPipeline.load(folder, backend="onnxruntime", device="cpu")
     got, want = (np.asarray(ours(pipe, guidance_scale=5.0)[0], np.float64) for pipe in (half, pipes["tiny-sdxl", "onnxruntime"]))
     assert 10 * np.log10(255**2 / np.mean((got - want) ** 2)) > 40  # dB
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_xl(tmp_path_factory) -> dict:
+    from edgesd.export import export_model, recipes
+    from edgesd.export.random_model import build_random_tiny_vae
+
+    root = tmp_path_factory.mktemp("taesdxl")
+    build_random_tiny_vae(recipes.load("tiny-taesdxl"), root / "diffusers")
+    return {"diffusers": root / "diffusers",
+            "exported": export_model("random:tiny-taesdxl", root / "taesdxl", formats=("onnx", "openvino"))}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tiny_sdxl_vae_matches_diffusers(sdxl, tiny_vae_xl, backend):
+    """TAESDXL's architecture (AutoencoderTiny) as the VAE of an SDXL model, as diffusers' vae=AutoencoderTiny."""
+    from edgesd.export.load import load_pipeline
+
+    components = load_pipeline(sdxl["tiny-sdxl"]["diffusers"]).components
+    components["vae"] = diffusers.AutoencoderTiny.from_pretrained(tiny_vae_xl["diffusers"])
+    pipe = diffusers.StableDiffusionXLImg2ImgPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    ours_pipe = Img2ImgPipeline.load(sdxl["tiny-sdxl"]["exported"], backend=backend, device="cpu", inference_precision="fp32",
+                                     vae=tiny_vae_xl["exported"])
+    assert_images_close(ours(ours_pipe, guidance_scale=5.0), expected(pipe, guidance_scale=5.0))
+
+
+def test_a_tiny_vae_of_the_other_family_is_refused_by_name(sdxl, tiny_vae_xl, tiny_vae, exported):
+    with pytest.raises(ModelFolderError, match="the VAE taesd is for sd models, tiny-sdxl-exported is an sdxl model"):
+        Img2ImgPipeline.load(sdxl["tiny-sdxl"]["exported"], vae=tiny_vae["exported"])
+    with pytest.raises(ModelFolderError, match="the VAE taesdxl is for sdxl models, tiny-sd1 is an sd model"):
+        Img2ImgPipeline.load(exported["tiny-sd1"], vae=tiny_vae_xl["exported"])

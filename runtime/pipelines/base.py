@@ -337,7 +337,12 @@ def _vae_replaces(vae: ModelFolder | None, decode_only: bool) -> tuple[str, ...]
 
 
 def _check_vae_fits(folder: ModelFolder, vae: ModelFolder) -> None:
-    """A VAE whose latents have other channels or another scale than the model's cannot replace its VAE."""
+    """A VAE for another family, or whose latents have other channels or another scale than the model's,
+    cannot replace its VAE."""
+    family, fits = family_of(folder).name, vae.manifest.get("family")
+    if fits is not None and fits != family:  # the same shapes, other latents (TAESD vs TAESDXL)
+        raise ModelFolderError(f"the VAE {vae.name} is for {fits} models, {folder.name} is an {family} model; export the "
+                               f"tiny VAE for {family} (madebyollin/{'taesdxl' if family == 'sdxl' else 'taesd'})")
     ours, theirs = ((f.manifest["latent_channels"], f.manifest["vae_scale_factor"]) for f in (folder, vae))
     if ours != theirs:
         raise ModelFolderError(f"the VAE {vae.name} does not fit {folder.name}: its latents have {theirs[0]} channels at "
