@@ -36,8 +36,11 @@ def export_model(
     calibration_images: str | Path | None = None,
     calibration_samples: int = 32,
     calibration_size: int | None = None,
+    config: str | None = None,
 ) -> Path:
-    """Export SOURCE (local diffusers folder, hub id, or random:RECIPE) into the model folder OUTPUT.
+    """Export SOURCE (local diffusers folder, hub id, single-file checkpoint, or random:RECIPE) into the
+    model folder OUTPUT. `config`: for a single-file checkpoint, a diffusers folder or hub id of its
+    architecture (default: the released repo diffusers infers from its weights).
 
     `precision`: a spec as `edgesd export --precision` takes (see edgesd.export.precision), e.g.
     "int8" or "unet=int8,vae_decoder=fp16". The fp32 export is validated first; non-fp32
@@ -66,7 +69,7 @@ def export_model(
     partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     partial.chmod(0o755)  # mkdtemp makes it private; the model folder is not
     try:
-        _export_into(source, partial, formats, quantization)
+        _export_into(source, partial, formats, quantization, config)
         _make_readable(partial)
         _replace(partial, output)
     finally:
@@ -99,7 +102,7 @@ def _require_export_extra(formats, plan=None) -> None:
         raise EdgesdError(f"edgesd export needs the export extra ({', '.join(missing)} missing): pip install 'edgesd[export]'")
 
 
-def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
+def _export_into(spec: str, folder: Path, formats, quantization=None, config: str | None = None) -> None:
     from optimum.exporters.onnx import onnx_export_from_model
 
     from edgesd.export.load import load_pipeline
@@ -108,7 +111,7 @@ def _export_into(spec: str, folder: Path, formats, quantization=None) -> None:
     from edgesd.export.validate import reference_outputs
 
     with tempfile.TemporaryDirectory(prefix="edgesd-source-") as scratch:
-        source = resolve_source(spec, Path(scratch))
+        source = resolve_source(spec, Path(scratch), config)
         if is_tiny_vae(source.folder):
             if quantization:
                 raise EdgesdError("a tiny VAE is exported in fp32 only (it is small already); drop --precision/--target")

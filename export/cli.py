@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def export(
-        source: str = typer.Argument(..., help="Hub id (e.g. stabilityai/sd-turbo; madebyollin/taesd: a tiny VAE folder for --vae), a local diffusers folder, or random:RECIPE."),
+        source: str = typer.Argument(..., help="Hub id (e.g. stabilityai/sd-turbo, stabilityai/sdxl-turbo; madebyollin/taesd or taesdxl: a tiny VAE folder for --vae), a local diffusers folder, a single-file checkpoint (.safetensors, SD 1.x/2.x/SDXL, as model sites share them), or random:RECIPE."),
         output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (must not exist unless --overwrite)."),
         format: Format = typer.Option(Format.onnx, "--format", "-f", help="onnx, openvino or both."),
         overwrite: bool = typer.Option(False, help="Replace OUTPUT if it is an edgesd model folder (only once the new export is complete); never the source, a folder holding it, or anything else."),
@@ -27,12 +27,16 @@ def register(app: typer.Typer) -> None:
             None, "--precision", "-p",
             help="fp32, fp16, int8-weights (int8 weights, float compute: smaller) or int8 (UNet weights and activations, "
                  "calibrated: faster on CPU; text encoder and VAE get int8-weights), optionally per submodel "
-                 "(text_encoder, unet, vae_encoder, vae_decoder), e.g. 'unet=int8,vae_decoder=fp16' or "
+                 "(text_encoder, text_encoder_2, unet, vae_encoder, vae_decoder), e.g. 'unet=int8,vae_decoder=fp16' or "
                  "'int8-weights,vae_decoder=fp32'. Default: --target's, else fp32.",
         ),
         target: str | None = typer.Option(
             None, "--target", help="The device the model is for, which picks the default --precision: "
                                    "cpu (int8), gpu (fp16, OpenVINO iGPU) or cuda (fp16)."),
+        config: str | None = typer.Option(
+            None, "--config", help="For a single-file checkpoint: a diffusers folder or hub id of the same architecture, "
+                                   "whose configs and tokenizers it lacks. Default: the released repo diffusers infers "
+                                   "from the weights (its configs are downloaded)."),
         calibration_images: Path | None = typer.Option(
             None, "--calibration-images", help="Folder of images to calibrate int8 on (default: built-in procedural images)."),
         calibration_samples: int = typer.Option(
@@ -42,7 +46,7 @@ def register(app: typer.Typer) -> None:
             help="Square image side to calibrate int8 at (default: the model's native size, at most 256: "
                  "onnxruntime's calibrator needs more than 24 GB for SD 1.5 at 512)."),
     ):
-        """Export a diffusers SD model to an edgesd model folder, validated against torch, optionally quantized."""
+        """Export a diffusers SD/SDXL model to an edgesd model folder, validated against torch, optionally quantized."""
         from edgesd.export import export_model
         from edgesd.export.precision import precision_for
 
@@ -53,6 +57,6 @@ def register(app: typer.Typer) -> None:
         with warnings.catch_warnings():
             if not debugging():  # torch's tracer and the exporters warn a lot about what is fine here
                 warnings.simplefilter("ignore")
-            run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=spec,
+            run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=spec, config=config,
                         calibration_images=calibration_images, calibration_samples=calibration_samples,
                         calibration_size=calibration_size)

@@ -1,5 +1,6 @@
 """Turn an export SOURCE into a local diffusers folder: a folder as is, `random:NAME` built from
-a recipe, or a hub id downloaded with huggingface_hub (its progress bars on a terminal)."""
+a recipe, a single-file checkpoint read by diffusers (single_file.py), or a hub id downloaded with
+huggingface_hub (its progress bars on a terminal)."""
 
 import logging
 from dataclasses import dataclass, field
@@ -38,7 +39,16 @@ class Source:
     recipe: dict = field(default_factory=dict)  # family and defaults, when known
 
 
-def resolve_source(spec: str, scratch: Path) -> Source:
+def resolve_source(spec: str, scratch: Path, config: str | None = None) -> Source:
+    from edgesd.export.single_file import is_single_file, read_single_file
+
+    if config is not None and not is_single_file(spec):
+        raise EdgesdError("--config is for single-file checkpoints (the layout their weights lack); drop it")
+    if is_single_file(spec):
+        if not Path(spec).is_file():
+            raise EdgesdError(f"{spec} does not exist")
+        folder, family = read_single_file(Path(spec), scratch, config)
+        return Source(spec, folder, recipe={"family": family})
     if spec.startswith("random:"):
         from edgesd.export.random_model import random_source
 
