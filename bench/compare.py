@@ -147,6 +147,19 @@ def _inpainting(spec: dict) -> bool:
     return spec.get("task") == "inpaint"
 
 
+def _sdxl(spec: dict) -> bool:
+    return spec.get("family") == "sdxl"
+
+
+def _pipeline_class(module, spec: dict, prefix: str = ""):
+    """The library's img2img or inpainting pipeline class for the model's family (SD or SDXL)."""
+    family = "StableDiffusionXL" if _sdxl(spec) else "StableDiffusion"
+    return getattr(module, f"{prefix}{family}{'Inpaint' if _inpainting(spec) else 'Img2Img'}Pipeline")
+
+
+TEXT_STAGES = (("text_encoder", "text"), ("text_encoder_2", "text"))  # SDXL's second encoder counts as text too
+
+
 def _status_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -306,7 +319,7 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
             finally:
                 timer.add(self._stage, time.perf_counter() - t0)
 
-    stage_of = {"text_encoder": "text", "vae_encoder": "encode", "unet": "unet", "vae_decoder": "decode"}
+    stage_of = {**dict(TEXT_STAGES), "vae_encoder": "encode", "unet": "unet", "vae_decoder": "decode"}
     pipe.wrap_sessions(lambda name, session: TimedSession(session, stage_of.get(name, name)))
     image = bench_image(spec["resolution"])
     args = _call_args(spec)
@@ -330,15 +343,16 @@ def _raise(message: str):
 
 
 def load_diffusers(key: str, spec: dict, timer: StageTimer):
+    import diffusers
     import numpy as np
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
-    pipeline = StableDiffusionInpaintPipeline if _inpainting(spec) else StableDiffusionImg2ImgPipeline
-    pipe = pipeline.from_pretrained(spec["diffusers"], torch_dtype=torch.float32, safety_checker=None,
-                                    requires_safety_checker=False)
+    extra = {} if _sdxl(spec) else dict(safety_checker=None, requires_safety_checker=False)
+    pipe = _pipeline_class(diffusers, spec).from_pretrained(spec["diffusers"], torch_dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
-    timer.wrap(pipe.text_encoder, "forward", "text")
+    for part, stage in TEXT_STAGES:
+        if getattr(pipe, part, None) is not None:
+            timer.wrap(getattr(pipe, part), "forward", stage)
     timer.wrap(pipe.unet, "forward", "unet")
     timer.wrap(pipe.vae, "encode", "encode")
     timer.wrap(pipe.vae, "decode", "decode")
@@ -364,8 +378,9 @@ def _optimum_runner(pipe, spec: dict, timer: StageTimer):
     import torch
 
     pipe.set_progress_bar_config(disable=True)
-    for part, stage in (("text_encoder", "text"), ("unet", "unet"), ("vae_encoder", "encode"), ("vae_decoder", "decode")):
-        timer.wrap(getattr(pipe, part), "forward", stage)
+    for part, stage in (*TEXT_STAGES, ("unet", "unet"), ("vae_encoder", "encode"), ("vae_decoder", "decode")):
+        if getattr(pipe, part, None) is not None:
+            timer.wrap(getattr(pipe, part), "forward", stage)
     image = bench_image(spec["resolution"])
     extra = _inpaint_args(spec)
 
@@ -377,20 +392,18 @@ def _optimum_runner(pipe, spec: dict, timer: StageTimer):
 
 
 def load_optimum_ort(key: str, spec: dict, timer: StageTimer):
-    from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline, ORTStableDiffusionInpaintPipeline
+    import optimum.onnxruntime
 
-    pipeline = ORTStableDiffusionInpaintPipeline if _inpainting(spec) else ORTStableDiffusionImg2ImgPipeline
-    pipe = pipeline.from_pretrained(spec["edgesd"], provider="CPUExecutionProvider")
+    pipe = _pipeline_class(optimum.onnxruntime, spec, "ORT").from_pretrained(spec["edgesd"], provider="CPUExecutionProvider")
     return _optimum_runner(pipe, spec, timer), lambda: {"use_io_binding": getattr(pipe.unet, "use_io_binding", None)}
 
 
 def load_optimum_intel(key: str, spec: dict, timer: StageTimer):
-    from optimum.intel import OVStableDiffusionImg2ImgPipeline, OVStableDiffusionInpaintPipeline
+    import optimum.intel
 
     ov_config = {"INFERENCE_PRECISION_HINT": "f32"} if SYSTEMS[key]["precision"] == "fp32" else None
     kwargs = {"ov_config": ov_config} if ov_config else {}
-    pipeline = OVStableDiffusionInpaintPipeline if _inpainting(spec) else OVStableDiffusionImg2ImgPipeline
-    pipe = pipeline.from_pretrained(spec["edgesd"], device="CPU", **kwargs)
+    pipe = _pipeline_class(optimum.intel, spec, "OV").from_pretrained(spec["edgesd"], device="CPU", **kwargs)
     run = _optimum_runner(pipe, spec, timer)
 
     def info():
@@ -548,23 +561,26 @@ def prepare_genai(edgesd: Path, dest: Path) -> list[str]:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    tokenizers = [name for name in ("tokenizer", "tokenizer_2") if (edgesd / name).is_dir()]  # SDXL: two
     for item in edgesd.iterdir():
-        if item.name not in ("tokenizer", "unet", "model_index.json"):
+        if item.name not in (*tokenizers, "unet", "model_index.json"):
             os.symlink(item.resolve(), dest / item.name)
-    shutil.copytree(edgesd / "tokenizer", dest / "tokenizer")
-    if not (dest / "tokenizer" / "openvino_tokenizer.xml").is_file():
-        from openvino_tokenizers import convert_tokenizer
-        from transformers import AutoTokenizer
+    for name in tokenizers:
+        shutil.copytree(edgesd / name, dest / name)
+        if not (dest / name / "openvino_tokenizer.xml").is_file():
+            from openvino_tokenizers import convert_tokenizer
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(edgesd / "tokenizer"))
-        ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
-        ov.save_model(ov_tokenizer, str(dest / "tokenizer" / "openvino_tokenizer.xml"))
-        ov.save_model(ov_detokenizer, str(dest / "tokenizer" / "openvino_detokenizer.xml"))
-        adapted.append("tokenizer converted with openvino_tokenizers.convert_tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(str(edgesd / name))
+            ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
+            ov.save_model(ov_tokenizer, str(dest / name / "openvino_tokenizer.xml"))
+            ov.save_model(ov_detokenizer, str(dest / name / "openvino_detokenizer.xml"))
+            adapted.append(f"{name} converted with openvino_tokenizers.convert_tokenizer")
     index = json.loads((edgesd / "model_index.json").read_text())
     name = index.get("_class_name", "")
     inpainting = json.loads((edgesd / "unet" / "config.json").read_text()).get("in_channels") == 9
-    wanted = "StableDiffusionInpaintPipeline" if inpainting else name.replace("Img2Img", "")
+    family = "StableDiffusionXL" if name.startswith("StableDiffusionXL") else "StableDiffusion"
+    wanted = f"{family}InpaintPipeline" if inpainting else f"{family}Pipeline"
     if wanted != name:  # openvino_genai picks its implementation by the class name (text-to-image's, or inpainting's)
         index["_class_name"] = wanted
         adapted.append(f"model_index.json _class_name {name} -> {wanted}")
@@ -784,6 +800,15 @@ def _latent_and_batch(args, edgesd: Path) -> tuple[list[int], int, dict]:
     return [side, side], batch, manifest
 
 
+def _family(manifest: dict, folder: Path) -> str | None:
+    """edgesd's manifest says; an optimum folder's pipeline class does."""
+    try:
+        name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError):
+        name = ""
+    return manifest.get("family") or ("sdxl" if name.startswith("StableDiffusionXL") else None)
+
+
 def _model_summary(manifest: dict, folder: Path) -> dict:
     out = {"path": str(folder), "family": manifest.get("family"), "prediction_type": manifest.get("prediction_type")}
     unet = manifest.get("submodels", {}).get("unet", {}).get("formats", {})
@@ -829,7 +854,7 @@ def parent_main(args, argv):
     spec = {"diffusers": str(diffusers), "edgesd": str(edgesd), "resolution": args.resolution, "steps": args.steps,
             "strength": args.strength, "guidance": args.guidance, "prompt": args.prompt,
             "negative_prompt": args.negative_prompt, "seed": args.seed, "latent": latent, "unet_batch": unet_batch,
-            "task": args.task, "tiny_vae": args.tiny_vae and str(Path(args.tiny_vae).resolve())}
+            "task": args.task, "family": _family(manifest, edgesd), "tiny_vae": args.tiny_vae and str(Path(args.tiny_vae).resolve())}
     systems = {}
     for key in selected:
         entry = {"label": SYSTEMS[key]["label"], "project": SYSTEMS[key]["project"], "engine": SYSTEMS[key]["engine"],

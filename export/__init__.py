@@ -4,6 +4,7 @@ Needs the `export` extra (torch, diffusers, transformers, optimum). The runtime 
 """
 
 import contextlib
+import gc
 import importlib.util
 import json
 import logging
@@ -103,12 +104,9 @@ def _require_export_extra(formats, plan=None) -> None:
 
 
 def _export_into(spec: str, folder: Path, formats, quantization=None, config: str | None = None) -> None:
-    from optimum.exporters.onnx import onnx_export_from_model
-
     from edgesd.export.load import load_pipeline
     from edgesd.export.source import resolve_source
     from edgesd.export.tiny_vae import export_tiny_vae, is_tiny_vae
-    from edgesd.export.validate import reference_outputs
 
     with tempfile.TemporaryDirectory(prefix="edgesd-source-") as scratch:
         source = resolve_source(spec, Path(scratch), config)
@@ -118,10 +116,7 @@ def _export_into(spec: str, folder: Path, formats, quantization=None, config: st
             (folder / MANIFEST).write_text(json.dumps(export_tiny_vae(source, folder, formats), indent=2))
             return
         pipe = load_pipeline(source.folder)
-        log.info("exporting to ONNX with optimum")
-        with _size_following(pipe.unet):
-            onnx_export_from_model(pipe, folder, do_validation=False)
-    references = reference_outputs(pipe)
+        references = _export_onnx(pipe, folder)
     validation = _convert_and_validate(folder, formats, references)
     for tokenizer in ("tokenizer", "tokenizer_2"):
         if (folder / tokenizer).is_dir():
@@ -133,6 +128,40 @@ def _export_into(spec: str, folder: Path, formats, quantization=None, config: st
 
         plan, images, samples, size = quantization
         quantize_folder(folder, formats, plan, references, images, samples, size)
+
+
+def _export_onnx(pipe, folder: Path) -> dict:
+    """optimum's ONNX export of the pipeline, one submodel at a time (the UNet last), each torch module's
+    weights released once its graph is written. Returns the validation references, taken from the
+    modules as optimum exports them (it turns the SDXL encoders' hidden states on).
+
+    One at a time because optimum, writing a graph over 2 GB, reloads it with its weights to gather
+    them in one file while the torch module is still held: a full-size SDXL pipeline (14 GB of fp32
+    modules, 10 GB of them the UNet) exported whole would need about 35 GB, this way about twice the
+    UNet."""
+    from optimum.exporters.onnx import export_models
+    from optimum.exporters.utils import get_diffusion_models_for_export
+
+    from edgesd.export.validate import reference_outputs
+
+    log.info("exporting to ONNX with optimum")
+    models = get_diffusion_models_for_export(pipe, exporter="onnx")
+    references = reference_outputs(pipe)
+    pipe.vae.to("meta")  # optimum exports copies of it
+    with _size_following(pipe.unet):
+        for name in sorted(models, key=lambda name: name == "unet"):
+            module, onnx_config = models.pop(name)
+            export_models({name: (module, onnx_config)}, folder, output_names=[f"{name}/{FILE_FORMATS['onnx'].main_file}"])
+            (module.save_config if hasattr(module, "save_config") else module.config.save_pretrained)(folder / name)
+            module.to("meta")
+            del module
+            gc.collect()
+    pipe.scheduler.save_pretrained(folder / "scheduler")
+    for tokenizer in ("tokenizer", "tokenizer_2"):
+        if getattr(pipe, tokenizer, None) is not None:
+            getattr(pipe, tokenizer).save_pretrained(folder / tokenizer)
+    pipe.save_config(folder)
+    return references
 
 
 def _convert_and_validate(folder: Path, formats, references: dict) -> dict:

@@ -200,16 +200,14 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: img2img's (refiner, high_noise_frac), inpaint's (padding_mask_crop) or outpaint's
     (left, right, top, bottom, overlap)."""
-    from edgesd import memory
     from edgesd.families import SDXL_OPTIONS
-    from edgesd.image import load_image, target_size
+    from edgesd.image import load_image
     from edgesd.jobs import plan_jobs
-    from edgesd.outpaint import grown
     from edgesd.outputs import read_parameters, release, remove_stale, save_image
     from edgesd.schema import hub_repo_id
-    from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline, plan_load, resolve_settings
+    from edgesd.pipelines import (Img2ImgPipeline, InpaintPipeline, check_memory, outpaint_canvas, plan_load, processing_size,
+                                  resolve_settings)
     from edgesd.pipelines.img2img import refine
-    from edgesd.sessions import BACKENDS
     from edgesd.variations import contact_sheet, parse_list, variants
 
     global _json_errors
@@ -281,19 +279,16 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         return
     if mask is not None:
         run_guarded(load_image, mask, max_pixels, keep_gray=True)
-    if not image.is_dir():
-        first = run_guarded(load_image, image, max_pixels)
-        width, height = run_guarded(target_size, first.size, folder.manifest["vae_scale_factor"], size, max_pixels)
-        if task == "outpaint":  # the canvas, bounded before loading (the stored extension on a replay)
+    if not image.is_dir():  # sized as the call will size it, by the pipeline's own functions
+        first = run_guarded(load_image, image, max_pixels).size
+        if task == "outpaint":  # the canvas (the stored extension on a replay)
             sides = {k: v for k, v in task_options.items() if k != "overlap"}
-            multiple = folder.manifest["vae_scale_factor"] * folder.unet_latent_multiple
-            base = run_guarded(target_size, first.size, 1, size, max_pixels) if size else first.size
-            right, bottom = run_guarded(grown, base, **sides, multiple=multiple, max_pixels=max_pixels)
-            width, height = base[0] + sides["left"] + right, base[1] + sides["top"] + bottom
+            width, height = run_guarded(outpaint_canvas, folder, first, **sides, requested=size, max_pixels=max_pixels)[1]
+        else:
+            width, height = run_guarded(processing_size, folder, first, size, max_pixels)[1]  # inpaint: its own size
         guided = any(r["guidance_scale"] > 1 for r in resolved)
-        run_guarded(memory.check_call, folder, width, height, settings["num_images"], guided, backend, low_memory,
-                    memory.weights_bytes(folder, BACKENDS[backend].format, low_memory),
-                    f"{image.name} at {width}x{height} on {backend}", None if vae_decode_only else vae_folder)
+        run_guarded(check_memory, load_plan, width, height, settings["num_images"], guided, low_memory,
+                    vae_decode_only=vae_decode_only, what=f"{image.name} at {width}x{height} on {backend}")
     t0 = time.perf_counter()
     pipe = run_guarded(pipeline.open, load_plan, device=device, inference_precision=precision, threads=threads,
                        low_memory=low_memory, loras=loras, vae_decode_only=vae_decode_only)

@@ -152,6 +152,20 @@ def test_folders_with_fixed_upsampling_floor_further_and_say_so_once(optimum_exp
     assert caplog.text.count("floored to 84x52") == 1 and "re-export it with `edgesd export`" in caplog.text
 
 
+def test_the_cli_sizes_a_call_before_loading_as_the_pipeline_runs_it(optimum_exported):
+    """The CLI checks memory before loading at the size the call will run at, with the functions the
+    pipelines use: floored where the UNet upsamples by a fixed 2x, the outpaint canvas rounded up."""
+    from edgesd import InpaintPipeline
+    from edgesd.pipelines import outpaint_canvas, processing_size
+
+    pipe = InpaintPipeline.load(optimum_exported["onnx"], device="cpu", inference_precision="fp32")
+    ran = Img2ImgPipeline.load(optimum_exported["onnx"], device="cpu", inference_precision="fp32")(
+        image_of_size(86, 54), PROMPT, seed=0, num_inference_steps=2, strength=0.5).images[0].size
+    assert processing_size(pipe.folder, (86, 54)) == ((86, 54), ran) and ran == (84, 52)
+    canvas = pipe.outpaint(image_of_size(64, 48), PROMPT, right=10, seed=0, num_inference_steps=2).images[0].size
+    assert outpaint_canvas(pipe.folder, (64, 48), right=10) == ((64, 48), canvas) and canvas == (76, 48)
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_low_memory_tiles_the_vae_as_diffusers_enable_vae_tiling(exported, pipes, reference_pipes, backend):
     """172x100 is larger than tiny-sd1's 64 px VAE: 3x4 encoder tiles with partial edge tiles."""

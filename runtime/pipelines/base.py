@@ -25,6 +25,7 @@ from edgesd.limits import MAX_PIXELS
 from edgesd.lora import SUBMODELS, Lora, LoraError, LoraMerge, read_lora
 from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder, tokenizer_folder
 from edgesd.models import TextEncoder, UNet, Vae
+from edgesd.outpaint import grown
 from edgesd.outputs import save_image
 from edgesd.schema import check_settings
 from edgesd.schedulers.base import Plan
@@ -107,7 +108,7 @@ class Pipeline:
         self.provenance = {"task": self.task, "model": folder.name, "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
                            "backend": backend, "device": device, "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
-        self._whole_vae = vae if replaced == VAE_SUBMODELS else None  # what the memory check sizes instead of the model's
+        self.plan, self._vae_decode_only = LoadPlan(folder, vae, backend), vae_decode_only  # what the memory check sizes
         if vae is not None:
             self.provenance["vae"] = {"folder": vae.name, "manifest_sha256": vae.manifest_sha256, "replaces": list(replaced)}
         if origin := hub_origin(folder.path):  # replay finds it again even once the cache is cleared
@@ -220,18 +221,14 @@ class Pipeline:
             log.warning(message, *args)
 
     def input_size(self, size: tuple[int, int], requested=None) -> tuple[int, int]:
-        """The (width, height) an input of `size` is processed at (see image.target_size); folders whose
-        UNet upsamples by a fixed 2x floor further, to what it can take, and say so once."""
-        scale = self.vae.scale_factor
-        width, height = target_size(size, scale, requested, self.max_pixels)
-        multiple = scale * self.unet_latent_multiple
-        floored = (width - width % multiple, height - height % multiple)
-        if 0 in floored:
-            raise InvalidInputError(f"image {width}x{height} is smaller than {multiple} pixels on a side, the least this model's UNet takes")
+        """The (width, height) an input of `size` is processed at (see `processing_size`), said once
+        where the folder's UNet floors it or it is far above the native size."""
+        (width, height), floored = processing_size(self.folder, size, requested, self.max_pixels)
         if floored != (width, height):
+            multiple = self.vae.scale_factor * self.unet_latent_multiple
             self.say_once("floor", "this model folder's UNet takes sides that are multiples of %d px only (exported by "
                           "optimum or an older edgesd), so %dx%d is floored to %dx%d; re-export it with `edgesd export` "
-                          "for any multiple of %d", multiple, width, height, *floored, scale)
+                          "for any multiple of %d", multiple, width, height, *floored, self.vae.scale_factor)
         native = self.folder.native_size
         if floored[0] * floored[1] > 4 * native**2:
             self.say_once("native", "%dx%d is %.0fx the pixels of this model's native %dx%d: slower, and SD models repeat "
@@ -240,9 +237,8 @@ class Pipeline:
         return floored
 
     def check_memory(self, width: int, height: int, num_images: int, guided: bool) -> None:
-        loading = memory.weights_bytes(self.folder, self.format, True) if self.low_memory else 0
-        memory.check_call(self.folder, width, height, num_images, guided, self.backend, self.low_memory, loading,
-                          f"{width}x{height} x{num_images} on {self.backend}", self._whole_vae)
+        check_memory(self.plan, width, height, num_images, guided, self.low_memory, loaded=True,
+                     vae_decode_only=self._vae_decode_only)
 
     def generate(self, start: float, settings: dict, plan: Plan, size: tuple[int, int], provenance: dict,
                  prepare: Callable[[TorchGenerator], Preparation], callback: Callback | None,
@@ -330,6 +326,43 @@ def plan_load(path: str | Path, backend: str = "auto", device: str = "auto", vae
                                    f"{', '.join(vae_folder.common_formats)}: no format in common; export the VAE with "
                                    "--format both")
     return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats))
+
+
+def processing_size(folder: ModelFolder, size: tuple[int, int], requested=None,
+                    max_pixels: int = MAX_PIXELS) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(the size asked, the size processed) for an input of `size`: image.target_size's answer, and
+    that floored to the sides the folder's UNet takes (a fixed-2x UNet, as optimum exports, takes
+    multiples of its whole downsampling only). Needs no weights: what a call runs at, and what the
+    CLI sizes its memory check by before loading."""
+    scale = folder.manifest["vae_scale_factor"]
+    width, height = target_size(size, scale, requested, max_pixels)
+    multiple = scale * folder.unet_latent_multiple
+    floored = (width - width % multiple, height - height % multiple)
+    if 0 in floored:
+        raise InvalidInputError(f"image {width}x{height} is smaller than {multiple} pixels on a side, the least this model's UNet takes")
+    return (width, height), floored
+
+
+def outpaint_canvas(folder: ModelFolder, size: tuple[int, int], left: int = 0, right: int = 0, top: int = 0,
+                    bottom: int = 0, requested=None, max_pixels: int = MAX_PIXELS) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(the input's size once resized to `requested`, the canvas's size) of an outpainting: the
+    extension rounded up to the sides the folder's UNet takes, a canvas over `max_pixels` refused."""
+    if requested is not None:
+        size = target_size(size, 1, requested, max_pixels)
+    multiple = folder.manifest["vae_scale_factor"] * folder.unet_latent_multiple
+    right, bottom = grown(size, left, right, top, bottom, multiple, max_pixels)
+    return size, (size[0] + left + right, size[1] + top + bottom)
+
+
+def check_memory(plan: LoadPlan, width: int, height: int, num_images: int, guided: bool, low_memory: bool = False,
+                 loaded: bool = False, vae_decode_only: bool = False, what: str | None = None) -> None:
+    """Refuse a call the available memory cannot hold (memory.check_call), counting the weights still
+    to load: all of them before the load (the CLI checks so, before loading), and in low-memory mode
+    the largest submodel, opened again for each step of a call."""
+    fmt = BACKENDS[plan.backend].format
+    loading = memory.weights_bytes(plan.folder, fmt, low_memory) if low_memory or not loaded else 0
+    memory.check_call(plan.folder, width, height, num_images, guided, plan.backend, low_memory, loading,
+                      what or f"{width}x{height} x{num_images} on {plan.backend}", None if vae_decode_only else plan.vae)
 
 
 def _vae_replaces(vae: ModelFolder | None, decode_only: bool) -> tuple[str, ...]:

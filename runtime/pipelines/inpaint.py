@@ -17,10 +17,10 @@ from PIL import Image
 
 from edgesd.denoise import Callback
 from edgesd.errors import InvalidInputError
-from edgesd.image import image_sha256, load_image, preprocess, target_size
+from edgesd.image import image_sha256, load_image, preprocess
 from edgesd.mask_crop import crop_region, paste_back, resize_fill
 from edgesd.outpaint import extend
-from edgesd.pipelines.base import Pipeline, Preparation, Result, resolve_settings
+from edgesd.pipelines.base import Pipeline, Preparation, Result, outpaint_canvas, resolve_settings
 
 
 def mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -114,8 +114,9 @@ class InpaintPipeline(Pipeline):
         `size` resizes the input first; `overlap` (default: two latent cells) is how far the repainted
         band reaches into the image. Other options as for __call__."""
         image = load_image(image, self.max_pixels)
+        resized, _ = outpaint_canvas(self.folder, image.size, left, right, top, bottom, size, self.max_pixels)
         if size is not None:
-            image = image.resize(target_size(image.size, 1, size, self.max_pixels), resample=Image.Resampling.LANCZOS)
+            image = image.resize(resized, resample=Image.Resampling.LANCZOS)
         multiple = self.vae.scale_factor * self.unet_latent_multiple
         overlap = 2 * self.vae.scale_factor if overlap is None else overlap
         canvas, mask = extend(image, left, right, top, bottom, multiple, overlap, self.max_pixels)
