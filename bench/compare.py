@@ -67,7 +67,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = "edgesd-bench-compare/1"
-STAGES = ("text", "encode", "unet", "decode", "other")
+STAGES = ("text", "encode", "unet", "controlnet", "decode", "other")
 
 # key -> description. "needs": modules that must import; "folder": which folder it reads.
 SYSTEMS = {
@@ -117,6 +117,11 @@ TARGETS = [
     ("edgesd-ort", "diffusers-torch", "time", 0.5),
     ("edgesd-ov-fp32", "diffusers-torch", "time", 0.5),
 ]
+# With --controlnet (issue 22): edgesd on OpenVINO against diffusers' ControlNet img2img pipeline.
+CONTROLNET_TARGETS = [
+    ("edgesd-ov-auto", "diffusers-torch", "time", 0.5),
+    ("edgesd-ov-auto", "diffusers-torch", "peak_rss", 0.7),
+]
 PACKAGES = ["edgesd", "numpy", "pillow", "onnxruntime", "onnx", "openvino", "openvino-genai", "openvino-tokenizers",
             "torch", "diffusers", "transformers", "optimum", "optimum-onnx", "optimum-intel", "tokenizers"]
 
@@ -153,9 +158,18 @@ def _sdxl(spec: dict) -> bool:
 
 
 def _pipeline_class(module, spec: dict, prefix: str = ""):
-    """The library's img2img or inpainting pipeline class for the model's family (SD or SDXL)."""
+    """The library's img2img or inpainting pipeline class for the model's family (SD or SDXL), its
+    ControlNet one with --controlnet."""
     family = "StableDiffusionXL" if _sdxl(spec) else "StableDiffusion"
-    return getattr(module, f"{prefix}{family}{'Inpaint' if _inpainting(spec) else 'Img2Img'}Pipeline")
+    return getattr(module, f"{prefix}{family}{'ControlNet' if spec.get('controlnet') else ''}"
+                           f"{'Inpaint' if _inpainting(spec) else 'Img2Img'}Pipeline")
+
+
+def bench_control(resolution: int):
+    """The control map every system gets with --controlnet: the Canny edges of the bench image."""
+    from edgesd.control import canny
+
+    return canny(bench_image(resolution))
 
 
 TEXT_STAGES = (("text_encoder", "text"), ("text_encoder_2", "text"))  # SDXL's second encoder counts as text too
@@ -303,7 +317,9 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
     vae = None
     if system.get("tiny_vae"):
         vae = spec.get("tiny_vae") or _raise("needs a tiny VAE folder: --tiny-vae FOLDER (edgesd export madebyollin/taesd)")
-    pipe = pipeline.load(spec["edgesd"], backend=backend, device="cpu", inference_precision=precision, vae=vae)
+    controlnet = spec.get("controlnet") and spec["controlnet"]["edgesd"]
+    pipe = pipeline.load(spec["edgesd"], backend=backend, device="cpu", inference_precision=precision, vae=vae,
+                         controlnet=controlnet)
     pipe.reuse_encodings = False  # every call pays for its own encodings, as the other systems do
 
     class TimedSession:
@@ -320,17 +336,18 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
             finally:
                 timer.add(self._stage, time.perf_counter() - t0)
 
-    stage_of = {**dict(TEXT_STAGES), "vae_encoder": "encode", "unet": "unet", "vae_decoder": "decode"}
+    stage_of = {**dict(TEXT_STAGES), "vae_encoder": "encode", "unet": "unet", "vae_decoder": "decode", "controlnet_0": "controlnet"}
     pipe.wrap_sessions(lambda name, session: TimedSession(session, stage_of.get(name, name)))
     image = bench_image(spec["resolution"])
     args = _call_args(spec)
 
     masks = [bench_mask(spec["resolution"])] if _inpainting(spec) else []
+    control = {"control_image": bench_control(spec["resolution"])} if controlnet else {}
 
     def run():
         result = pipe(image, *masks, args["prompt"], negative_prompt=args["negative_prompt"], strength=args["strength"],
                       num_inference_steps=args["num_inference_steps"], guidance_scale=args["guidance_scale"],
-                      seed=spec["seed"])
+                      seed=spec["seed"], **control)
         return np.asarray(result.images[0])
 
     def info():
@@ -349,6 +366,8 @@ def load_diffusers(key: str, spec: dict, timer: StageTimer):
     import torch
 
     extra = {} if _sdxl(spec) else dict(safety_checker=None, requires_safety_checker=False)
+    if spec.get("controlnet"):
+        extra["controlnet"] = diffusers.ControlNetModel.from_pretrained(spec["controlnet"]["diffusers"], torch_dtype=torch.float32)
     pipe = _pipeline_class(diffusers, spec).from_pretrained(spec["diffusers"], torch_dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
     for part, stage in TEXT_STAGES:
@@ -357,8 +376,10 @@ def load_diffusers(key: str, spec: dict, timer: StageTimer):
     timer.wrap(pipe.unet, "forward", "unet")
     timer.wrap(pipe.vae, "encode", "encode")
     timer.wrap(pipe.vae, "decode", "decode")
+    if spec.get("controlnet"):
+        timer.wrap(pipe.controlnet, "forward", "controlnet")
     image = bench_image(spec["resolution"])
-    extra = _inpaint_args(spec)
+    extra = {**_inpaint_args(spec), **({"control_image": bench_control(spec["resolution"])} if spec.get("controlnet") else {})}
 
     def run():
         generator = torch.Generator("cpu").manual_seed(spec["seed"])
@@ -395,7 +416,7 @@ def _optimum_runner(pipe, spec: dict, timer: StageTimer):
 def load_optimum_ort(key: str, spec: dict, timer: StageTimer):
     import optimum.onnxruntime
 
-    pipe = _pipeline_class(optimum.onnxruntime, spec, "ORT").from_pretrained(spec["edgesd"], provider="CPUExecutionProvider")
+    pipe = _pipeline_class(optimum.onnxruntime, spec, "ORT").from_pretrained(spec["plain"], provider="CPUExecutionProvider")
     return _optimum_runner(pipe, spec, timer), lambda: {"use_io_binding": getattr(pipe.unet, "use_io_binding", None)}
 
 
@@ -404,7 +425,7 @@ def load_optimum_intel(key: str, spec: dict, timer: StageTimer):
 
     ov_config = {"INFERENCE_PRECISION_HINT": "f32"} if SYSTEMS[key]["precision"] == "fp32" else None
     kwargs = {"ov_config": ov_config} if ov_config else {}
-    pipe = _pipeline_class(optimum.intel, spec, "OV").from_pretrained(spec["edgesd"], device="CPU", **kwargs)
+    pipe = _pipeline_class(optimum.intel, spec, "OV").from_pretrained(spec["plain"], device="CPU", **kwargs)
     run = _optimum_runner(pipe, spec, timer)
 
     def info():
@@ -469,6 +490,8 @@ LOADERS = {"edgesd": load_edgesd, "diffusers": load_diffusers, "optimum-onnx": l
 
 
 def load_system(key: str, spec: dict, timer: StageTimer):
+    if spec.get("controlnet") and SYSTEMS[key]["project"] not in ("edgesd", "diffusers"):
+        _raise(f"{SYSTEMS[key]['project']} has no ControlNet")
     return LOADERS[SYSTEMS[key]["project"]](key, spec, timer)
 
 
@@ -551,7 +574,46 @@ def worker_main(args):
 
 
 # =============================================================================================
-# Preparing openvino_genai's folder
+# Preparing the other systems' folders
+
+
+def prepare_plain(edgesd: Path, dest: Path) -> list[str]:
+    """The folder as the other systems read it: a UNet edgesd exported takes ControlNet residual inputs,
+    which optimum and openvino_genai do not feed; here each becomes the (1, 1, 1, 1) zero edgesd feeds
+    without a ControlNet (the same graph, the same work). Everything else is linked, not copied."""
+    import numpy as np
+    import onnx
+    import openvino as ov
+    from onnx import numpy_helper
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for item in edgesd.iterdir():
+        if item.name != "unet":
+            os.symlink(item.resolve(), dest / item.name)
+    (dest / "unet").mkdir()
+    for item in (edgesd / "unet").iterdir():
+        if item.name not in ("model.onnx", "openvino_model.xml", "openvino_model.bin"):
+            os.symlink(item.resolve(), dest / "unet" / item.name)  # the ONNX external data stays where it is
+    zero = np.zeros((1, 1, 1, 1), np.float32)
+    if (edgesd / "unet" / "model.onnx").is_file():
+        model = onnx.load(str(edgesd / "unet" / "model.onnx"), load_external_data=False)
+        residuals = [i for i in model.graph.input if "_residual" in i.name]
+        for i in residuals:
+            model.graph.input.remove(i)
+            model.graph.initializer.append(numpy_helper.from_array(zero, i.name))
+        onnx.save(model, str(dest / "unet" / "model.onnx"))
+    if (edgesd / "unet" / "openvino_model.xml").is_file():
+        import openvino.opset13 as ops
+
+        model = ov.Core().read_model(str(edgesd / "unet" / "openvino_model.xml"))
+        for param in [p for p in model.get_parameters() if any("_residual" in n for n in p.output(0).get_names())]:
+            param.output(0).replace(ops.constant(zero).output(0))
+            model.remove_parameter(param)
+        model.validate_nodes_and_infer_types()
+        ov.save_model(model, str(dest / "unet" / "openvino_model.xml"), compress_to_fp16=False)
+    return ["UNet ControlNet residual inputs bound to zero constants (edgesd feeds zeros without a ControlNet)"]
 
 
 def prepare_genai(edgesd: Path, dest: Path) -> list[str]:
@@ -625,7 +687,8 @@ def prepare_genai(edgesd: Path, dest: Path) -> list[str]:
 
 def prepare_main(args):
     try:
-        adapted = prepare_genai(Path(args.edgesd_folder), Path(args.prepare_genai))
+        prepare = prepare_plain if args.prepare_plain else prepare_genai
+        adapted = prepare(Path(args.edgesd_folder), Path(args.prepare_plain or args.prepare_genai))
         result = {"status": "ok", "adapted": adapted}
     except BaseException as e:
         traceback.print_exc()
@@ -682,11 +745,13 @@ def summarise(entry: dict, flops: dict | None, peak: float | None) -> dict:
     unet_all = [c for r in runs for c in r["unet_calls"]]
     out = {
         "total": {"median": statistics.median(totals), "min": min(totals), "max": max(totals), "n": len(totals)},
-        "stages": {s: statistics.median(r["stages"][s] for r in runs) for s in STAGES},
+        "stages": {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in STAGES},
         "unet_calls_per_run": statistics.median(len(r["unet_calls"]) for r in runs),
         "unet_call": ({"median": statistics.median(unet_all), "min": min(unet_all), "max": max(unet_all),
                        "n": len(unet_all)} if unet_all else None),
     }
+    if out["stages"]["controlnet"] and out["stages"]["unet"]:  # issue 22: a ControlNet's cost per step, as the UNet's share
+        out["controlnet_per_unet"] = out["stages"]["controlnet"] / out["stages"]["unet"]
     turns = entry.get("turns", [])
     for field in ("load_s", "first_run_s", "import_s"):
         out[field] = _median(t.get(field) for t in turns)
@@ -703,7 +768,7 @@ def summarise(entry: dict, flops: dict | None, peak: float | None) -> dict:
     return out
 
 
-def headline(systems: dict, family: str | None = None) -> dict:
+def headline(systems: dict, family: str | None = None, controlnet: bool = False) -> dict:
     def value(key, quantity):
         s = systems.get(key, {}).get("summary") or {}
         if quantity == "time":
@@ -725,7 +790,7 @@ def headline(systems: dict, family: str | None = None) -> dict:
                 row[quantity] = a / b if a and b else None
             ratios[f"{edgesd} / {other}"] = row
     targets = []
-    for edgesd, other, quantity, bound in TARGETS:
+    for edgesd, other, quantity, bound in CONTROLNET_TARGETS if controlnet else TARGETS:
         if edgesd not in systems or other not in systems:
             continue
         if isinstance(bound, dict):
@@ -857,7 +922,8 @@ def parent_main(args, argv):
     spec = {"diffusers": str(diffusers), "edgesd": str(edgesd), "resolution": args.resolution, "steps": args.steps,
             "strength": args.strength, "guidance": args.guidance, "prompt": args.prompt,
             "negative_prompt": args.negative_prompt, "seed": args.seed, "latent": latent, "unet_batch": unet_batch,
-            "task": args.task, "family": _family(manifest, edgesd), "tiny_vae": args.tiny_vae and str(Path(args.tiny_vae).resolve())}
+            "task": args.task, "family": _family(manifest, edgesd), "tiny_vae": args.tiny_vae and str(Path(args.tiny_vae).resolve()),
+            "controlnet": args.controlnet and dict(zip(("diffusers", "edgesd"), (str(Path(f).resolve()) for f in args.controlnet)))}
     systems = {}
     for key in selected:
         entry = {"label": SYSTEMS[key]["label"], "project": SYSTEMS[key]["project"], "engine": SYSTEMS[key]["engine"],
@@ -870,7 +936,21 @@ def parent_main(args, argv):
             entry.update(status="failed", reason=f"{folder} has no {fmt} files (export with --format both)")
         systems[key] = entry
 
-    # openvino_genai's copy of the folder
+    # the other systems' copy of the folder (without edgesd's ControlNet inputs), then openvino_genai's of that
+    spec["plain"] = str(edgesd)
+    others = [k for k in selected if SYSTEMS[k]["project"] not in ("edgesd", "diffusers") and systems[k]["status"] == "pending"]
+    if others and manifest.get("unet_controlnet_inputs"):
+        result_file = work / "prepare-plain.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), str(diffusers), str(edgesd),
+               "--prepare-plain", str(work / "plain-model"), "--result", str(result_file)]
+        rc, tail = _run_child(cmd, work / "prepare-plain.log", args.timeout)
+        prep = json.loads(result_file.read_text()) if result_file.is_file() else {
+            "status": "failed", "reason": f"preparation exited with {rc}: {tail}"}
+        if prep["status"] != "ok":
+            for k in others:
+                systems[k].update(status="failed", reason=f"preparing the folder failed: {prep['reason']}")
+        spec["plain"] = str(work / "plain-model")
+    plain = Path(spec["plain"])
     if any(SYSTEMS[k]["project"] == "openvino-genai" and systems[k]["status"] == "pending" for k in selected):
         import importlib.util
 
@@ -880,13 +960,13 @@ def parent_main(args, argv):
         else:
             if args.isolation == "inline":  # transformers gets imported here anyway
                 try:
-                    prep = {"status": "ok", "adapted": prepare_genai(edgesd, work / "genai-model")}
+                    prep = {"status": "ok", "adapted": prepare_genai(plain, work / "genai-model")}
                 except Exception as e:
                     traceback.print_exc()
                     prep = {"status": "failed", "reason": _short_reason(e)}
             else:  # keep this process light: it stays resident while the systems run
                 result_file = work / "prepare-genai.json"
-                cmd = [sys.executable, str(Path(__file__).resolve()), str(diffusers), str(edgesd),
+                cmd = [sys.executable, str(Path(__file__).resolve()), str(diffusers), str(plain),
                        "--prepare-genai", str(work / "genai-model"), "--result", str(result_file)]
                 rc, tail = _run_child(cmd, work / "prepare-genai.log", args.timeout)
                 prep = json.loads(result_file.read_text()) if result_file.is_file() else {
@@ -921,7 +1001,7 @@ def parent_main(args, argv):
         if entry["status"] == "pending":
             entry["status"] = "ok" if entry["runs"] else "failed"
         entry["summary"] = summarise(entry, flops, peak)
-    heads = headline({k: v for k, v in systems.items() if v["status"] == "ok"}, spec["family"])
+    heads = headline({k: v for k, v in systems.items() if v["status"] == "ok"}, spec["family"], bool(spec["controlnet"]))
     command = "python bench/compare.py " + shlex.join(argv)
     result = {
         "schema": SCHEMA,
@@ -1105,6 +1185,9 @@ def main(argv=None):
     parser.add_argument("--task", choices=("img2img", "inpaint"), default="img2img",
                         help="inpaint: every system repaints the same centred mask (bench_mask); use an inpainting model")
     parser.add_argument("--tiny-vae", help="VAE folder (edgesd export of a tiny VAE) for the edgesd-ov-tiny-vae system")
+    parser.add_argument("--controlnet", nargs=2, metavar=("DIFFUSERS", "EDGESD"),
+                        help="a ControlNet (its diffusers folder, its edgesd export) steering every edgesd and diffusers "
+                             "system by the Canny edges of the input; the other systems have no ControlNet")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; every system runs once per round")
     parser.add_argument("--runs", type=int, default=1, help="timed calls per system per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls after each load (the first is the cold run)")
@@ -1123,10 +1206,11 @@ def main(argv=None):
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--save-output", help=argparse.SUPPRESS)
     parser.add_argument("--prepare-genai", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare-plain", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(args)
-    if args.prepare_genai:
+    if args.prepare_genai or args.prepare_plain:
         return prepare_main(args)
     if args.repeat < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--repeat and --runs must be >= 1, --warmup >= 0")

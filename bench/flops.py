@@ -65,6 +65,8 @@ def _input_shapes(inputs: dict[str, list], batch: int, latent: tuple[int, int], 
                 fixed.append({0: batch, 1: sequence}[i] if i in (0, 1) else _fail(name, dims))
             elif name == "timestep":
                 fixed.append(1)  # a scalar or a [1]/[batch] vector: the time embedding is expanded to the batch inside
+            elif "_residual" in name:
+                fixed.append(1)  # ControlNet residuals: the (1, 1, 1, 1) zero fed without a ControlNet, broadcast
             elif i == 0:
                 fixed.append(batch)
             else:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("text", "encode", "unet", "decode", "other")
+STAGES = ("text", "encode", "unet", "controlnet", "decode", "other")
 STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (all calls)", "decode": "VAE decode",
                 "other": "other (scheduler, pre/post, overhead)"}
 COMPARE_SCHEMA = "edgesd-bench-compare/1"
@@ -230,11 +230,18 @@ def run_section(d: dict, chart_name: str | None) -> list[str]:
                      "first call s", "first image s (import + load + first call)", f"output vs {d.get('output_reference') or 'reference'} (mean / max)"], rows)
     lines += ["", "Per stage (median seconds per image; time inside each submodel, `other` = the rest):", ""]
     srows = []
+    ran = [e["summary"] for e in systems.values() if e["status"] == "ok" and e.get("summary")]
+    stages = [st for st in STAGES if st != "controlnet" or any(sm["stages"].get(st) for sm in ran)]  # (results before ControlNets)
     for key, e in systems.items():
         sm = e.get("summary") or {}
         if e["status"] == "ok" and sm:
-            srows.append([f"`{key}`"] + [_s(sm["stages"][st], 3) for st in STAGES] + [_s(sm["total"]["median"], 3)])
-    lines += _table(["system", *STAGES, "total"], srows)
+            srows.append([f"`{key}`"] + [_s(sm["stages"].get(st, 0.0), 3) for st in stages] + [_s(sm["total"]["median"], 3)])
+    lines += _table(["system", *stages, "total"], srows)
+    shares = {key: e["summary"]["controlnet_per_unet"] for key, e in systems.items()
+              if e["status"] == "ok" and (e.get("summary") or {}).get("controlnet_per_unet")}
+    if shares:
+        lines += ["", "The ControlNet's cost per step as a share of the UNet's: "
+                  + ", ".join(f"`{key}` {share:.2f}" for key, share in shares.items())]
     if not_run:
         lines += ["", "Could not run here:", ""]
         for key, e in not_run:

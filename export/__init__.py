@@ -104,6 +104,7 @@ def _require_export_extra(formats, plan=None) -> None:
 
 
 def _export_into(spec: str, folder: Path, formats, quantization=None, config: str | None = None) -> None:
+    from edgesd.export.controlnet import export_controlnet, is_controlnet
     from edgesd.export.load import load_pipeline
     from edgesd.export.source import resolve_source
     from edgesd.export.tiny_vae import export_tiny_vae, is_tiny_vae
@@ -114,6 +115,11 @@ def _export_into(spec: str, folder: Path, formats, quantization=None, config: st
             if quantization:
                 raise EdgesdError("a tiny VAE is exported in fp32 only (it is small already); drop --precision/--target")
             (folder / MANIFEST).write_text(json.dumps(export_tiny_vae(source, folder, formats), indent=2))
+            return
+        if is_controlnet(source.folder):
+            if quantization:
+                raise EdgesdError("a ControlNet is exported in fp32 for now; drop --precision/--target")
+            (folder / MANIFEST).write_text(json.dumps(export_controlnet(source, folder, formats), indent=2))
             return
         pipe = load_pipeline(source.folder)
         references = _export_onnx(pipe, folder)
@@ -138,15 +144,17 @@ def _export_onnx(pipe, folder: Path) -> dict:
     One at a time because optimum, writing a graph over 2 GB, reloads it with its weights to gather
     them in one file while the torch module is still held: a full-size SDXL pipeline (14 GB of fp32
     modules, 10 GB of them the UNet) exported whole would need about 35 GB, this way about twice the
-    UNet."""
+    UNet. The UNet takes ControlNet residuals (edgesd.export.controlnet)."""
     from optimum.exporters.onnx import export_models
     from optimum.exporters.utils import get_diffusion_models_for_export
 
+    from edgesd.export.controlnet import unet_with_residuals
     from edgesd.export.validate import reference_outputs
 
     log.info("exporting to ONNX with optimum")
     models = get_diffusion_models_for_export(pipe, exporter="onnx")
     references = reference_outputs(pipe)
+    models["unet"] = unet_with_residuals(*models["unet"])
     pipe.vae.to("meta")  # optimum exports copies of it
     with _size_following(pipe.unet):
         for name in sorted(models, key=lambda name: name == "unet"):
@@ -242,6 +250,7 @@ def _manifest(pipe, source, folder: Path, formats, validation) -> dict:
         "vae_scale_factor": scale_factor,
         "sample_size": unet.sample_size * scale_factor,
         "unet_any_size": True,  # see _size_following
+        "unet_controlnet_inputs": True,  # see edgesd.export.controlnet
         "onnx_attention_fused": "onnx" in formats and has_fused_attention(folder / "unet" / FILE_FORMATS["onnx"].main_file),
         "defaults": source.recipe.get("defaults", {}),
         **extra,

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def export(
-        source: str = typer.Argument(..., help="Hub id (e.g. stabilityai/sd-turbo, stabilityai/sdxl-turbo; madebyollin/taesd or taesdxl: a tiny VAE folder for --vae), a local diffusers folder, a single-file checkpoint (.safetensors, SD 1.x/2.x/SDXL, as model sites share them), or random:RECIPE."),
+        source: str = typer.Argument(..., help="Hub id (e.g. stabilityai/sd-turbo, stabilityai/sdxl-turbo; madebyollin/taesd or taesdxl: a tiny VAE folder for --vae; lllyasviel/control_v11p_sd15_canny: a ControlNet folder for --controlnet), a local diffusers folder, a single-file checkpoint (.safetensors, SD 1.x/2.x/SDXL, as model sites share them), or random:RECIPE."),
         output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (must not exist unless --overwrite)."),
         format: Format = typer.Option(Format.onnx, "--format", "-f", help="onnx, openvino or both."),
         overwrite: bool = typer.Option(False, help="Replace OUTPUT if it is an edgesd model folder (only once the new export is complete); never the source, a folder holding it, or anything else."),
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             help="Square image side to calibrate int8 at (default: the model's native size, at most 256: "
                  "onnxruntime's calibrator needs more than 24 GB for SD 1.5 at 512)."),
     ):
-        """Export a diffusers SD/SDXL model to an edgesd model folder, validated against torch, optionally quantized."""
+        """Export a diffusers SD/SDXL model (or a tiny VAE, a ControlNet) to an edgesd folder, validated against torch, optionally quantized."""
         from edgesd.export import export_model
         from edgesd.export.precision import precision_for
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import (AutoencoderKL, AutoencoderTiny, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline,
-                       UNet2DConditionModel)
+from diffusers import (AutoencoderKL, AutoencoderTiny, ControlNetModel, StableDiffusionImg2ImgPipeline,
+                       StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from edgesd.export import recipes
@@ -46,8 +46,23 @@ def build_random_tiny_vae(recipe: dict, folder: Path) -> None:
     AutoencoderTiny(**recipe["vae"]).eval().save_pretrained(folder, safe_serialization=True)
 
 
+def build_random_controlnet(recipe: dict, folder: Path) -> None:
+    """A ControlNet with weights drawn from the recipe's seed, saved to `folder`. diffusers zeroes a new
+    ControlNet's output convolutions (its residuals start at zero, as training wants), which would let
+    a miswired ControlNet pass any test: they are drawn at random too."""
+    torch.manual_seed(recipe.get("seed", 0))
+    controlnet = ControlNetModel(**recipe["controlnet"]).eval()
+    zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in zeroed:
+            torch.nn.init.normal_(conv.weight, std=1.0 / conv.weight[0].numel() ** 0.5)
+            torch.nn.init.normal_(conv.bias, std=0.02)
+    controlnet.save_pretrained(folder, safe_serialization=True)
+
+
 def random_source(spec: str, folder: Path) -> dict:
-    """`random:NAME` -> build the recipe NAME (a pipeline, or a tiny VAE) into `folder`; returns the recipe."""
+    """`random:NAME` -> build the recipe NAME (a pipeline, a tiny VAE or a ControlNet) into `folder`; returns the recipe."""
     recipe = recipes.load(spec.removeprefix("random:"))
-    (build_random_tiny_vae if recipe.get("kind") == "vae" else build_random_pipeline)(recipe, folder)
+    build = {"vae": build_random_tiny_vae, "controlnet": build_random_controlnet}.get(recipe.get("kind"), build_random_pipeline)
+    build(recipe, folder)
     return recipe

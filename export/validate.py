@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from edgesd.errors import EdgesdError
+from edgesd.export.controlnet import residual_feeds
+from edgesd.models.controlnet import DOWN_RESIDUAL, MID_RESIDUAL
 from edgesd.sessions import open_session
 from edgesd.sessions.base import output
 
@@ -27,11 +29,15 @@ def validation_inputs(pipe, seed: int = 0) -> dict[str, tuple]:
     z = rng.standard_normal((1, vae.config.latent_channels, side, side), dtype=np.float32)
     t = np.float32(501.0)
     added = _added_conditioning(pipe, rng, side * scale)
+    residuals = residual_feeds(unet.config, rng, 2, side, side)  # ControlNet's: a miswired input shows
+    down = [torch.from_numpy(residuals[DOWN_RESIDUAL.format(i)]) for i in range(len(residuals) - 1)]
     inputs = {
         "unet": (
             lambda: {"out_sample": unet(torch.from_numpy(latent), torch.tensor(t), torch.from_numpy(hidden),
-                                        added_cond_kwargs={k: torch.from_numpy(v) for k, v in added.items()} or None).sample},
-            {"sample": latent, "timestep": np.asarray(t), "encoder_hidden_states": hidden, **added},
+                                        added_cond_kwargs={k: torch.from_numpy(v) for k, v in added.items()} or None,
+                                        down_block_additional_residuals=down,
+                                        mid_block_additional_residual=torch.from_numpy(residuals[MID_RESIDUAL])).sample},
+            {"sample": latent, "timestep": np.asarray(t), "encoder_hidden_states": hidden, **added, **residuals},
         ),
         "vae_encoder": (lambda: {"latent_parameters": vae.encode(torch.from_numpy(pixels)).latent_dist.parameters},
                         {"sample": pixels}),

@@ -103,17 +103,27 @@ _VAE_HELP = ("A VAE folder to use instead of the model's: a tiny VAE exported wi
              "-o FOLDER` encodes and decodes several times faster, at some cost in detail.")
 
 
+_CONTROLNET_HELP = ("A ControlNet folder (`edgesd export lllyasviel/control_v11p_sd15_canny -o FOLDER`) that steers the "
+                    "image by its --control-image, with its conditioning scale (default: 0.8 img2img, 0.5 inpaint/outpaint), "
+                    "e.g. models/canny:0.6; repeat for several (Multi-ControlNet).")
+
+
+def parse_weighted(spec: str) -> tuple[str, float | None]:
+    """PATH[:NUMBER] -> (path, number or None); a colon not followed by a number belongs to the path."""
+    path, _, text = spec.rpartition(":")
+    try:
+        return (path, float(text)) if path else (spec, None)
+    except ValueError:
+        return spec, None
+
+
 def parse_lora(spec: str):
     """FILE[:WEIGHT] -> the LoRA read (errors before the model loads); a colon not followed by a
     number belongs to the path."""
     from edgesd.lora import read_lora
 
-    path, _, text = spec.rpartition(":")
-    try:
-        weight = float(text)
-    except ValueError:
-        path = ""
-    return read_lora(path, weight) if path else read_lora(spec)
+    path, weight = parse_weighted(spec)
+    return read_lora(path) if weight is None else read_lora(path, weight)
 
 
 def _shared_options(
@@ -140,6 +150,11 @@ def _shared_options(
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
     vae_decode_only: bool = typer.Option(False, "--vae-decode-only", help="Use --vae for decoding only (fast previews; the model's VAE encodes)."),
+    controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", metavar="FOLDER[:SCALE]", help=_CONTROLNET_HELP, show_default=False),
+    control_image: Optional[list[str]] = typer.Option(None, "--control-image", metavar="FILE|canny", help="The control image of each --controlnet, in order: a file (a control map), or canny: the Canny edges of each input (`edgesd control canny IMAGE -o map.png` shows them).", show_default=False),
+    guess_mode: bool = typer.Option(False, "--guess-mode", help="ControlNets steer the prompted half of guidance only, their deeper blocks more (diffusers' guess mode): for empty or weak prompts."),
+    control_start: Optional[float] = typer.Option(None, "--control-start", min=0.0, max=1.0, help="ControlNets act from this fraction of the steps (default 0).", show_default=False),
+    control_end: Optional[float] = typer.Option(None, "--control-end", min=0.0, max=1.0, help="ControlNets act up to this fraction of the steps (default 1).", show_default=False),
     revision: Optional[str] = typer.Option(None, help="The hub repo's branch, tag or commit, when MODEL is OWNER/REPO.", show_default=False),
     backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
@@ -195,8 +210,8 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2, negative_prompt_2, aesthetic_score,
              strength, steps, guidance, seed, scheduler, num_images, resize, width, height, grid, iterations, replay, lora,
-             vae, vae_decode_only, revision, backend, device, precision, threads, low_memory, max_pixels, overwrite, as_json,
-             quiet, mask=None, **task_options):
+             vae, vae_decode_only, controlnet, control_image, guess_mode, control_start, control_end, revision, backend, device,
+             precision, threads, low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: img2img's (refiner, high_noise_frac), inpaint's (padding_mask_crop) or outpaint's
     (left, right, top, bottom, overlap)."""
@@ -209,6 +224,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
                                   resolve_settings)
     from edgesd.pipelines.img2img import refine
     from edgesd.variations import contact_sheet, parse_list, variants
+    from edgesd.control import PREPROCESSORS, canny
 
     global _json_errors
     _json_errors = as_json
@@ -222,7 +238,9 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     given = dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps, scheduler=scheduler,
                  num_images=num_images, **{k: v[0] for k, v in lists.items()},
                  **{**dict.fromkeys(SDXL_OPTIONS), "prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2,
-                    "aesthetic_score": aesthetic_score})
+                    "aesthetic_score": aesthetic_score},
+                 controlnet_conditioning_scale=None, guess_mode=guess_mode or None, control_guidance_start=control_start,
+                 control_guidance_end=control_end)
     settings = {k: v if v is not None else stored.get(k) for k, v in given.items()}
     settings["num_images"] = settings["num_images"] or 1
     if replay and num_images is not None and num_images != stored.get("num_images", 1):
@@ -246,6 +264,15 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
     if vae_decode_only and vae is None:
         fail("--vae-decode-only needs --vae FOLDER")
+    controlnets = [parse_weighted(spec) for spec in controlnet or ()]
+    if len(control_image or ()) != len(controlnets):
+        fail(f"{len(control_image or ())} --control-image for {len(controlnets)} --controlnet: give one each, in order "
+             f"(a file, or {' / '.join(PREPROCESSORS)} to derive it from each input)")
+    if controlnets and task_options.get("refiner"):
+        fail("--controlnet with --refiner: the refiner takes no ControlNet; run them apart")
+    if controlnets and any(scale is not None for _, scale in controlnets):
+        default = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task].control_scale
+        settings["controlnet_conditioning_scale"] = [default if scale is None else scale for _, scale in controlnets]
     from_hub = model is None and bool(stored.get("hub_revision"))  # a replay of a hub model: its repo and commit,
     if from_hub:  # from the hub only: what an image says never names a local folder
         model, revision = run_guarded(hub_repo_id, stored.get("model", "")), revision or stored["hub_revision"]
@@ -253,14 +280,17 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         fail(f"MODEL is required: the model folder to run{' (the image was made with ' + repr(stored['model']) + ')' if stored.get('model') else ''}")
     # Everything that can be checked without the weights is, before the (slow) load: the pipeline's own
     # checks (plan_load: the folder, downloaded if a hub repo, its family, the VAE, the engine), then the call's.
-    load_plan = run_guarded(plan_load, model, backend, device, vae, revision, from_hub)
+    load_plan = run_guarded(plan_load, model, backend, device, vae, revision, from_hub,
+                            [Path(folder) for folder, _ in controlnets] or None)
     folder, vae_folder, backend = load_plan.folder, load_plan.vae, load_plan.backend
     refiner_plan = task_options.get("refiner") and run_guarded(plan_load, task_options["refiner"], backend, device)
     last_seed = (settings["seed"] or 0) + iterations - 1
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
     hand_off = {"denoising_end": task_options["high_noise_frac"]} if refiner_plan else {}
     resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides, **hand_off},
-                            task_defaults=pipeline.task_defaults)[0] for run in runs]
+                            task_defaults=pipeline.task_defaults, controlnets=len(controlnets),
+                            control_scale=pipeline.control_scale)[0] for run in runs]
+    maps = [None if name in PREPROCESSORS else run_guarded(load_image, Path(name), max_pixels) for name in control_image or ()]
     if refiner_plan:  # the refiner's part of each run leaves steps too
         for run in runs:
             run_guarded(resolve_settings, refiner_plan.folder, **{**settings, "seed": last_seed, **run.overrides,
@@ -316,8 +346,9 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         schedule = runs if iterations == 1 else [runs[0]] * iterations
         # inpaint keeps the input's size (the API, as diffusers, would use the native square)
         call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
+        controls = [made or canny(job.image, max_pixels=max_pixels) for made in maps]  # canny: of each input
         for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
-            call = {**settings, **run.overrides}
+            call = {**settings, **run.overrides, **({"control_image": controls} if controls else {})}
             if iterations > 1 and call["seed"] is not None:
                 call["seed"] += k
             label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
@@ -437,6 +468,10 @@ def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: P
     if identities[0] != identities[1]:
         named = [f"{v['folder']} for {'+'.join(r.removeprefix('vae_') for r in v['replaces'])}" if v else "the model's" for v in vaes]
         differs.append(f"VAE ({named[0]} -> {named[1]}; give it with --vae)")
+    controlnets = [[(c["folder"], c["manifest_sha256"]) for c in source.get("controlnets", [])] for source in (stored, now)]
+    if controlnets[0] != controlnets[1]:
+        listed = [", ".join(folder for folder, _ in entries) or "none" for entries in controlnets]
+        differs.append(f"ControlNets ({listed[0]} -> {listed[1]}; give them with --controlnet FOLDER)")
     loras = [[(lora["file"], lora["sha256"], lora["weight"]) for lora in source.get("loras", [])] for source in (stored, now)]
     if loras[0] != loras[1]:
         listed = [", ".join(f"{file}:{weight:g}" for file, _, weight in entries) or "none" for entries in loras]
@@ -473,22 +508,49 @@ class _progress:
             self.bar.stop()
 
 
+control_app = typer.Typer(no_args_is_help=True, help="Make a control map from an image, to look at before --control-image uses it.")
+app.add_typer(control_app, name="control")
+
+
+@control_app.command("canny")
+def control_canny(
+    image: Path = typer.Argument(..., help="The image to take the edges of.", show_default=False),
+    output: Path = typer.Option(Path("control.png"), "--output", "-o", help="Where to write the edge map (.png, .jpg, .webp)."),
+    low: int = typer.Option(100, min=0, max=10_000, help="Canny's lower hysteresis threshold (fainter edges below it are dropped)."),
+    high: int = typer.Option(200, min=0, max=10_000, help="Canny's upper threshold (edges above it are always kept)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+):
+    """The Canny edge map --control-image canny gives a canny ControlNet (white edges on black)."""
+    from edgesd.control import canny
+    from edgesd.outputs import save_image
+
+    edges = run_guarded(canny, image, low, high)
+    run_guarded(save_image, edges, output, {"control": "canny", "low": low, "high": high}, overwrite)
+    typer.echo(f"wrote {output}", err=True)
+
+
 @app.command()
 def info(
     model: Path = typer.Argument(..., help="Model folder (or VAE folder) to describe."),
     verify: bool = typer.Option(False, help="Re-hash every file and fail on a mismatch or a missing file."),
 ):
-    """Show a model (or VAE) folder's manifest: family, defaults, submodels, validation, provenance."""
+    """Show a model (VAE, ControlNet) folder's manifest: family, defaults, submodels, validation, provenance."""
     from edgesd.model_folder import open_any_folder
     from edgesd.sessions import BACKEND_OF_FORMAT
 
     folder = run_guarded(open_any_folder, model)
     m = folder.manifest
-    vae_folder = m.get("kind") == "vae"
-    if vae_folder:
+    component = m.get("kind") != "model"
+    if m["kind"] == "vae":
         typer.echo(f"{folder.path}  (format {m['format_version']}, a VAE folder: give it as --vae to replace a model's VAE)")
         typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
                    f"scaling factor {m['vae_scaling_factor']}")
+    elif m["kind"] == "controlnet":
+        fits = m["controlnet"]
+        typer.echo(f"{folder.path}  (format {m['format_version']}, a ControlNet folder for {m['family']} models: give it "
+                   "as --controlnet with a --control-image)")
+        typer.echo(f"fits UNets with blocks {fits['block_out_channels']}, cross-attention width {fits['cross_attention_dim']}, "
+                   f"latents at 1/{fits['vae_scale_factor']}; control images {fits['conditioning_channel_order'].upper()}")
     else:
         typer.echo(f"{folder.path}  (format {m['format_version']}, family {m['family']}, {m['prediction_type']} prediction)")
         typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
@@ -508,9 +570,11 @@ def info(
     revision = f" (revision {prov['revision']})" if prov.get("revision") else ""
     created = f", created {prov['created']}" if prov.get("created") else ""
     typer.echo(f"source: {prov.get('source')}{revision}{created}")
-    if not vae_folder:
+    if not component:
         typer.echo("input sizes: any multiple of the VAE scale factor" if m.get("unet_any_size") else
                    f"input sizes: multiples of {m['vae_scale_factor'] * folder.unet_latent_multiple} px (fixed-2x UNet upsampling)")
+        typer.echo("ControlNets: its UNet takes them (--controlnet)" if m.get("unet_controlnet_inputs") else
+                   "ControlNets: not taken (exported by optimum or an older edgesd; re-export it with edgesd export)")
         if "onnx" in folder.formats():
             typer.echo("onnxruntime attention: fused (MultiHeadAttention)" if m.get("onnx_attention_fused") else
                        "onnxruntime attention: unfused, holds score matrices (re-export with edgesd >= 0.3 for less memory)")

@@ -96,12 +96,13 @@ def target_size(size: tuple[int, int], scale_factor: int, requested: tuple[int |
     return width, height
 
 
-def preprocess(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1] at `size` (Lanczos resize where it differs)."""
+def preprocess(image: Image.Image, size: tuple[int, int], normalize: bool = True) -> np.ndarray:
+    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1] (or, not `normalize`d, [0, 1]: ControlNets'
+    control images) at `size` (Lanczos resize where it differs)."""
     if size != image.size:
         image = image.resize(size, resample=Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return (array.transpose(2, 0, 1)[None] * 2.0 - 1.0).astype(np.float32)
+    array = (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
+    return (array * 2.0 - 1.0).astype(np.float32) if normalize else np.ascontiguousarray(array)
 
 
 def postprocess(decoded: np.ndarray) -> list[Image.Image]:

@@ -175,30 +175,42 @@ def open_model_folder(path: str | Path) -> ModelFolder:
     if not path.is_dir():
         raise ModelFolderError(f"model folder {path} does not exist; create it with `edgesd export SOURCE -o {path}`")
     manifest = _present_formats(path, _read_manifest(path)) if (path / MANIFEST).exists() else _manifest_from_optimum_folder(path)
-    if manifest.get("kind") == "vae":
-        raise ModelFolderError(f"{path} is a VAE folder, not a whole model: give it as --vae (vae=) next to a model folder")
+    if manifest.get("kind") in COMPONENTS:
+        raise ModelFolderError(f"{path} is a {COMPONENTS[manifest['kind']][0]} folder, not a whole model: give it as "
+                               f"{COMPONENTS[manifest['kind']][1]} next to a model folder")
     return _checked(ModelFolder(path, manifest))  # whether its family runs here is families.family_of's to say
 
 
-def open_vae_folder(path: str | Path) -> ModelFolder:
-    """Open a VAE folder (`edgesd export` of a tiny VAE such as madebyollin/taesd): a model's VAE replacement."""
+# component folder kind -> (what it is called, how it is given, how one is made)
+COMPONENTS = {"vae": ("VAE", "--vae (vae=)", "edgesd export madebyollin/taesd -o models/taesd"),
+              "controlnet": ("ControlNet", "--controlnet (controlnet=)",
+                             "edgesd export lllyasviel/control_v11p_sd15_canny -o models/controlnet-canny")}
+
+
+def open_component_folder(path: str | Path, kind: str) -> ModelFolder:
+    """Open a component folder that `edgesd export` wrote: a VAE (a tiny VAE such as madebyollin/taesd,
+    replacing a model's) or a ControlNet."""
     path = Path(path)
+    name, _, make = COMPONENTS[kind]
     if not (path / MANIFEST).is_file():
-        raise ModelFolderError(f"{path} is not a VAE folder (no {MANIFEST}); make one with "
-                               f"`edgesd export madebyollin/taesd -o {path}`")
+        raise ModelFolderError(f"{path} is not a {name} folder (no {MANIFEST}); make one with `{make}`")
     manifest = _present_formats(path, _read_manifest(path))  # as a model's: a format deleted to save space
-    if manifest.get("kind") != "vae":  # (its path is a model's: the export goes elsewhere)
-        raise ModelFolderError(f"{path} is a whole model, not a VAE folder (give it as MODEL); make a VAE folder with "
-                               "`edgesd export madebyollin/taesd -o models/taesd`")
+    if manifest.get("kind") != kind:  # (its path is another's: the export goes elsewhere)
+        other = f"{COMPONENTS[manifest['kind']][0]} folder" if manifest["kind"] in COMPONENTS else "whole model"
+        raise ModelFolderError(f"{path} is a {other}, not a {name} folder (give it as "
+                               f"{COMPONENTS.get(manifest['kind'], ('', 'MODEL'))[1]}); make one with `{make}`")
     return _checked(ModelFolder(path, manifest))
 
 
+def open_vae_folder(path: str | Path) -> ModelFolder:
+    return open_component_folder(path, "vae")
+
+
 def open_any_folder(path: str | Path) -> ModelFolder:
-    """A model folder or a VAE folder (what `edgesd info` describes)."""
+    """A model folder or a component folder (what `edgesd info` describes)."""
     path = Path(path)
-    if (path / MANIFEST).is_file() and _read_manifest(path).get("kind") == "vae":
-        return open_vae_folder(path)
-    return open_model_folder(path)
+    kind = _read_manifest(path).get("kind") if (path / MANIFEST).is_file() else "model"
+    return open_component_folder(path, kind) if kind in COMPONENTS else open_model_folder(path)
 
 
 def _present_formats(path: Path, manifest: dict) -> dict:

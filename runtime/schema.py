@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SDXL's second (with its projection); a refiner has only it
 SUBMODELS = (*TEXT_ENCODERS, "unet", "vae_encoder", "vae_decoder")  # every submodel a model folder may have
 VAE_SUBMODELS = ("vae_encoder", "vae_decoder")
+COMPONENT_SUBMODELS = {"vae": VAE_SUBMODELS, "controlnet": ("controlnet",)}  # what a component folder of each kind has
 SDXL_CONDITIONING = ("requires_aesthetics_score", "force_zeros_for_empty_prompt")  # diffusers' SDXL pipeline config
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -71,34 +72,53 @@ class SdxlConditioning(_Closed):
     force_zeros_for_empty_prompt: bool = True  # no negative prompt: zeros instead of encoding ""
 
 
+class ControlNetFit(_Closed):
+    """What a ControlNet folder fits (besides its family): checked against a model before any weights load."""
+    cross_attention_dim: int = Field(ge=1, le=8192)
+    block_out_channels: list[Annotated[int, Field(ge=1, le=8192)]] = Field(min_length=1, max_length=8)
+    residuals: int = Field(ge=2, le=64)  # down-block residuals it gives (the mid block's besides)
+    vae_scale_factor: Literal[1, 2, 4, 8, 16, 32, 64]  # its control image is this many times the latents' size
+    conditioning_channels: int = Field(3, ge=1, le=16)
+    conditioning_channel_order: Literal["rgb", "bgr"] = "rgb"
+    global_pool_conditions: bool = False
+
+
 class Manifest(_Schema):
     format_version: int = Field(ge=1, le=FORMAT_VERSION)
-    kind: Literal["model", "vae"] = "model"
+    kind: Literal["model", "vae", "controlnet"] = "model"
     family: Annotated[str, StringConstraints(max_length=40)] | None = None
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
-    latent_channels: int = Field(ge=1, le=64)
-    vae_scaling_factor: Finite = Field(gt=0, le=100)
-    vae_scale_factor: Literal[1, 2, 4, 8, 16, 32, 64]
+    latent_channels: int | None = Field(None, ge=1, le=64)  # these three: required but in ControlNet folders
+    vae_scaling_factor: Finite | None = Field(None, gt=0, le=100)
+    vae_scale_factor: Literal[1, 2, 4, 8, 16, 32, 64] | None = None
     sample_size: int | None = Field(None, ge=8, le=MAX_SIDE)
     unet_any_size: bool = False
     onnx_attention_fused: bool = False
     vae_encoder_output: Literal["latents", "moments"] | None = None
     defaults: Defaults = Defaults()
     conditioning: SdxlConditioning | None = None
-    submodels: dict[Literal[SUBMODELS], SubmodelEntry]
+    unet_controlnet_inputs: bool = False  # its UNet takes ControlNet residuals (edgesd export since ControlNets)
+    controlnet: ControlNetFit | None = None
+    submodels: dict[Literal[(*SUBMODELS, "controlnet")], SubmodelEntry]
     support_files: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.+-]{1,200}$")],
                         FileEntry] = {}  # tokenizer/, scheduler/ and config files: covered by hashes too
     provenance: Provenance = Provenance()
 
     @model_validator(mode="after")
     def _whole(self):
-        needed = VAE_SUBMODELS if self.kind == "vae" else (
+        needed = COMPONENT_SUBMODELS.get(self.kind) or (
             "text_encoder_2" if self.family == "sdxl" else "text_encoder", "unet", *VAE_SUBMODELS)
         missing = [name for name in needed if name not in self.submodels]
         if missing:
             raise ValueError(f"submodels lacks {', '.join(missing)}")
-        if self.kind == "vae" and set(self.submodels) - set(VAE_SUBMODELS) or self.family != "sdxl" and "text_encoder_2" in self.submodels:
+        allowed = COMPONENT_SUBMODELS.get(self.kind, SUBMODELS)
+        if set(self.submodels) - set(allowed) or self.family != "sdxl" and "text_encoder_2" in self.submodels:
             raise ValueError(f"submodels has more than a {self.family or self.kind} folder has")
+        latent = [name for name in ("latent_channels", "vae_scaling_factor", "vae_scale_factor") if getattr(self, name) is None]
+        if self.kind != "controlnet" and latent:
+            raise ValueError(f"{', '.join(latent)} missing")
+        if (self.kind == "controlnet") != (self.controlnet is not None):
+            raise ValueError("controlnet (what it fits) belongs to, and only to, a ControlNet folder")
         if self.kind == "model" and self.family is None:
             raise ValueError("family is missing")
         if any(part in (".", "..") for name in self.support_files for part in name.split("/")):
@@ -260,6 +280,57 @@ def check_family_options(values: dict) -> dict:
     return values
 
 
+CONTROL_OPTIONS = ("controlnet_conditioning_scale", "guess_mode", "control_guidance_start", "control_guidance_end")
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class ControlOptions(_Closed):
+    """diffusers' ControlNet call options, one value per ControlNet (a single value: the same for all)."""
+    controlnet_conditioning_scale: list[Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]] = Field(max_length=16)
+    guess_mode: bool = False
+    control_guidance_start: list[Fraction] = Field(max_length=16)
+    control_guidance_end: list[Fraction] = Field(max_length=16)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        for start, end in zip(self.control_guidance_start, self.control_guidance_end):
+            if start >= end:
+                raise ValueError(f"control_guidance_start {start} must be below control_guidance_end {end}")
+        return self
+
+
+def check_control_options(controlnets: int, default_scale: float, **given) -> dict:
+    """The ControlNet options of a call with `controlnets` loaded, each a list of one value per
+    ControlNet (diffusers' defaults: the task's scale, guidance from 0 to 1, no guess mode); given
+    without a ControlNet, or with a list of another length, an InvalidInputError."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if not controlnets:
+        if given:
+            raise InvalidInputError(f"{', '.join(given)}: for ControlNets; load one (controlnet=FOLDER, --controlnet)")
+        return {}
+    values = {"controlnet_conditioning_scale": default_scale, "control_guidance_start": 0.0, "control_guidance_end": 1.0}
+    values.update(given)
+    for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end"):
+        value = values[name]
+        if isinstance(value, (list, tuple)):
+            if len(value) != controlnets:
+                raise InvalidInputError(f"{name} has {len(value)} values for {controlnets} ControlNet(s): give one, or one each")
+            values[name] = list(value)
+        else:
+            values[name] = [value] * controlnets
+        values[name] = [v.item() if hasattr(v, "item") else float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                        for v in values[name]]
+    try:
+        return ControlOptions.model_validate(values).model_dump()
+    except ValidationError as e:
+        raise InvalidInputError(describe(e, option=True)) from None
+
+
+class StoredControlNet(_Schema):
+    folder: Label
+    manifest_sha256: Sha256 | Literal[""]
+
+
 class StoredLora(_Schema):
     file: Label
     sha256: Sha256
@@ -282,6 +353,12 @@ class Extension(_Closed):
 
 class StoredParameters(Settings, FamilyOptions):
     """What an image edgesd wrote carries (outputs.py writes it; --replay reads it back)."""
+    controlnet_conditioning_scale: list[Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]] | None = Field(None, max_length=16)
+    guess_mode: bool | None = None
+    control_guidance_start: list[Fraction] | None = Field(None, max_length=16)
+    control_guidance_end: list[Fraction] | None = Field(None, max_length=16)
+    controlnets: list[StoredControlNet] = Field([], max_length=16)
+    control_sha256: list[Sha256] = Field([], max_length=16)
     index: int = Field(0, ge=0, lt=MAX_IMAGES)
     size: list[Annotated[int, Field(ge=8, le=MAX_SIDE)]] | None = Field(None, min_length=2, max_length=2)
     extension: Extension | None = None

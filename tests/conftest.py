@@ -161,6 +161,23 @@ def tiny_vae(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def controlnets(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """recipe -> (its diffusers folder, its edgesd ControlNet folder with both formats), the same weights:
+    tiny-controlnet-sd1, a second one reading BGR, tiny-controlnet-sd2 and tiny-controlnet-sdxl."""
+    pytest.importorskip("torch")
+    from edgesd.export import export_model, recipes
+    from edgesd.export.random_model import build_random_controlnet
+
+    root = tmp_path_factory.mktemp("controlnets")
+    logging.getLogger("edgesd").setLevel(logging.WARNING)
+    folders = {}
+    for name in ("tiny-controlnet-sd1", "tiny-controlnet-sd1-bgr", "tiny-controlnet-sd2", "tiny-controlnet-sdxl"):
+        build_random_controlnet(recipes.load(name), root / name)
+        folders[name] = (root / name, export_model(f"random:{name}", root / f"{name}-exported", formats=("onnx", "openvino")))
+    return folders
+
+
+@pytest.fixture(scope="session")
 def sdxl(tmp_path_factory) -> dict[str, dict[str, Path]]:
     """recipe -> {"diffusers": its diffusers folder, "exported": an edgesd folder (both formats)} for the
     SDXL layouts: tiny-sdxl (two text encoders of different widths) and tiny-sdxl-refiner."""

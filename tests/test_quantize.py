@@ -25,6 +25,7 @@ from edgesd.errors import EdgesdError, InvalidInputError
 from edgesd.export.precision import PRECISIONS, parse_precision, precision_for
 from edgesd.model_folder import SUBMODELS, open_model_folder
 from edgesd.sessions.fake import SD_SUBMODELS
+from test_sessions import no_residuals
 
 FORMATS = ("onnx", "openvino")
 BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -381,7 +382,7 @@ def test_models_over_2gb_use_external_data(fp32_folder, tmp_path, monkeypatch, c
                     save_as_external_data=True, location="model.onnx_data", size_threshold=0)
     monkeypatch.setattr(quantize_onnx, "_PROTOBUF_LIMIT", 1000)
     feeds = {"sample": np.ones((2, 4, 32, 32), np.float32), "timestep": np.asarray(500, np.float32),
-             "encoder_hidden_states": np.zeros((2, 77, 32), np.float32)}
+             "encoder_hidden_states": np.zeros((2, 77, 32), np.float32), **no_residuals(fp32_folder)}
     args = ([feeds, feeds],) if convert == "to_int8_static" else ()
     quantize_onnx.replace_model(unet, getattr(quantize_onnx, convert), *args)
     assert sorted(p.name for p in unet.iterdir()) == ["model.onnx", "model.onnx_data"]

@@ -9,6 +9,14 @@ import pytest
 from edgesd.sessions.onnxruntime import OnnxRuntimeSession
 
 
+def no_residuals(folder) -> dict:
+    """The zero ControlNet residuals the UNet of a folder edgesd exported takes where none acts."""
+    from edgesd.model_folder import open_model_folder
+    from edgesd.models.unet import no_residuals as zeros
+
+    return zeros(open_model_folder(folder).unet_config)
+
+
 def test_io_binding_gives_the_same_outputs_and_keeps_unchanged_inputs(exported):
     """IO binding is what CUDA uses; the CPU provider runs the same code path here."""
     path = exported["tiny-sd1"] / "unet" / "model.onnx"
@@ -18,7 +26,7 @@ def test_io_binding_gives_the_same_outputs_and_keeps_unchanged_inputs(exported):
     hidden.setflags(write=False)
     for t in (900.0, 500.0):
         feeds = {"sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
-                 "timestep": np.asarray(t, np.float32), "encoder_hidden_states": hidden}
+                 "timestep": np.asarray(t, np.float32), "encoder_hidden_states": hidden, **no_residuals(exported["tiny-sd1"])}
         np.testing.assert_array_equal(bound.run(feeds)["out_sample"], plain.run(feeds)["out_sample"])
         if t == 900.0:
             resident = bound._resident["encoder_hidden_states"][1]
@@ -51,7 +59,7 @@ def test_openvino_gives_back_the_mapped_weights_and_computes_the_same(exported):
     path = exported["tiny-sd1"] / "unet" / "openvino_model.xml"
     rng = np.random.default_rng(0)
     feeds = {"sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32), "timestep": np.asarray(500, np.float32),
-             "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32)}
+             "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32), **no_residuals(exported["tiny-sd1"])}
     released = OpenVINOSession(path, "cpu", precision="fp32")
     first = released.run(feeds)["out_sample"]
     kept = OpenVINOSession(path, "cpu", precision="fp32")

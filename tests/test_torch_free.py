@@ -16,7 +16,7 @@ import pytest
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_EXTRAS = ("openvino",)  # engines a runtime user adds; export/dev/gpu are not the runtime
+RUNTIME_EXTRAS = ("openvino", "control")  # what a runtime user adds (an engine, OpenCV); export/dev/gpu are not the runtime
 
 
 def lowest_requirements() -> list[str]:
@@ -115,6 +115,27 @@ def test_inpaint_runs_without_torch(runtime_venv, exported, tmp_path):
                "--mask", str(mask), "--prompt", "a boat", "--seed", "1", "-o", str(out), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["settings"]["task"] == "inpaint" and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_controlnet_runs_without_torch(runtime_venv, backend, exported, controlnets, tmp_path):
+    """A ControlNet steered by the input's Canny edges (OpenCV from the control extra, at its lowest
+    version too): the same image as in the development environment."""
+    from PIL import Image
+    from test_pipeline_parity import assert_images_close
+
+    from edgesd import Img2ImgPipeline
+    from edgesd.control import canny
+
+    out, source = tmp_path / "out.png", ROOT / "tests/data/small.png"
+    done = run(runtime_venv, "edgesd", "img2img", str(exported["tiny-sd1"]), "--image", str(source), "--prompt", "hills",
+               "--seed", "1", "--steps", "4", "--backend", backend, "--precision", "fp32", "-o", str(out),
+               "--controlnet", f"{controlnets['tiny-controlnet-sd1'][1]}:0.9", "--control-image", "canny")
+    assert done.returncode == 0, done.stderr
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32",
+                                controlnet=controlnets["tiny-controlnet-sd1"][1])
+    here = pipe(source, "hills", seed=1, num_inference_steps=4, control_image=canny(source), controlnet_conditioning_scale=0.9)
+    assert_images_close([Image.open(out).convert("RGB")], here.images)
 
 
 def test_outpaint_runs_without_torch(runtime_venv, exported, tmp_path):

@@ -15,19 +15,23 @@ import numpy as np
 from PIL import Image
 
 from edgesd import __version__, memory, schedulers
-from edgesd.denoise import Callback, OnStep, denoise, guided
+from edgesd.denoise import Callback, Control, OnStep, denoise, guided
 from edgesd.errors import InvalidInputError, ModelFolderError
+from edgesd.formats import FORMATS
 from edgesd.families import Conditioning, check_options, family_of
 from edgesd.hub import download, hub_origin, is_repo_id
 from edgesd.generator import TorchGenerator
-from edgesd.image import postprocess, target_size
+from edgesd.image import image_sha256, load_image, postprocess, preprocess, target_size
 from edgesd.limits import MAX_PIXELS
 from edgesd.lora import SUBMODELS, Lora, LoraError, LoraMerge, read_lora
-from edgesd.model_folder import VAE_SUBMODELS, ModelFolder, open_model_folder, open_vae_folder, tokenizer_folder
-from edgesd.models import TextEncoder, UNet, Vae
+from edgesd.model_folder import (VAE_SUBMODELS, ModelFolder, open_component_folder, open_model_folder, open_vae_folder,
+                                 tokenizer_folder)
+from edgesd.models import ControlNet, TextEncoder, UNet, Vae
+from edgesd.models.controlnet import residual_count
+from edgesd.models.unet import no_residuals
 from edgesd.outpaint import grown
 from edgesd.outputs import save_image
-from edgesd.schema import check_settings
+from edgesd.schema import CONTROL_OPTIONS, check_control_options, check_settings
 from edgesd.schedulers.base import Plan
 from edgesd.sessions import BACKENDS, Session, choose_backend, mapped_weights, open_session
 from edgesd.tokenizer import ClipTokenizer
@@ -69,12 +73,14 @@ class Preparation:
 class Pipeline:
     task = ""  # what its __call__ does, stored with every output ("img2img", "inpaint")
     task_defaults: dict[str, dict] = {}  # family -> this task's defaults over the folder's (inpainting's strength, as diffusers)
+    control_scale = 1.0  # this task's default controlnet_conditioning_scale (diffusers' ControlNet pipeline's)
 
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str, LoraMerge | None], Session], backend: str,
                  low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=(),
-                 vae: ModelFolder | None = None, vae_decode_only: bool = False):
+                 vae: ModelFolder | None = None, vae_decode_only: bool = False, controlnets: Sequence[ModelFolder] = ()):
         """Use `load`. `open_submodel(name, lora)` compiles a submodel with a LoRA merge (or None).
         `vae`: a VAE folder replacing the model's VAE (its decoder only, with `vae_decode_only`).
+        `controlnets`: ControlNet folders (submodels controlnet_0, controlnet_1, ...).
         With `low_memory` only the one in use stays loaded (slower: each call recompiles, from the
         engine's cache where it has one), and images larger than the VAE's native size are encoded
         and decoded in blended tiles."""
@@ -85,12 +91,17 @@ class Pipeline:
         self.low_memory = low_memory
         self.loras = self._fitting(_read_loras(loras))
         self._open_submodel = open_submodel
+        self.controlnet_names = tuple(f"controlnet_{i}" for i in range(len(controlnets)))
         self.sessions = {} if low_memory else self._open_all()
         manifest = folder.manifest
         self.text_encoders = {name: TextEncoder(ClipTokenizer(folder.path / tokenizer_folder(name)),
                                                 lambda name=name: self._submodel(name))
                               for name in self.family.text_encoders}
-        self.unet = UNet(lambda: self._submodel("unet"), folder.unet_config.get("in_channels", 4))
+        residuals = no_residuals(folder.unet_config) if manifest.get("unet_controlnet_inputs") else None
+        self.unet = UNet(lambda: self._submodel("unet"), folder.unet_config.get("in_channels", 4), residuals)
+        self.controlnets = [ControlNet(lambda name=name: self._submodel(name), c.manifest["controlnet"]["residuals"],
+                                       c.manifest["controlnet"]["global_pool_conditions"])
+                            for name, c in zip(self.controlnet_names, controlnets)]
         replaced = _vae_replaces(vae, vae_decode_only)
         encoder, decoder = (vae.manifest if name in replaced else manifest for name in VAE_SUBMODELS)
         self.vae = Vae(lambda: self._submodel("vae_encoder"), lambda: self._submodel("vae_decoder"),
@@ -108,9 +119,11 @@ class Pipeline:
         self.provenance = {"task": self.task, "model": folder.name, "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
                            "backend": backend, "device": device, "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
-        self.plan, self._vae_decode_only = LoadPlan(folder, vae, backend), vae_decode_only  # what the memory check sizes
+        self.plan, self._vae_decode_only = LoadPlan(folder, vae, backend, tuple(controlnets)), vae_decode_only  # what the memory check sizes
         if vae is not None:
             self.provenance["vae"] = {"folder": vae.name, "manifest_sha256": vae.manifest_sha256, "replaces": list(replaced)}
+        if controlnets:
+            self.provenance["controlnets"] = [{"folder": c.name, "manifest_sha256": c.manifest_sha256} for c in controlnets]
         if origin := hub_origin(folder.path):  # replay finds it again even once the cache is cleared
             self.provenance.update(model=origin["repo"], hub_revision=origin["revision"])
         self._record_loras()
@@ -119,16 +132,19 @@ class Pipeline:
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", inference_precision: str = "auto",
              threads: int | None = None, cache_dir: str | Path | None = None, low_memory: bool = False,
              loras: Sequence[tuple[str | Path, float] | str | Path] = (), vae: str | Path | None = None,
-             vae_decode_only: bool = False, revision: str | None = None):
+             vae_decode_only: bool = False, revision: str | None = None,
+             controlnet: str | Path | Sequence[str | Path] | None = None):
         """Open a model folder and compile its submodels on the chosen engine and device. `loras`:
         LoRA files (.safetensors; kohya or diffusers format) with their weights, e.g.
         [("style.safetensors", 0.8)], merged into the text encoder's and UNet's weights as they load.
         `vae`: a VAE folder (`edgesd export madebyollin/taesd`: a tiny VAE, much faster) used instead
         of the model's VAE, or with `vae_decode_only` for decoding only (fast previews).
+        `controlnet`: a ControlNet folder (`edgesd export lllyasviel/control_v11p_sd15_canny`), or a list
+        of them (Multi-ControlNet); a call then takes `control_image` and diffusers' ControlNet options.
         `path` may be a hub repo id (OWNER/REPO, at `revision`) holding an exported model (edgesd's or
         optimum's layout): only the files the engine needs are downloaded, into the hub cache."""
-        return cls.open(plan_load(path, backend, device, vae, revision), device, inference_precision, threads, cache_dir,
-                        low_memory, loras, vae_decode_only)
+        return cls.open(plan_load(path, backend, device, vae, revision, controlnet=controlnet), device, inference_precision,
+                        threads, cache_dir, low_memory, loras, vae_decode_only)
 
     @classmethod
     def open(cls, plan: "LoadPlan", device: str = "auto", inference_precision: str = "auto", threads: int | None = None,
@@ -137,13 +153,16 @@ class Pipeline:
         """`load`'s second half: hash the files the engine will read (once), then compile (see `plan_load`)."""
         folder, vae_folder, backend = plan.folder, plan.vae, plan.backend
         fmt = BACKENDS[backend].format
-        for checked in filter(None, (folder, vae_folder)):
+        for checked in filter(None, (folder, vae_folder, *plan.controlnets)):
             checked.verify_once([fmt])
         options = {"threads": threads, "cache_dir": Path(cache_dir) if cache_dir else None}
         replaced = _vae_replaces(vae_folder, vae_decode_only)
         upcast = family_of(folder).name == "sdxl"  # (SD pipelines ignore force_upcast, on by default in diffusers)
 
         def open_submodel(name: str, lora: LoraMerge | None) -> Session:
+            if name.startswith("controlnet_"):
+                return open_session(backend, plan.controlnets[int(name.rsplit("_", 1)[1])].model_file("controlnet", fmt), device,
+                                    inference_precision, **options)
             source = vae_folder if name in replaced else folder
             precision = inference_precision
             if name in VAE_SUBMODELS and upcast and source.vae_config.get("force_upcast") and \
@@ -151,7 +170,8 @@ class Pipeline:
                 precision = "fp32"  # SDXL's VAE overflows in fp16: fp32, as diffusers' SDXL pipelines upcast it
             return open_session(backend, source.model_file(name, fmt), device, precision, lora=lora, **options)
 
-        return cls(folder, open_submodel, backend, low_memory, inference_precision, device, loras, vae_folder, vae_decode_only)
+        return cls(folder, open_submodel, backend, low_memory, inference_precision, device, loras, vae_folder, vae_decode_only,
+                   plan.controlnets)
 
     def set_loras(self, loras: Sequence[tuple[str | Path, float] | str | Path]) -> None:
         """Use these LoRAs instead of the loaded ones ([] for none): the submodels they change are
@@ -192,13 +212,14 @@ class Pipeline:
         (graph optimizations, weight layouts) mostly on one core, so the UNet's overlaps the others'
         (SD-turbo: 6.5 -> 4.7 s; SD 1.5 (inpainting): 5.7 -> 5.0 s, RSS after opening 4.4 -> 4.2 GB
         with the heap trimmed). OpenVINO's only read their graphs here (they compile per call)."""
+        submodels = (*self.folder.submodels, *self.controlnet_names)
         if self.backend != "onnxruntime":  # one at a time: a hang was seen opening OpenVINO's from two threads
-            return {name: self._open(name) for name in self.folder.submodels}
-        names = sorted(self.folder.submodels, key=lambda name: name != "unet")
+            return {name: self._open(name) for name in submodels}
+        names = sorted(submodels, key=lambda name: name != "unet")
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgesd-open") as pool:
             opened = dict(zip(names, pool.map(self._open, names)))
         mapped_weights.trim_heap()  # what building them left in the threads' malloc arenas
-        return {name: opened[name] for name in self.folder.submodels}
+        return {name: opened[name] for name in submodels}
 
     def _open(self, name: str) -> Session:
         lora = LoraMerge(name, self.loras, self.folder.unet_config.get("layers_per_block", 2)) if name in SUBMODELS else None
@@ -242,15 +263,16 @@ class Pipeline:
 
     def generate(self, start: float, settings: dict, plan: Plan, size: tuple[int, int], provenance: dict,
                  prepare: Callable[[TorchGenerator], Preparation], callback: Callback | None,
-                 output_type: str = "pil") -> Result:
+                 output_type: str = "pil", control_image=None) -> Result:
         """The call every task shares, in diffusers' order: check memory, encode the prompt, the task's
         latents (`prepare`, with the seeded generator: its draws are the task's), denoise with
-        guidance, decode (not with output_type "latent": a refiner takes the latents), the task's
-        finish. `start`: when the call began (for timings["total"])."""
+        guidance (and the ControlNets, on `control_image`), decode (not with output_type "latent": a
+        refiner takes the latents), the task's finish. `start`: when the call began (for timings["total"])."""
         if output_type not in ("pil", "latent"):
             raise InvalidInputError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         timings = {}
         guidance_scale = settings["guidance_scale"]
+        controls = self.controls(control_image, settings, size, provenance)
         self.check_memory(*size, settings["num_images"], guidance_scale > 1)
         generator = TorchGenerator(settings["seed"])
         t0 = time.perf_counter()
@@ -261,7 +283,8 @@ class Pipeline:
         timings["encode"] = time.perf_counter() - t0
         latents, timings["steps"] = task.latents, []
         if len(plan.timesteps):
-            predict = guided(self.unet, conditioning, guidance_scale, task.extra)
+            predict = guided(self.unet, conditioning, guidance_scale, task.extra, controls, settings.get("guess_mode", False),
+                             len(plan.timesteps))
             latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback, task.on_step)
             if cancelled:
                 return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)
@@ -275,6 +298,24 @@ class Pipeline:
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         return Result(images, settings["seed"], settings, timings, provenance=provenance)
+
+    def controls(self, control_image, settings: dict, size: tuple[int, int], provenance: dict) -> list[Control]:
+        """The loaded ControlNets with their control images (one each: a path, PIL image or array),
+        preprocessed as diffusers' ControlNet pipelines do (RGB, resized to the output size, [0, 1]),
+        one row per image of the batch; each image's sha256 goes into `provenance`."""
+        images = [] if control_image is None else list(control_image) if isinstance(control_image, (list, tuple)) else [control_image]
+        if len(images) != len(self.controlnets):
+            raise InvalidInputError(f"{len(images)} control image{'s' * (len(images) != 1)} for {len(self.controlnets)} "
+                                    "ControlNet(s): give one control_image per ControlNet (--control-image), in order")
+        controls = []
+        for i, (net, image) in enumerate(zip(self.controlnets, images)):
+            image = load_image(image, self.max_pixels)
+            provenance.setdefault("control_sha256", []).append(image_sha256(image))
+            pixels = preprocess(image, size, normalize=False)  # as diffusers' control image processor
+            controls.append(Control(net, np.repeat(pixels, settings["num_images"], axis=0),
+                                    settings["controlnet_conditioning_scale"][i], settings["control_guidance_start"][i],
+                                    settings["control_guidance_end"][i]))
+        return controls
 
     def encode_prompt(self, settings: dict, size: tuple[int, int]) -> Conditioning:
         """The family's conditioning for a call's settings at the processed (width, height); the
@@ -302,30 +343,38 @@ class Pipeline:
 @dataclass(frozen=True)
 class LoadPlan:
     """What a load will open, decided without reading any weights: the model folder (downloaded first
-    when it is a hub repo), a VAE folder that fits it, and the engine both can run on."""
+    when it is a hub repo), a VAE folder and ControlNet folders that fit it, and the engine all can run on."""
     folder: ModelFolder
     vae: ModelFolder | None
     backend: str
+    controlnets: tuple[ModelFolder, ...] = ()
 
 
 def plan_load(path: str | Path, backend: str = "auto", device: str = "auto", vae: str | Path | None = None,
-              revision: str | None = None, from_hub: bool = False) -> LoadPlan:
+              revision: str | None = None, from_hub: bool = False,
+              controlnet: str | Path | Sequence[str | Path] | None = None) -> LoadPlan:
     """Every check of a load that needs no weights (the CLI runs it, then its own checks, then
     `Pipeline.open`). `from_hub`: `path` is a hub repo id whatever local folder has its name."""
     vae_folder = None if vae is None else open_vae_folder(vae)
+    controlnets = [] if controlnet is None else [controlnet] if isinstance(controlnet, (str, Path)) else list(controlnet)
+    controlnets = tuple(open_component_folder(c, "controlnet") for c in controlnets)
+    components = {f"the VAE {vae_folder.name}": vae_folder} if vae_folder else {}
+    components.update({f"the ControlNet {c.name}": c for c in controlnets})
     if from_hub or is_repo_id(path):
-        path = download(path, revision, backend, device, vae_folder and vae_folder.common_formats)
+        wanted = [f for f in FORMATS if all(f in c.common_formats for c in components.values())] if components else None
+        path = download(path, revision, backend, device, wanted)
     folder = open_model_folder(path)
     family_of(folder)
-    formats = folder.common_formats
     if vae_folder is not None:
         _check_vae_fits(folder, vae_folder)
-        formats = [f for f in formats if f in vae_folder.common_formats]
-        if not formats:
-            raise ModelFolderError(f"{folder.name} has {', '.join(folder.common_formats)} and the VAE {vae_folder.name} "
-                                   f"{', '.join(vae_folder.common_formats)}: no format in common; export the VAE with "
-                                   "--format both")
-    return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats))
+    for controlnet_folder in controlnets:
+        _check_controlnet_fits(folder, controlnet_folder)
+    formats = [f for f in folder.common_formats if all(f in c.common_formats for c in components.values())]
+    if not formats:
+        raise ModelFolderError(f"{folder.name} has {', '.join(folder.common_formats)} and "
+                               + ", ".join(f"{name} {', '.join(c.common_formats)}" for name, c in components.items())
+                               + ": no format in common; export them with --format both")
+    return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats), controlnets)
 
 
 def processing_size(folder: ModelFolder, size: tuple[int, int], requested=None,
@@ -361,6 +410,8 @@ def check_memory(plan: LoadPlan, width: int, height: int, num_images: int, guide
     the largest submodel, opened again for each step of a call."""
     fmt = BACKENDS[plan.backend].format
     loading = memory.weights_bytes(plan.folder, fmt, low_memory) if low_memory or not loaded else 0
+    if not loaded and not low_memory:
+        loading += sum(memory.weights_bytes(c, fmt, False) for c in plan.controlnets)
     memory.check_call(plan.folder, width, height, num_images, guided, plan.backend, low_memory, loading,
                       what or f"{width}x{height} x{num_images} on {plan.backend}", None if vae_decode_only else plan.vae)
 
@@ -382,6 +433,32 @@ def _check_vae_fits(folder: ModelFolder, vae: ModelFolder) -> None:
                                f"1/{theirs[1]} of the image's size, the model's {ours[0]} at 1/{ours[1]}")
 
 
+def _check_controlnet_fits(folder: ModelFolder, controlnet: ModelFolder) -> None:
+    """A ControlNet made for another family, UNet or latent size cannot steer the model's UNet; a
+    folder whose UNet takes no ControlNet residuals (exported by optimum or an older edgesd) is refused
+    with the export that gives it them."""
+    if not folder.manifest.get("unet_controlnet_inputs"):
+        source = folder.manifest.get("provenance", {}).get("source") or "SOURCE"
+        raise ModelFolderError(f"{folder.name}'s UNet takes no ControlNet residuals (exported by optimum or an edgesd "
+                               f"before ControlNets); re-export it: edgesd export {source} -o {folder.name}-controlnet")
+    fits, unet = controlnet.manifest["controlnet"], folder.unet_config
+    theirs = controlnet.manifest["family"]
+    if theirs != folder.manifest["family"]:
+        raise ModelFolderError(f"the ControlNet {controlnet.name} is for {theirs} models, {folder.name} is an "
+                               f"{folder.manifest['family']} model; use a ControlNet made for its base model")
+    mismatched = [what for what, ours, its in (
+        ("cross-attention width", unet.get("cross_attention_dim"), fits["cross_attention_dim"]),
+        ("block channels", unet["block_out_channels"], fits["block_out_channels"]),
+        ("residual count", residual_count(unet), fits["residuals"]),
+        ("latent scale", folder.manifest["vae_scale_factor"], fits["vae_scale_factor"])) if ours is not None and ours != its]
+    if mismatched:
+        raise ModelFolderError(f"the ControlNet {controlnet.name} does not fit {folder.name}: its {', '.join(mismatched)} "
+                               "differ from the model's UNet; use a ControlNet made for its base model")
+    if fits["conditioning_channels"] != 3:
+        raise ModelFolderError(f"the ControlNet {controlnet.name} takes {fits['conditioning_channels']}-channel control "
+                               "images; edgesd gives ControlNets RGB images (3 channels)")
+
+
 def _read_loras(loras) -> list[Lora]:
     """LoRAs given as paths (weight 1), (path, weight) pairs or read Loras."""
     return [lora if isinstance(lora, Lora) else read_lora(lora) if isinstance(lora, (str, Path)) else read_lora(*lora)
@@ -389,13 +466,17 @@ def _read_loras(loras) -> list[Lora]:
 
 
 def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength=None, num_inference_steps=None,
-                     guidance_scale=None, seed=None, num_images=1, scheduler=None, task_defaults=None,
-                     **family_options) -> tuple[dict, Plan]:
+                     guidance_scale=None, seed=None, num_images=1, scheduler=None, task_defaults=None, controlnets: int = 0,
+                     control_scale: float = 1.0, **family_options) -> tuple[dict, Plan]:
     """Check a call's options against the model folder (no submodel is needed: the CLI runs this
     before loading) and fill in defaults: None means the task's default for the folder's family (a
     pipeline's `task_defaults`), else the folder's recommended value. `family_options`: the family's
-    own (SDXL's prompt_2, original_size, ...). Returns the settings actually used and the scheduler's plan."""
+    own (SDXL's prompt_2, original_size, ...) and, with `controlnets` loaded, diffusers' ControlNet
+    options (controlnet_conditioning_scale: default `control_scale`, the task's). Returns the settings
+    actually used and the scheduler's plan."""
     family = family_of(folder)
+    control = check_control_options(controlnets, control_scale, **{name: family_options.pop(name) for name in CONTROL_OPTIONS
+                                                                   if name in family_options})
     options = check_options(family, family_options)
     defaults = {**folder.defaults, **(task_defaults or {}).get(family.name, {})}
     strength = defaults["strength"] if strength is None else strength
@@ -419,5 +500,5 @@ def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength
         )
     settings = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
                     guidance_scale=guidance_scale, seed=seed, num_images=num_images,
-                    scheduler=scheduler or folder.scheduler_config["_class_name"], **options)
+                    scheduler=scheduler or folder.scheduler_config["_class_name"], **options, **control)
     return settings, plan

@@ -18,6 +18,7 @@ from edgesd.pipelines.base import Pipeline, Preparation, Result, resolve_setting
 
 class Img2ImgPipeline(Pipeline):
     task = "img2img"
+    control_scale = 0.8  # StableDiffusionControlNetImg2ImgPipeline's
 
     def __call__(
         self,
@@ -33,21 +34,25 @@ class Img2ImgPipeline(Pipeline):
         callback: Callback | None = None,
         size: tuple[int | None, int | None] | None = None,
         output_type: str = "pil",
+        control_image=None,
         **options,
     ) -> Result:
         """`image`: a path, PIL image or array of pixels, or latents ((1 or num_images, channels, h, w)
         float32, e.g. a base model's `output_type="latent"` result for a refiner's `denoising_start`).
         `size`: (width, height) to resize the input to first; one side None keeps the aspect ratio.
+        `control_image`: with ControlNets loaded, one image each (a path, PIL image or array; a list for
+        several), resized to the output size.
         `options`: the model family's own, by diffusers' names (SDXL: prompt_2, negative_prompt_2,
         original_size, target_size, crops_coords_top_left, their negative_ forms, aesthetic_score,
-        negative_aesthetic_score)."""
+        negative_aesthetic_score), and diffusers' ControlNet options: controlnet_conditioning_scale
+        (0.8; a list: one per ControlNet), guess_mode, control_guidance_start, control_guidance_end."""
         if self.unet.in_channels != self.latent_channels:
             raise InvalidInputError(f"{self.folder.name} is an inpainting model ({self.unet.in_channels}-channel UNet): "
                                     "use InpaintPipeline (edgesd inpaint / outpaint)")
         start = time.perf_counter()
         # 1. Check inputs; None means the model folder's recommended default.
-        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps,
-                                          guidance_scale, seed, num_images, scheduler, **options)
+        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps, guidance_scale,
+                                          seed, num_images, scheduler, None, len(self.controlnets), self.control_scale, **options)
         given = self._latents(image, settings["num_images"])
         if given is None:
             image = load_image(image, self.max_pixels)
@@ -68,7 +73,7 @@ class Img2ImgPipeline(Pipeline):
             return Preparation(latents)
 
         # 2. Encode the prompt, 3. prepare, 4. denoise, 5. decode: the skeleton every task shares.
-        return self.generate(start, settings, plan, (width, height), provenance, prepare, callback, output_type)
+        return self.generate(start, settings, plan, (width, height), provenance, prepare, callback, output_type, control_image)
 
     def _latents(self, image, num_images: int) -> np.ndarray | None:
         """`image` as latents when it is a 4-D array (else None: pixels)."""

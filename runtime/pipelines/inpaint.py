@@ -35,6 +35,7 @@ def mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
 class InpaintPipeline(Pipeline):
     task = "inpaint"
     task_defaults = {"sd": {"strength": 1.0}, "sdxl": {"strength": 0.9999}}  # diffusers' (SDXL: 49 of 50 steps, noised image)
+    control_scale = 0.5  # StableDiffusionControlNetInpaintPipeline's
 
     def __call__(
         self,
@@ -51,18 +52,21 @@ class InpaintPipeline(Pipeline):
         callback: Callback | None = None,
         size: tuple[int | None, int | None] | None = None,
         padding_mask_crop: int | None = None,
+        control_image=None,
         **options,
     ) -> Result:
         """`mask_image`: white repaints, black keeps (a path, PIL image or array). `strength` defaults
         to 1 (the masked area's content is ignored; SDXL: 0.9999, as diffusers). `size` defaults, as in
         diffusers, to the model's native square (`edgesd inpaint` keeps the input's size instead). `padding_mask_crop`: inpaint
         only the mask's bounding box grown by this many pixels, at the processing size, and paste it back.
-        `options`: the model family's own (see Img2ImgPipeline.__call__)."""
+        `control_image` and `options` (the family's own, ControlNet options: controlnet_conditioning_scale
+        0.5, ...): see Img2ImgPipeline.__call__."""
         if self.unet.in_channels not in (4, 9):
             raise InvalidInputError(f"this model's UNet takes {self.unet.in_channels} channels; inpainting needs 4 or 9")
         start = time.perf_counter()
-        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps,
-                                          guidance_scale, seed, num_images, scheduler, self.task_defaults, **options)
+        settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps, guidance_scale,
+                                          seed, num_images, scheduler, self.task_defaults, len(self.controlnets),
+                                          self.control_scale, **options)
         if len(plan.timesteps) == 0:
             raise InvalidInputError("inpainting needs at least one denoising step: increase strength or num_inference_steps")
         image = load_image(image, self.max_pixels)
@@ -106,7 +110,7 @@ class InpaintPipeline(Pipeline):
 
             return Preparation(latents, on_step=on_step, finish=finish)
 
-        return self.generate(start, settings, plan, (width, height), provenance, prepare, callback)
+        return self.generate(start, settings, plan, (width, height), provenance, prepare, callback, control_image=control_image)
 
     def outpaint(self, image, prompt: str, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
                  overlap: int | None = None, size: tuple[int | None, int | None] | None = None, **options) -> Result:
