@@ -117,9 +117,13 @@ def _export_into(spec: str, folder: Path, formats, quantization=None, config: st
             (folder / MANIFEST).write_text(json.dumps(export_tiny_vae(source, folder, formats), indent=2))
             return
         if is_controlnet(source.folder):
+            manifest, references = export_controlnet(source, folder, formats)
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
             if quantization:
-                raise EdgesdError("a ControlNet is exported in fp32 for now; drop --precision/--target")
-            (folder / MANIFEST).write_text(json.dumps(export_controlnet(source, folder, formats), indent=2))
+                from edgesd.export.controlnet import controlnet_precision
+                from edgesd.export.quantize import quantize_folder
+
+                quantize_folder(folder, formats, controlnet_precision(quantization[0]), references)
             return
         pipe = load_pipeline(source.folder)
         references = _export_onnx(pipe, folder)

@@ -130,8 +130,9 @@ def residual_feeds(unet_config, rng, batch: int, height: int, width: int) -> dic
 
 # -- the ControlNet folder ------------------------------------------------------------------------------
 
-def export_controlnet(source, folder: Path, formats) -> dict:
-    """Export the ControlNet in `source` into `folder`; returns its manifest."""
+def export_controlnet(source, folder: Path, formats) -> tuple[dict, dict]:
+    """Export the ControlNet in `source` into `folder` in fp32; returns its manifest and the validation
+    references ({"controlnet": (torch outputs, feeds)}: quantize_folder measures a precision's deviation on them)."""
     from diffusers import ControlNetModel
     from optimum.exporters.onnx import export_models
     from optimum.exporters.tasks import TasksManager
@@ -185,7 +186,7 @@ def export_controlnet(source, folder: Path, formats) -> dict:
         "conditioning_channel_order": config.controlnet_conditioning_channel_order,  # applied in its graph
         "global_pool_conditions": bool(config.global_pool_conditions),  # guess mode always, as diffusers
     }
-    return {
+    manifest = {
         "format_version": FORMAT_VERSION,
         "kind": "controlnet",
         "family": source.recipe.get("family") or ("sdxl" if sdxl else _FAMILY_BY_CROSS_ATTENTION.get(config.cross_attention_dim, "sd")),
@@ -196,6 +197,17 @@ def export_controlnet(source, folder: Path, formats) -> dict:
         "support_files": support_files(folder),
         "provenance": _provenance(source, formats),
     }
+    return manifest, {"controlnet": references}
+
+
+def controlnet_precision(plan):
+    """The precision plan of a ControlNet folder: the UNet's precision in `plan` (the ControlNet is a copy of
+    the UNet's encoder, and as costly per step), `int8` as int8 weights: activation int8 is calibrated on
+    UNet inputs only, and the ControlNet's would need control images."""
+    from edgesd.export.precision import CALIBRATED, PrecisionPlan
+
+    unet = plan["unet"]
+    return PrecisionPlan({"controlnet": "int8-weights" if unet == CALIBRATED else unet})
 
 
 def _described(config):

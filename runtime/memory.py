@@ -90,6 +90,10 @@ def weights_bytes(folder: ModelFolder, fmt: str, low_memory: bool) -> int:
     return max(sizes) if low_memory else sum(sizes)
 
 
+def _int8_unet(folder: ModelFolder) -> bool:
+    return any(spec.get("precision", "fp32").startswith("int8") for spec in folder.manifest["submodels"]["unet"]["formats"].values())
+
+
 def check_call(folder: ModelFolder, width: int, height: int, num_images: int, guidance: bool, backend: str,
                low_memory: bool, loading: int, what: str, vae: ModelFolder | None = None) -> None:
     """Raise InvalidInputError, naming what would help, when the call (plus `loading` bytes of
@@ -103,8 +107,11 @@ def check_call(folder: ModelFolder, width: int, height: int, num_images: int, gu
         return
     remedies = ["make it smaller with --resize WxH (or --width/--height; API: size=(w, h))"
                 + (" or fewer --num-images" if num_images > 1 else "")]
-    if max(vae_attention, vae_layers) >= unet_attention and not low_memory:
+    weights_dominate = loading > max(terms)
+    if (weights_dominate or max(vae_attention, vae_layers) >= unet_attention) and not low_memory:
         remedies.append("use --low-memory (tiles the VAE, one submodel loaded at a time)")
+    if weights_dominate and not _int8_unet(folder):
+        remedies.append("export it in int8 (edgesd export SOURCE --target cpu: about a quarter of the weights)")
     if max(unet_attention, vae_attention) > vae_layers and backend == "onnxruntime":
         remedies.append("use --backend openvino (its fused attention keeps no score matrices)")
     raise InvalidInputError(f"{what} needs about {needed / GIB:.1f} GiB of memory and {available / GIB:.1f} GiB is "

@@ -161,6 +161,20 @@ def tiny_vae(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def inpainting_model(tmp_path_factory) -> tuple[Path, Path]:
+    """The 9-channel inpainting model (recipe tiny-sd1-inpaint: mask and masked-image latents beside the
+    latents): its diffusers folder and its edgesd folder (both formats)."""
+    pytest.importorskip("torch")
+    from edgesd.export import export_model, recipes
+    from edgesd.export.random_model import build_random_pipeline
+
+    root = tmp_path_factory.mktemp("inpaint")
+    build_random_pipeline(recipes.load("tiny-sd1-inpaint"), root / "diffusers")
+    logging.getLogger("edgesd").setLevel(logging.WARNING)
+    return root / "diffusers", export_model("random:tiny-sd1-inpaint", root / "edgesd", formats=("onnx", "openvino"))
+
+
+@pytest.fixture(scope="session")
 def controlnets(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """recipe -> (its diffusers folder, its edgesd ControlNet folder with both formats), the same weights:
     tiny-controlnet-sd1, a second one reading BGR, tiny-controlnet-sd2 and tiny-controlnet-sdxl."""

@@ -231,3 +231,66 @@ def test_cli_runs_controlnets_on_each_input_and_checks_them_before_loading(expor
     assert shown.returncode == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "edges.png")), np.asarray(canny(source)))
     info = edgesd("info", net)
     assert info.returncode == 0 and "a ControlNet folder for sd1 models" in info.stdout
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_controlnet_with_a_lora_and_a_tiny_vae_matches_diffusers(backend, diffusers_folders, exported, controlnets,
+                                                                     lora_files, tiny_vae):
+    """The ControlNet sees the LoRA's text encoder and the tiny VAE's latents: diffusers with the LoRA
+    fused at 0.8 and vae=AutoencoderTiny."""
+    width, height = SIZE["tiny-sd1"]
+    lora = lora_files["sd1-both"]
+    module = diffusers.ControlNetModel.from_pretrained(controlnets["tiny-controlnet-sd1"][0])
+    reference_pipe = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        diffusers_folders["tiny-sd1"], controlnet=module, vae=diffusers.AutoencoderTiny.from_pretrained(tiny_vae["diffusers"]),
+        safety_checker=None, requires_safety_checker=False)
+    reference_pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
+    reference_pipe.fuse_lora(lora_scale=0.8)
+    call = dict(strength=0.75, guidance_scale=7.5, controlnet_conditioning_scale=1.1)
+    want = reference_pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=picture(width, height), control_image=control_picture(),
+                          height=height, width=width, num_inference_steps=4, num_images_per_prompt=2,
+                          generator=torch.Generator("cpu").manual_seed(4), **call).images
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32",
+                                loras=[(lora, 0.8)], vae=tiny_vae["exported"], controlnet=controlnets["tiny-controlnet-sd1"][1])
+    got = pipe(picture(width, height), PROMPT, negative_prompt=NEGATIVE, control_image=control_picture(), num_inference_steps=4,
+               num_images=2, seed=4, **call).images
+    assert_images_close(got, want)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_an_inpainting_unet_with_a_controlnet_matches_diffusers(backend, inpainting_model, controlnets, monkeypatch):
+    """A 9-channel inpainting UNet: the ControlNet gets the 4 latent channels, the UNet all nine."""
+    monkeypatch.setitem(SIZE, "tiny-sd1-inpaint", (96, 64))
+    source, folder = inpainting_model
+    nets, call = NETS["tiny-sd1"][:1], dict(guidance_scale=7.5, strength=0.8, controlnet_conditioning_scale=1.2)
+    pipe = InpaintPipeline.load(folder, backend=backend, device="cpu", inference_precision="fp32",
+                                controlnet=controlnets[nets[0]][1])
+    got = ours(pipe, "tiny-sd1-inpaint", task="inpaint", control_image=[control_picture()], **call)
+    assert_images_close(got, reference({"tiny-sd1-inpaint": source}, controlnets, "tiny-sd1-inpaint", nets, task="inpaint",
+                                       control_image=[control_picture()], **call))
+
+
+def test_an_int8_controlnet_keeps_its_effect(exported, controlnets, tmp_path):
+    """`--precision int8` on a ControlNet stores int8 weights (activation int8 is calibrated on UNet
+    inputs only), validated against its fp32 export; its image stays near the fp32 ControlNet's, far
+    nearer than the ControlNet moves the image."""
+    from edgesd.export import export_model
+    from edgesd.model_folder import open_component_folder
+
+    folder = export_model("random:tiny-controlnet-sd1", tmp_path / "int8", formats=("onnx", "openvino"), precision="int8")
+    manifest = open_component_folder(folder, "controlnet").manifest
+    entry = manifest["submodels"]["controlnet"]
+    assert {f["precision"] for f in entry["formats"].values()} == {"int8-weights"}
+    assert max(entry["quantized_max_abs_deviation"].values()) < 0.2
+    assert manifest["provenance"]["options"]["precision"] == "controlnet=int8-weights"
+    call = dict(strength=0.75, guidance_scale=7.5, num_inference_steps=4, seed=3, size=SIZE["tiny-sd1"],
+                control_image=control_picture())
+    for backend in ("onnxruntime", "openvino"):
+        images = {}
+        for name, net in (("fp32", controlnets["tiny-controlnet-sd1"][1]), ("int8", folder)):
+            pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32",
+                                        controlnet=net)
+            images[name] = [np.asarray(pipe(picture(*SIZE["tiny-sd1"]), PROMPT, controlnet_conditioning_scale=scale,
+                                            **call).images[0], np.int16) for scale in (0.0, 1.0)]
+        effect = np.abs(images["fp32"][1] - images["fp32"][0]).mean()
+        assert effect > 5 and np.abs(images["int8"][1] - images["fp32"][1]).mean() < 0.2 * effect

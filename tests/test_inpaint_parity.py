@@ -5,7 +5,6 @@ Same tolerance as the img2img parity tests (tests/test_pipeline_parity.py); an i
 wrong draw order must fail it."""
 
 import json
-import logging
 import shutil
 
 import numpy as np
@@ -37,18 +36,11 @@ def mask_of(width: int, height: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def folders(diffusers_folders, exported, tmp_path_factory) -> dict:
-    """model -> (diffusers folder, edgesd folder); the 9-channel model is built and exported here."""
-    from edgesd.export import export_model, recipes
-    from edgesd.export.random_model import build_random_pipeline
-
-    root = tmp_path_factory.mktemp("inpaint")
-    build_random_pipeline(recipes.load("tiny-sd1-inpaint"), root / "diffusers")
-    logging.getLogger("edgesd").setLevel(logging.WARNING)
-    export_model("random:tiny-sd1-inpaint", root / "edgesd", formats=("onnx", "openvino"))
+def folders(diffusers_folders, exported, inpainting_model) -> dict:
+    """model -> (diffusers folder, edgesd folder)."""
     return {"tiny-sd1": (diffusers_folders["tiny-sd1"], exported["tiny-sd1"]),
             "tiny-sd2": (diffusers_folders["tiny-sd2"], exported["tiny-sd2"]),
-            "tiny-sd1-inpaint": (root / "diffusers", root / "edgesd")}
+            "tiny-sd1-inpaint": inpainting_model}
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from edgesd import Img2ImgPipeline, memory
 from edgesd.errors import InvalidInputError
+from edgesd.model_folder import open_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +50,6 @@ def test_estimate_covers_what_onnxruntime_takes_without_crying_wolf(layout, expo
 
 
 def test_estimate_grows_with_attention_not_only_pixels(exported):
-    from edgesd.model_folder import open_model_folder
-
     folder = open_model_folder(exported["tiny-sd1"])
     small, large = (memory.call_bytes(folder, side, side, 1, True, "onnxruntime") for side in (128, 256))
     assert large >= 15 * small  # tokens x4 -> scores x16
@@ -87,3 +86,29 @@ def test_cli_refuses_an_oversized_input_in_one_line_before_loading(exported, tmp
     # tiny-sd1's VAE factor is 2: its mid-block attention over 49,152 latent tokens dominates, which
     # tiling the VAE and OpenVINO's fused attention both avoid
     assert "--low-memory" in done.stderr and "--backend openvino" in done.stderr
+
+
+def test_a_refusal_for_weights_that_do_not_fit_names_low_memory_and_int8(exported, quantized_unet_folder, monkeypatch):
+    """When the weights still to load are most of the need (SDXL's 10 GB fp32 UNet on a small machine),
+    the refusal offers loading one submodel at a time and an int8 export, not only a smaller image."""
+    folder = open_model_folder(exported["tiny-sd1"])
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    with pytest.raises(InvalidInputError) as refused:
+        memory.check_call(folder, 64, 64, 1, True, "openvino", False, 2**30, "x")
+    assert "--low-memory" in str(refused.value) and "edgesd export SOURCE --target cpu" in str(refused.value)
+    with pytest.raises(InvalidInputError) as refused:
+        memory.check_call(quantized_unet_folder, 64, 64, 1, True, "openvino", True, 2**30, "x")
+    assert "--low-memory" not in str(refused.value) and "int8" not in str(refused.value)
+    with pytest.raises(InvalidInputError) as refused:  # the image, not the weights: no int8 advice
+        memory.check_call(folder, 256, 256, 1, True, "onnxruntime", False, 0, "x")
+    assert "--target cpu" not in str(refused.value)
+
+
+@pytest.fixture
+def quantized_unet_folder(exported):
+    """tiny-sd1's folder as an int8 export describes its UNet (only the manifest is read here)."""
+    folder = open_model_folder(exported["tiny-sd1"])
+    submodels = {**folder.manifest["submodels"]}
+    submodels["unet"] = {**submodels["unet"], "formats": {fmt: {**spec, "precision": "int8"}
+                                                          for fmt, spec in submodels["unet"]["formats"].items()}}
+    return dataclasses.replace(folder, manifest={**folder.manifest, "submodels": submodels})
