@@ -105,6 +105,7 @@ def _require_export_extra(formats, plan=None) -> None:
 
 def _export_into(spec: str, folder: Path, formats, quantization=None, config: str | None = None) -> None:
     from edgesd.export.controlnet import export_controlnet, is_controlnet
+    from edgesd.export.depth import export_depth_estimator, is_depth_estimator
     from edgesd.export.load import load_pipeline
     from edgesd.export.source import resolve_source
     from edgesd.export.tiny_vae import export_tiny_vae, is_tiny_vae
@@ -116,14 +117,17 @@ def _export_into(spec: str, folder: Path, formats, quantization=None, config: st
                 raise EdgesdError("a tiny VAE is exported in fp32 only (it is small already); drop --precision/--target")
             (folder / MANIFEST).write_text(json.dumps(export_tiny_vae(source, folder, formats), indent=2))
             return
-        if is_controlnet(source.folder):
-            manifest, references = export_controlnet(source, folder, formats)
+        component = ("controlnet", export_controlnet) if is_controlnet(source.folder) else \
+            ("depth_estimator", export_depth_estimator) if is_depth_estimator(source.folder) else None
+        if component:  # one submodel, stored as the UNet's precision would be
+            submodel, export = component
+            manifest, references = export(source, folder, formats)
             (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
             if quantization:
-                from edgesd.export.controlnet import controlnet_precision
+                from edgesd.export.precision import component_precision
                 from edgesd.export.quantize import quantize_folder
 
-                quantize_folder(folder, formats, controlnet_precision(quantization[0]), references)
+                quantize_folder(folder, formats, component_precision(quantization[0], submodel), references)
             return
         pipe = load_pipeline(source.folder)
         references = _export_onnx(pipe, folder)

@@ -200,16 +200,6 @@ def export_controlnet(source, folder: Path, formats) -> tuple[dict, dict]:
     return manifest, {"controlnet": references}
 
 
-def controlnet_precision(plan):
-    """The precision plan of a ControlNet folder: the UNet's precision in `plan` (the ControlNet is a copy of
-    the UNet's encoder, and as costly per step), `int8` as int8 weights: activation int8 is calibrated on
-    UNet inputs only, and the ControlNet's would need control images."""
-    from edgesd.export.precision import CALIBRATED, PrecisionPlan
-
-    unet = plan["unet"]
-    return PrecisionPlan({"controlnet": "int8-weights" if unet == CALIBRATED else unet})
-
-
 def _described(config):
     """The ControlNet's config as optimum's UNet config reads it (sample size: the dummy latents' side;
     SDXL: the pooled text embeddings' width, what is left of the added embedding after six time ids)."""

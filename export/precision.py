@@ -64,6 +64,14 @@ class PrecisionPlan:
         return [name for name, value in self.per_submodel.items() if value != "fp32"]
 
 
+def component_precision(plan: PrecisionPlan, submodel: str) -> PrecisionPlan:
+    """The plan of a ControlNet or depth estimator folder (its one `submodel`): the UNet's precision in
+    `plan` (a ControlNet is a copy of the UNet's encoder), `int8` as int8 weights: activation int8 is
+    calibrated on UNet inputs only."""
+    unet = plan["unet"]
+    return PrecisionPlan({submodel: "int8-weights" if unet == CALIBRATED else unet})
+
+
 def precision_for(spec: str | None, target: str | None) -> str:
     """The precision spec an export gets: `spec` when given, else `target`'s default, else fp32."""
     if target is not None and target not in TARGET_PRECISION:

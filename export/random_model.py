@@ -60,9 +60,26 @@ def build_random_controlnet(recipe: dict, folder: Path) -> None:
     controlnet.save_pretrained(folder, safe_serialization=True)
 
 
+def build_random_depth_estimator(recipe: dict, folder: Path) -> None:
+    """A DPT depth estimator and its image processor, saved to `folder` as released repos are. Its weights
+    are drawn at fan-in scale (transformers' init leaves a depth of ~1e-9, which any export would match)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(recipe.get("seed", 0))
+    model = DPTForDepthEstimation(DPTConfig(**recipe["model"])).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                torch.nn.init.normal_(module.weight, std=1.0 / module.weight[0].numel() ** 0.5)
+    model.save_pretrained(folder, safe_serialization=True)
+    DPTImageProcessor(**recipe["processor"]).save_pretrained(folder)
+
+
 def random_source(spec: str, folder: Path) -> dict:
-    """`random:NAME` -> build the recipe NAME (a pipeline, a tiny VAE or a ControlNet) into `folder`; returns the recipe."""
+    """`random:NAME` -> build the recipe NAME (a pipeline, a tiny VAE, a ControlNet or a depth estimator) into
+    `folder`; returns the recipe."""
     recipe = recipes.load(spec.removeprefix("random:"))
-    build = {"vae": build_random_tiny_vae, "controlnet": build_random_controlnet}.get(recipe.get("kind"), build_random_pipeline)
+    build = {"vae": build_random_tiny_vae, "controlnet": build_random_controlnet,
+             "depth": build_random_depth_estimator}.get(recipe.get("kind"), build_random_pipeline)
     build(recipe, folder)
     return recipe

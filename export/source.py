@@ -11,11 +11,14 @@ from edgesd.export import recipes
 
 log = logging.getLogger("edgesd")
 # Only what an SD/SDXL img2img export reads: fp32 safetensors and configs, not fp16/ckpt/bin variants
-# (a tiny VAE repo such as madebyollin/taesd: the two files at its root).
+# (a tiny VAE repo such as madebyollin/taesd: the two files at its root; a depth estimator: transformers'
+# model.safetensors and its image processor's config).
 _HUB_FILES = [
     "config.json",
     "diffusion_pytorch_model.safetensors",
     "model_index.json",
+    "model.safetensors",
+    "preprocessor_config.json",
     "scheduler/scheduler_config.json",
     "tokenizer/*",
     "tokenizer_2/*",

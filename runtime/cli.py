@@ -151,7 +151,8 @@ def _shared_options(
     vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
     vae_decode_only: bool = typer.Option(False, "--vae-decode-only", help="Use --vae for decoding only (fast previews; the model's VAE encodes)."),
     controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", metavar="FOLDER[:SCALE]", help=_CONTROLNET_HELP, show_default=False),
-    control_image: Optional[list[str]] = typer.Option(None, "--control-image", metavar="FILE|canny", help="The control image of each --controlnet, in order: a file (a control map), or canny: the Canny edges of each input (`edgesd control canny IMAGE -o map.png` shows them).", show_default=False),
+    control_image: Optional[list[str]] = typer.Option(None, "--control-image", metavar="FILE|canny|depth", help="The control image of each --controlnet, in order: a file (a control map), canny (the Canny edges of each input) or depth (its depth map by --depth-model); `edgesd control canny|depth IMAGE -o map.png` shows them.", show_default=False),
+    depth_model: Optional[Path] = typer.Option(None, "--depth-model", metavar="FOLDER", help="The depth estimator folder --control-image depth runs (`edgesd export Intel/dpt-hybrid-midas -o FOLDER`).", show_default=False),
     guess_mode: bool = typer.Option(False, "--guess-mode", help="ControlNets steer the prompted half of guidance only, their deeper blocks more (diffusers' guess mode): for empty or weak prompts."),
     control_start: Optional[float] = typer.Option(None, "--control-start", min=0.0, max=1.0, help="ControlNets act from this fraction of the steps (default 0).", show_default=False),
     control_end: Optional[float] = typer.Option(None, "--control-end", min=0.0, max=1.0, help="ControlNets act up to this fraction of the steps (default 1).", show_default=False),
@@ -210,7 +211,8 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2, negative_prompt_2, aesthetic_score,
              strength, steps, guidance, seed, scheduler, num_images, resize, width, height, grid, iterations, replay, lora,
-             vae, vae_decode_only, controlnet, control_image, guess_mode, control_start, control_end, revision, backend, device,
+             vae, vae_decode_only, controlnet, control_image, depth_model, guess_mode, control_start, control_end, revision,
+             backend, device,
              precision, threads, low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: img2img's (refiner, high_noise_frac), inpaint's (padding_mask_crop) or outpaint's
@@ -224,7 +226,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
                                   resolve_settings)
     from edgesd.pipelines.img2img import refine
     from edgesd.variations import contact_sheet, parse_list, variants
-    from edgesd.control import PREPROCESSORS, canny
+    from edgesd.control import PREPROCESSORS, DepthEstimator, canny
+    from edgesd.model_folder import open_component_folder
 
     global _json_errors
     _json_errors = as_json
@@ -268,6 +271,11 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     if len(control_image or ()) != len(controlnets):
         fail(f"{len(control_image or ())} --control-image for {len(controlnets)} --controlnet: give one each, in order "
              f"(a file, or {' / '.join(PREPROCESSORS)} to derive it from each input)")
+    if ("depth" in (control_image or ())) != (depth_model is not None):
+        fail("--control-image depth needs --depth-model FOLDER (edgesd export Intel/dpt-hybrid-midas -o FOLDER)"
+             if depth_model is None else "--depth-model is for --control-image depth; drop it or add that")
+    if depth_model is not None:
+        run_guarded(open_component_folder, depth_model, "depth")
     if controlnets and task_options.get("refiner"):
         fail("--controlnet with --refiner: the refiner takes no ControlNet; run them apart")
     if controlnets and any(scale is not None for _, scale in controlnets):
@@ -323,6 +331,9 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     pipe = run_guarded(pipeline.open, load_plan, device=device, inference_precision=precision, threads=threads,
                        low_memory=low_memory, loras=loras, vae_decode_only=vae_decode_only)
     pipe.max_pixels = max_pixels
+    derive = {"canny": partial(canny, max_pixels=max_pixels)}  # --control-image NAME: made from each input
+    if depth_model is not None:
+        derive["depth"] = partial(run_guarded(DepthEstimator.load, depth_model, backend, device, precision), max_pixels=max_pixels)
     load_time = time.perf_counter() - t0
     if task == "outpaint":
         run_task = partial(pipe.outpaint, **task_options)
@@ -346,7 +357,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         schedule = runs if iterations == 1 else [runs[0]] * iterations
         # inpaint keeps the input's size (the API, as diffusers, would use the native square)
         call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
-        controls = [made or canny(job.image, max_pixels=max_pixels) for made in maps]  # canny: of each input
+        controls = [made or derive[name](job.image) for made, name in zip(maps, control_image or ())]
         for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
             call = {**settings, **run.overrides, **({"control_image": controls} if controls else {})}
             if iterations > 1 and call["seed"] is not None:
@@ -529,6 +540,25 @@ def control_canny(
     typer.echo(f"wrote {output}", err=True)
 
 
+@control_app.command("depth")
+def control_depth(
+    image: Path = typer.Argument(..., help="The image to estimate the depth of.", show_default=False),
+    depth_model: Path = typer.Option(..., "--depth-model", metavar="FOLDER", help="A depth estimator folder (`edgesd export Intel/dpt-hybrid-midas -o FOLDER`).", show_default=False),
+    output: Path = typer.Option(Path("depth.png"), "--output", "-o", help="Where to write the depth map (.png, .jpg, .webp)."),
+    backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
+    device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+):
+    """The depth map --control-image depth gives a depth ControlNet (near is bright), as transformers'
+    depth-estimation pipeline makes it."""
+    from edgesd.control import DepthEstimator
+    from edgesd.outputs import save_image
+
+    estimator = run_guarded(DepthEstimator.load, depth_model, backend, device)
+    run_guarded(save_image, run_guarded(estimator, image), output, {"control": "depth", "depth_model": depth_model.name}, overwrite)
+    typer.echo(f"wrote {output}", err=True)
+
+
 @app.command()
 def info(
     model: Path = typer.Argument(..., help="Model folder (or VAE folder) to describe."),
@@ -545,6 +575,12 @@ def info(
         typer.echo(f"{folder.path}  (format {m['format_version']}, a VAE folder: give it as --vae to replace a model's VAE)")
         typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
                    f"scaling factor {m['vae_scaling_factor']}")
+    elif m["kind"] == "depth":
+        size = m["depth"]["size"]
+        typer.echo(f"{folder.path}  (format {m['format_version']}, a depth estimator folder: give it as --depth-model with "
+                   "--control-image depth, or to `edgesd control depth`)")
+        typer.echo(f"reads images at {size['width']}x{size['height']}"
+                   + (" (aspect kept)" if m["depth"]["keep_aspect_ratio"] else ""))
     elif m["kind"] == "controlnet":
         fits = m["controlnet"]
         typer.echo(f"{folder.path}  (format {m['format_version']}, a ControlNet folder for {m['family']} models: give it "
@@ -556,14 +592,15 @@ def info(
         typer.echo(f"latents: {m['latent_channels']} channels, VAE scale factor {m['vae_scale_factor']}, "
                    f"scaling factor {m['vae_scaling_factor']}; sample size {m.get('sample_size') or folder.native_size}")
         typer.echo("defaults: " + ", ".join(f"{k}={v}" for k, v in folder.defaults.items()))
-    typer.echo(f"{'submodel':<14}{'format':<10}{'precision':<14}{'size':>11}  max |export - torch|  (quantized: vs fp32)")
+    column = max(14, *(len(name) + 2 for name in m["submodels"]))
+    typer.echo(f"{'submodel':<{column}}{'format':<10}{'precision':<14}{'size':>11}  max |export - torch|  (quantized: vs fp32)")
     for name, entry in m["submodels"].items():
         for fmt, spec in entry["formats"].items():
             size = sum(f.get("bytes", 0) for f in spec.get("files", {}).values())
             backend = BACKEND_OF_FORMAT[fmt].name
             dev = entry.get("validation_max_abs_deviation", {}).get(backend)
             quantized = entry.get("quantized_max_abs_deviation", {}).get(backend)
-            typer.echo(f"{name:<14}{fmt:<10}{spec.get('precision', '?'):<14}{size / 2**20:>7.1f} MiB  "
+            typer.echo(f"{name:<{column}}{fmt:<10}{spec.get('precision', '?'):<14}{size / 2**20:>7.1f} MiB  "
                        + ("-" if dev is None else f"{dev:.2e}")
                        + ("" if quantized is None else f"  ({quantized:.2e}; {spec.get('method', '')})"))
     prov = m.get("provenance", {})

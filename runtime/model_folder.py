@@ -184,12 +184,13 @@ def open_model_folder(path: str | Path) -> ModelFolder:
 # component folder kind -> (what it is called, how it is given, how one is made)
 COMPONENTS = {"vae": ("VAE", "--vae (vae=)", "edgesd export madebyollin/taesd -o models/taesd"),
               "controlnet": ("ControlNet", "--controlnet (controlnet=)",
-                             "edgesd export lllyasviel/control_v11p_sd15_canny -o models/controlnet-canny")}
+                             "edgesd export lllyasviel/control_v11p_sd15_canny -o models/controlnet-canny"),
+              "depth": ("depth estimator", "--depth-model (estimator=)", "edgesd export Intel/dpt-hybrid-midas -o models/depth")}
 
 
 def open_component_folder(path: str | Path, kind: str) -> ModelFolder:
     """Open a component folder that `edgesd export` wrote: a VAE (a tiny VAE such as madebyollin/taesd,
-    replacing a model's) or a ControlNet."""
+    replacing a model's), a ControlNet, or a depth estimator (for depth control maps)."""
     path = Path(path)
     name, _, make = COMPONENTS[kind]
     if not (path / MANIFEST).is_file():

@@ -18,7 +18,8 @@ FORMAT_VERSION = 1
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SDXL's second (with its projection); a refiner has only it
 SUBMODELS = (*TEXT_ENCODERS, "unet", "vae_encoder", "vae_decoder")  # every submodel a model folder may have
 VAE_SUBMODELS = ("vae_encoder", "vae_decoder")
-COMPONENT_SUBMODELS = {"vae": VAE_SUBMODELS, "controlnet": ("controlnet",)}  # what a component folder of each kind has
+COMPONENT_SUBMODELS = {"vae": VAE_SUBMODELS, "controlnet": ("controlnet",),  # what a component folder of each kind has
+                       "depth": ("depth_estimator",)}
 SDXL_CONDITIONING = ("requires_aesthetics_score", "force_zeros_for_empty_prompt")  # diffusers' SDXL pipeline config
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -83,9 +84,25 @@ class ControlNetFit(_Closed):
     global_pool_conditions: bool = False
 
 
+class DepthProcessing(_Closed):
+    """A depth estimator's image processor (transformers' DPTImageProcessor settings), as edgesd.control.depth applies them."""
+    do_resize: bool = True
+    size: dict[Literal["height", "width"], Side]
+    keep_aspect_ratio: bool = False
+    ensure_multiple_of: int = Field(1, ge=1, le=256)
+    resample: Literal[0, 1, 2, 3, 4, 5] = 3  # PIL's filter numbers
+    do_rescale: bool = True
+    rescale_factor: Finite = Field(1 / 255, gt=0, le=1)
+    do_normalize: bool = True
+    image_mean: list[Finite] = Field(min_length=3, max_length=3)
+    image_std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=3, max_length=3)
+    do_pad: bool = False
+    size_divisor: int | None = Field(None, ge=1, le=256)
+
+
 class Manifest(_Schema):
     format_version: int = Field(ge=1, le=FORMAT_VERSION)
-    kind: Literal["model", "vae", "controlnet"] = "model"
+    kind: Literal["model", "vae", "controlnet", "depth"] = "model"
     family: Annotated[str, StringConstraints(max_length=40)] | None = None
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     latent_channels: int | None = Field(None, ge=1, le=64)  # these three: required but in ControlNet folders
@@ -99,7 +116,8 @@ class Manifest(_Schema):
     conditioning: SdxlConditioning | None = None
     unet_controlnet_inputs: bool = False  # its UNet takes ControlNet residuals (edgesd export since ControlNets)
     controlnet: ControlNetFit | None = None
-    submodels: dict[Literal[(*SUBMODELS, "controlnet")], SubmodelEntry]
+    depth: DepthProcessing | None = None
+    submodels: dict[Literal[(*SUBMODELS, "controlnet", "depth_estimator")], SubmodelEntry]
     support_files: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.+-]{1,200}$")],
                         FileEntry] = {}  # tokenizer/, scheduler/ and config files: covered by hashes too
     provenance: Provenance = Provenance()
@@ -115,10 +133,12 @@ class Manifest(_Schema):
         if set(self.submodels) - set(allowed) or self.family != "sdxl" and "text_encoder_2" in self.submodels:
             raise ValueError(f"submodels has more than a {self.family or self.kind} folder has")
         latent = [name for name in ("latent_channels", "vae_scaling_factor", "vae_scale_factor") if getattr(self, name) is None]
-        if self.kind != "controlnet" and latent:
+        if self.kind not in ("controlnet", "depth") and latent:
             raise ValueError(f"{', '.join(latent)} missing")
         if (self.kind == "controlnet") != (self.controlnet is not None):
             raise ValueError("controlnet (what it fits) belongs to, and only to, a ControlNet folder")
+        if (self.kind == "depth") != (self.depth is not None):
+            raise ValueError("depth (its image processing) belongs to, and only to, a depth estimator folder")
         if self.kind == "model" and self.family is None:
             raise ValueError("family is missing")
         if any(part in (".", "..") for name in self.support_files for part in name.split("/")):

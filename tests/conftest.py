@@ -192,6 +192,19 @@ def controlnets(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 
 
 @pytest.fixture(scope="session")
+def depth_estimator(tmp_path_factory) -> tuple[Path, Path]:
+    """A random DPT depth estimator (recipe tiny-dpt) with its image processor: its transformers folder and
+    its edgesd depth estimator folder (both formats), the same weights."""
+    pytest.importorskip("torch")
+    from edgesd.export import export_model, recipes
+    from edgesd.export.random_model import build_random_depth_estimator
+
+    root = tmp_path_factory.mktemp("depth")
+    build_random_depth_estimator(recipes.load("tiny-dpt"), root / "transformers")
+    return root / "transformers", export_model("random:tiny-dpt", root / "tiny-dpt", formats=("onnx", "openvino"))
+
+
+@pytest.fixture(scope="session")
 def sdxl(tmp_path_factory) -> dict[str, dict[str, Path]]:
     """recipe -> {"diffusers": its diffusers folder, "exported": an edgesd folder (both formats)} for the
     SDXL layouts: tiny-sdxl (two text encoders of different widths) and tiny-sdxl-refiner."""

@@ -294,3 +294,84 @@ def test_an_int8_controlnet_keeps_its_effect(exported, controlnets, tmp_path):
                                             **call).images[0], np.int16) for scale in (0.0, 1.0)]
         effect = np.abs(images["fp32"][1] - images["fp32"][0]).mean()
         assert effect > 5 and np.abs(images["int8"][1] - images["fp32"][1]).mean() < 0.2 * effect
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_depth_is_transformers_depth_estimation_pipeline(backend, depth_estimator):
+    """The same random DPT estimator through transformers' pipeline("depth-estimation") (the map diffusers'
+    depth ControlNet docs stack to three channels) and torch-free: at most 1 of 255 off (float32 against
+    torch's rounding at the uint8 cut) on at most 0.1% of the pixels."""
+    from transformers import DPTForDepthEstimation, DPTImageProcessor, pipeline
+
+    from edgesd.control import DepthEstimator
+
+    source, folder = depth_estimator
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (35, 45, 3), dtype=np.uint8)).resize((90, 70))
+    estimate = pipeline("depth-estimation", model=DPTForDepthEstimation.from_pretrained(source),
+                        image_processor=DPTImageProcessor.from_pretrained(source))
+    want = np.asarray(estimate(image)["depth"])
+    got = np.asarray(DepthEstimator.load(folder, backend, inference_precision="fp32")(image))
+    assert got.shape == (70, 90, 3) and np.array_equal(got[..., 0], got[..., 2])
+    off = np.abs(got[..., 0].astype(np.int16) - want)
+    assert off.max() <= 1 and (off > 0).mean() <= 0.001
+    assert want.std() > 20, "the random estimator's depth is flat: the comparison would prove little"
+
+
+def test_bicubic_resize_is_torchs():
+    from edgesd.control import bicubic_resize
+
+    values = np.random.default_rng(2).standard_normal((13, 17))
+    for height, width in ((40, 50), (7, 9), (13, 17), (100, 5)):
+        want = torch.nn.functional.interpolate(torch.from_numpy(values)[None, None], size=(height, width), mode="bicubic",
+                                               align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(bicubic_resize(values, height, width), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(size={"height": 32, "width": 32}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3),  # Intel/dpt-large's kind
+    dict(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
+         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),  # Depth Anything's
+    dict(size={"height": 48, "width": 40}, keep_aspect_ratio=True, ensure_multiple_of=8, do_pad=True, size_divisor=32,
+         image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.5, 0.7]),
+])
+def test_depth_preprocessing_is_dpt_image_processors(settings):
+    from transformers import DPTImageProcessor
+
+    from edgesd.control import preprocess
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (61, 83, 3), dtype=np.uint8))
+    want = DPTImageProcessor(**settings)(image, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(preprocess(image, {"image_mean": [0.5] * 3, **settings}), want, atol=1e-5)
+
+
+def test_depth_in_the_cli_and_what_is_not_exported(exported, controlnets, depth_estimator, tmp_path):
+    from edgesd.control import DepthEstimator
+    from edgesd.export import export_model
+    from edgesd.errors import EdgesdError
+    from test_cli import edgesd
+
+    source, out, folder = tmp_path / "in.png", tmp_path / "out.png", depth_estimator[1]
+    picture(*SIZE["tiny-sd1"]).save(source)
+    net = controlnets["tiny-controlnet-sd1"][1]
+    done = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--steps", 4, "--seed", 2, "--precision", "fp32",
+                  "--backend", "openvino", "--controlnet", net, "--control-image", "depth", "--depth-model", folder, "-o", out)
+    assert done.returncode == 0, done.stderr
+    depth = DepthEstimator.load(folder, "openvino", inference_precision="fp32")
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="openvino", device="cpu", inference_precision="fp32", controlnet=net)
+    assert_images_close([Image.open(out).convert("RGB")],
+                        pipe(source, PROMPT, num_inference_steps=4, seed=2, control_image=depth(source)).images)
+    shown = edgesd("control", "depth", source, "--depth-model", folder, "-o", tmp_path / "depth.png", "--backend", "onnxruntime")
+    assert shown.returncode == 0, shown.stderr
+    assert np.abs(np.asarray(Image.open(tmp_path / "depth.png"), np.int16) - np.asarray(depth(source), np.int16)).max() <= 2
+    missing = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--controlnet", net, "--control-image", "depth")
+    assert missing.returncode == 2 and "--control-image depth needs --depth-model FOLDER" in missing.stderr
+    wrong = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--controlnet", net, "--control-image", "depth",
+                   "--depth-model", net)
+    assert wrong.returncode == 2 and "is a ControlNet folder, not a depth estimator folder" in wrong.stderr
+    info = edgesd("info", folder)
+    assert info.returncode == 0 and "a depth estimator folder" in info.stdout
+    anything = tmp_path / "depth-anything"  # its config is all the refusal reads
+    anything.mkdir()
+    (anything / "config.json").write_text(json.dumps({"model_type": "depth_anything", "architectures": ["DepthAnythingForDepthEstimation"]}))
+    with pytest.raises(EdgesdError, match="a depth_anything depth estimator cannot be exported yet .* Intel/dpt-hybrid-midas"):
+        export_model(str(anything), tmp_path / "out-depth")

@@ -118,23 +118,26 @@ def test_inpaint_runs_without_torch(runtime_venv, exported, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_a_controlnet_runs_without_torch(runtime_venv, backend, exported, controlnets, tmp_path):
-    """A ControlNet steered by the input's Canny edges (OpenCV from the control extra, at its lowest
-    version too): the same image as in the development environment."""
+def test_controlnets_run_without_torch(runtime_venv, backend, exported, controlnets, depth_estimator, tmp_path):
+    """Two ControlNets steered by the input's Canny edges (OpenCV from the control extra, at its lowest
+    version too) and by its depth map (a DPT estimator): the same image as in the development environment."""
     from PIL import Image
     from test_pipeline_parity import assert_images_close
 
     from edgesd import Img2ImgPipeline
-    from edgesd.control import canny
+    from edgesd.control import DepthEstimator, canny
 
     out, source = tmp_path / "out.png", ROOT / "tests/data/small.png"
+    nets = [controlnets["tiny-controlnet-sd1"][1], controlnets["tiny-controlnet-sd1-bgr"][1]]
     done = run(runtime_venv, "edgesd", "img2img", str(exported["tiny-sd1"]), "--image", str(source), "--prompt", "hills",
                "--seed", "1", "--steps", "4", "--backend", backend, "--precision", "fp32", "-o", str(out),
-               "--controlnet", f"{controlnets['tiny-controlnet-sd1'][1]}:0.9", "--control-image", "canny")
+               "--controlnet", f"{nets[0]}:0.9", "--control-image", "canny",
+               "--controlnet", f"{nets[1]}:0.9", "--control-image", "depth", "--depth-model", str(depth_estimator[1]))
     assert done.returncode == 0, done.stderr
-    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32",
-                                controlnet=controlnets["tiny-controlnet-sd1"][1])
-    here = pipe(source, "hills", seed=1, num_inference_steps=4, control_image=canny(source), controlnet_conditioning_scale=0.9)
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend=backend, device="cpu", inference_precision="fp32", controlnet=nets)
+    depth = DepthEstimator.load(depth_estimator[1], backend, inference_precision="fp32")
+    here = pipe(source, "hills", seed=1, num_inference_steps=4, control_image=[canny(source), depth(source)],
+                controlnet_conditioning_scale=0.9)
     assert_images_close([Image.open(out).convert("RGB")], here.images)
 
 
