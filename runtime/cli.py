@@ -139,7 +139,7 @@ def _shared_options(
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps before strength (int(steps*strength) run). Default: the model's.", show_default=False),
     guidance: Optional[str] = typer.Option(None, metavar="G[,G...]", help="Classifier-free guidance scale, <= 1 turns it off; a list runs each. Default: the model's.", show_default=False),
     seed: Optional[str] = typer.Option(None, metavar="N[,N...]", help="Same seed, same images (diffusers' torch CPU noise); a list runs each. Default: random, printed.", show_default=False),
-    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name, e.g. EulerDiscreteScheduler. Default: the model's.", show_default=False),
+    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name (EulerDiscreteScheduler) or an A1111 sampler name (\"DPM++ 2M Karras\", \"Euler a\"; NAME Karras for Karras sigmas). Default: the model's.", show_default=False),
     num_images: Optional[int] = typer.Option(None, "--num-images", min=1, help="Images per run from one prompt and seed, in one batch (OUT-0.png ...). Default 1.", show_default=False),
     resize: Optional[str] = typer.Option(None, metavar="WxH", help="Resize the input to WxH first, e.g. 768x512.", show_default=False),
     width: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Resize the input to this width first (keeps the aspect ratio unless --height is given).", show_default=False),

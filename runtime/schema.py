@@ -250,7 +250,7 @@ class Settings(_Schema):
     guidance_scale: Finite | None = Field(None, ge=0, le=MAX_GUIDANCE)
     seed: int | None = Field(None, ge=0, lt=2**64)
     num_images: int | None = Field(None, ge=1, le=MAX_IMAGES)
-    scheduler: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,100}$")] | None = None
+    scheduler: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_ +.-]{0,99}$")] | None = None  # or a sampler name
 
 
 def check_settings(**values) -> None:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from edgesd import Img2ImgPipeline
+from edgesd.schedulers import sampler
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -60,7 +61,8 @@ def reference(pipes, model, scheduler, strength, guidance, steps=STEPS, seed=7, 
     key = (model, scheduler, strength, guidance, steps, seed, num_images)
     if key not in _cache:
         pipe = pipes[model]
-        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+        class_name, overrides = sampler(scheduler) or (scheduler, {})  # an A1111 name: diffusers' documented equivalent
+        pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
         _cache[key] = pipe(
             prompt=PROMPT, negative_prompt=NEGATIVE if guidance > 1 else None, image=test_image(), strength=strength,
             num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=num_images,
@@ -110,6 +112,12 @@ def test_every_strength_with_the_models_scheduler(pipes, reference_pipes, export
         ours(pipes[model, "onnxruntime"], scheduler, strength, 6.0, steps=10, num_images=1),
         reference(reference_pipes, model, scheduler, strength, 6.0, steps=10, num_images=1),
     )
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("name", ["DPM++ 2M Karras", "Euler a", "DPM++ 2M SDE Karras"])
+def test_a1111_sampler_names_match_diffusers_documented_equivalents(pipes, reference_pipes, backend, name):
+    assert_images_close(ours(pipes["tiny-sd1", backend], name, 0.75, 6.0), reference(reference_pipes, "tiny-sd1", name, 0.75, 6.0))
 
 
 def test_pndm_with_prk_steps_is_refused_clearly(pipes):

@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # numpy
               pytest.mark.filterwarnings("ignore:.*algorithm_type dpmsolver is deprecated:FutureWarning")]
 
 from edgesd.errors import InvalidInputError, UnsupportedSchedulerError  # noqa: E402
+from edgesd import schedulers  # noqa: E402
 from edgesd.schedulers import SUPPORTED, common, from_config  # noqa: E402
 
 RTOL = 1e-5
@@ -315,3 +316,23 @@ def test_alphas_cumprod_bit_exact_for_sd15():
     scheduler = diffusers.DDIMScheduler.from_config(SD15)
     ours = from_config(SD15, "DDIMScheduler").alphas_cumprod
     np.testing.assert_array_equal(ours, scheduler.alphas_cumprod.numpy())
+
+
+@pytest.mark.parametrize("name", [*schedulers.SAMPLERS, "euler karras", "dpmpp_2m", "k_lms_ka", "Heun Karras"])
+def test_sampler_names_are_diffusers_documented_equivalents(name):
+    """A1111/ComfyUI sampler names give the diffusers scheduler and options diffusers' docs map them to
+    (DPM++ 2M Karras: DPMSolverMultistepScheduler(use_karras_sigmas=True), ...): the same timesteps and sigmas."""
+    class_name, overrides = schedulers.sampler(name)
+    reference = getattr(diffusers, class_name).from_config(SD15, **overrides)
+    reference.set_timesteps(12)
+    plan = schedulers.from_config(SD15, name).plan(12, 1.0)
+    np.testing.assert_allclose(np.asarray(plan.timesteps, np.float64), reference.timesteps.numpy(), rtol=TIMESTEP_RTOL)
+    assert getattr(reference.config, "use_karras_sigmas", False) == ("karras" in name.lower() or name.endswith("_ka"))
+    if getattr(reference.config, "use_karras_sigmas", False):
+        np.testing.assert_allclose(plan.schedule.sigmas, reference.sigmas.numpy(), rtol=RTOL)
+
+
+def test_unknown_sampler_names_and_karras_where_it_does_not_apply_are_refused():
+    assert schedulers.sampler("Euler a Karras") is None and schedulers.sampler("DDIM Karras") is None
+    with pytest.raises(UnsupportedSchedulerError, match="or a sampler name: Euler a, Euler, LMS"):
+        schedulers.from_config(SD15, "DPM++ 3M")

@@ -36,18 +36,58 @@ _CLASSES = {cls.__name__: cls for cls in (
     UniPCMultistepScheduler, LCMScheduler,
 )}
 SUPPORTED: tuple[str, ...] = tuple(_CLASSES)
+# The sampler names of AUTOMATIC1111's web UI -> (diffusers class, config overrides), as diffusers'
+# scheduler docs map them ("PLMS" is PNDM's); each with the names ComfyUI and k-diffusion give it.
+SAMPLERS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}, ("euler_ancestral", "k_euler_a")),
+    "Euler": ("EulerDiscreteScheduler", {}, ("euler", "k_euler")),
+    "LMS": ("LMSDiscreteScheduler", {}, ("lms", "k_lms")),
+    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}, ("k_lms_ka",)),
+    "Heun": ("HeunDiscreteScheduler", {}, ("heun", "k_heun")),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}, ("dpmpp_2m", "k_dpmpp_2m")),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, ("k_dpmpp_2m_ka",)),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, ("dpmpp_2m_sde", "k_dpmpp_2m_sde")),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+                            ("k_dpmpp_2m_sde_ka",)),
+    "DDIM": ("DDIMScheduler", {}, ("ddim",)),
+    "PLMS": ("PNDMScheduler", {}, ("pndm", "plms")),
+    "UniPC": ("UniPCMultistepScheduler", {}, ("uni_pc", "unipc")),
+    "LCM": ("LCMScheduler", {}, ("lcm",)),
+    "DDPM": ("DDPMScheduler", {}, ("ddpm",)),
+}
+_BY_NAME = {key.lower(): name for name, (_, _, aliases) in SAMPLERS.items() for key in (name, *aliases)}
+
+
+def sampler(name: str) -> tuple[str, dict] | None:
+    """(diffusers class, config overrides) of an A1111/ComfyUI sampler name (any case), or None. " Karras"
+    after a name whose scheduler takes Karras sigmas (A1111's schedule type since 1.9) asks for them."""
+    if not isinstance(name, str):
+        return None
+    key = name.strip().lower()
+    if key in _BY_NAME:
+        return SAMPLERS[_BY_NAME[key]][:2]
+    base = _BY_NAME.get(key.removesuffix(" karras")) if key.endswith(" karras") else None
+    if base is None or "use_karras_sigmas" not in _CLASSES[SAMPLERS[base][0]].defaults:
+        return None
+    class_name, overrides, _ = SAMPLERS[base]
+    return class_name, {**overrides, "use_karras_sigmas": True}
 
 
 def from_config(config: Mapping, class_name: str | None = None) -> Scheduler:
     """Build a scheduler from diffusers' scheduler_config.json contents, as diffusers'
     `<class_name>.from_config(config)` does: `class_name` (default: the config's `_class_name`) picks
-    the algorithm, fields that class reads are taken from the config, all others are ignored."""
+    the algorithm, fields that class reads are taken from the config, all others are ignored.
+    `class_name` may be an A1111 sampler name (SAMPLERS), e.g. "DPM++ 2M Karras"."""
     name = class_name or config.get("_class_name")
+    if (named := sampler(name)) is not None:
+        name, overrides = named
+        config = {**config, **overrides}
     if not isinstance(name, str) or name not in _CLASSES:
         raise UnsupportedSchedulerError(
-            f"scheduler {name!r} is not supported; supported: {', '.join(SUPPORTED)}. "
-            "Pick one of them (scheduler=..., CLI --scheduler)")
+            f"scheduler {name!r} is not supported; supported: {', '.join(SUPPORTED)}, or a sampler name: "
+            f"{', '.join(SAMPLERS)}. Pick one of them (scheduler=..., CLI --scheduler)")
     return _CLASSES[name](config)
 
 
-__all__ = ["SUPPORTED", "from_config", "Scheduler", "Plan", "Schedule", "NoiseSource", *SUPPORTED]
+__all__ = ["SUPPORTED", "SAMPLERS", "sampler", "from_config", "Scheduler", "Plan", "Schedule", "NoiseSource",
+           *SUPPORTED]
