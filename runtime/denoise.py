@@ -16,12 +16,13 @@ from edgesd.schedulers.base import Plan
 
 Predict = Callable[[np.ndarray, object, int], np.ndarray]  # (scaled latents, timestep, step index) -> noise prediction
 OnStep = Callable[[int, np.ndarray], np.ndarray]  # (step index, latents after the step) -> latents
-Callback = Callable[[int, int, np.ndarray], bool | None]  # (step, total, latents); False cancels
+Callback = Callable[[int, int, np.ndarray], bool | str | None]  # (step, total, latents); False cancels, STOP stops
+STOP = "stop"  # a callback's answer that ends the loop early, the latents so far decoded (diffusers' and A1111's interrupt)
 
 
 def denoise(plan: Plan, predict: Predict, latents: np.ndarray, generator, callback: Callback | None = None,
             on_step: OnStep | None = None) -> tuple[np.ndarray, bool, list[float]]:
-    """Run every step of `plan`: (latents, cancelled, seconds per step)."""
+    """Run every step of `plan` (fewer if the callback answers STOP): (latents, cancelled, seconds per step)."""
     state = plan.initial_state()
     step_times = []
     total = len(plan.timesteps)
@@ -32,8 +33,11 @@ def denoise(plan: Plan, predict: Predict, latents: np.ndarray, generator, callba
         if on_step is not None:
             latents = on_step(i, latents)
         step_times.append(time.perf_counter() - t0)
-        if callback is not None and callback(i + 1, total, latents) is False:
+        answer = None if callback is None else callback(i + 1, total, latents)
+        if answer is False:
             return latents, True, step_times
+        if answer == STOP:
+            break
     return latents, False, step_times
 
 

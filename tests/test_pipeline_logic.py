@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgesd import Img2ImgPipeline, InpaintPipeline
+from edgesd.denoise import STOP
 from edgesd.errors import ModelFolderError
 from edgesd.generator import TorchGenerator
 from edgesd.sessions.fake import FakeSession, fake_model_folder
@@ -53,6 +54,35 @@ def test_callback_sees_every_step_and_cancels(tmp_path):
     result = pipe(IMAGE, "x", strength=1.0, num_inference_steps=5, guidance_scale=0, seed=0,
                   callback=lambda step, total, latents: step < 2)
     assert result.cancelled and result.images == [] and len(result.timings["steps"]) == 2
+
+
+def test_a_callback_answering_stop_decodes_the_steps_so_far(tmp_path):
+    """STOP (diffusers' and A1111's interrupt): the loop ends, the latents of the steps run are decoded."""
+    pipe, sessions = fake(Img2ImgPipeline, tmp_path)
+    kept = {}
+
+    def stop_after_two(step, total, latents):
+        kept[step] = latents.copy()
+        return STOP if step == 2 else None
+
+    call = dict(strength=1.0, num_inference_steps=5, guidance_scale=0, seed=0, callback=stop_after_two)
+    result = pipe(IMAGE, "x", **call)
+    assert result.interrupted and not result.cancelled and len(result.images) == 1 and len(result.timings["steps"]) == 2
+    assert len(sessions["unet"].calls) == 2 and len(sessions["vae_decoder"].calls) == 1
+    latent = pipe(IMAGE, "x", output_type="latent", **call)
+    assert latent.interrupted and np.array_equal(latent.latents, kept[2])
+    assert not pipe(IMAGE, "x", strength=1.0, num_inference_steps=5, guidance_scale=0, seed=0).interrupted
+
+
+def test_from_pipe_inpaints_with_an_img2img_pipelines_submodels(tmp_path):
+    pipe, sessions = fake(Img2ImgPipeline, tmp_path)
+    opened = dict(sessions)
+    inpaint = InpaintPipeline.from_pipe(pipe)
+    result = inpaint(IMAGE, MASK, "x", num_inference_steps=2, guidance_scale=0, seed=3, size=(64, 48))
+    assert sessions == opened and result.provenance["task"] == "inpaint" and pipe.provenance["task"] == "img2img"
+    alone, _ = fake(InpaintPipeline, tmp_path / "alone")
+    want = alone(IMAGE, MASK, "x", num_inference_steps=2, guidance_scale=0, seed=3, size=(64, 48))
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(want.images[0]))
 
 
 def test_low_memory_tiles_the_vae_above_its_native_size(tmp_path):

@@ -2,6 +2,7 @@
 input checks and sizes, the memory check, provenance, reusing the last encodings (sweeps), and the
 one call skeleton (`generate`): a task supplies only what differs, its `Preparation`."""
 
+import copy
 import hashlib
 import logging
 import secrets
@@ -48,6 +49,7 @@ class Result:
     cancelled: bool = False
     provenance: dict = field(default_factory=dict)  # model, backend, precisions, device, input's sha256, version
     latents: np.ndarray | None = None  # with output_type="latent": the denoised latents, not decoded (images empty)
+    interrupted: bool = False  # the callback answered STOP: fewer steps than the settings say were run
 
     @property
     def parameters(self) -> dict:
@@ -145,6 +147,15 @@ class Pipeline:
         optimum's layout): only the files the engine needs are downloaded, into the hub cache."""
         return cls.open(plan_load(path, backend, device, vae, revision, controlnet=controlnet), device, inference_precision,
                         threads, cache_dir, low_memory, loras, vae_decode_only)
+
+    @classmethod
+    def from_pipe(cls, pipe: "Pipeline") -> "Pipeline":
+        """`pipe`'s loaded submodels as this task's pipeline (diffusers' from_pipe): inpainting with an
+        img2img pipeline's model, nothing compiled again. The two share sessions and LoRAs."""
+        other = copy.copy(pipe)
+        other.__class__ = cls
+        other.provenance = {**pipe.provenance, "task": cls.task}
+        return other
 
     @classmethod
     def open(cls, plan: "LoadPlan", device: str = "auto", inference_precision: str = "auto", threads: int | None = None,
@@ -288,16 +299,17 @@ class Pipeline:
             latents, cancelled, timings["steps"] = denoise(plan, predict, latents, generator, callback, task.on_step)
             if cancelled:
                 return Result([], settings["seed"], settings, timings, cancelled=True, provenance=provenance)
+        interrupted = len(timings["steps"]) < len(plan.timesteps)
         if output_type == "latent":
             timings["total"] = time.perf_counter() - start
-            return Result([], settings["seed"], settings, timings, provenance=provenance, latents=latents)
+            return Result([], settings["seed"], settings, timings, provenance=provenance, latents=latents, interrupted=interrupted)
         t0 = time.perf_counter()
         images = postprocess(self.vae.decode(latents))
         if task.finish is not None:
             images = task.finish(images)
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
-        return Result(images, settings["seed"], settings, timings, provenance=provenance)
+        return Result(images, settings["seed"], settings, timings, provenance=provenance, interrupted=interrupted)
 
     def controls(self, control_image, settings: dict, size: tuple[int, int], provenance: dict) -> list[Control]:
         """The loaded ControlNets with their control images (one each: a path, PIL image or array),
