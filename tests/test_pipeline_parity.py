@@ -60,14 +60,17 @@ _cache = {}
 def reference(pipes, model, scheduler, strength, guidance, steps=STEPS, seed=7, num_images=2):
     key = (model, scheduler, strength, guidance, steps, seed, num_images)
     if key not in _cache:
-        pipe = pipes[model]
+        pipe, before = pipes[model], pipes[model].scheduler
         class_name, overrides = sampler(scheduler) or (scheduler, {})  # an A1111 name: diffusers' documented equivalent
         pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
-        _cache[key] = pipe(
-            prompt=PROMPT, negative_prompt=NEGATIVE if guidance > 1 else None, image=test_image(), strength=strength,
-            num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=num_images,
-            generator=torch.Generator("cpu").manual_seed(seed),
-        ).images
+        try:
+            _cache[key] = pipe(
+                prompt=PROMPT, negative_prompt=NEGATIVE if guidance > 1 else None, image=test_image(), strength=strength,
+                num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=num_images,
+                generator=torch.Generator("cpu").manual_seed(seed),
+            ).images
+        finally:  # overrides (Karras sigmas) stay in a scheduler's config: the next test must not inherit them
+            pipe.scheduler = before
     return _cache[key]
 
 
