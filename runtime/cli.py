@@ -632,6 +632,45 @@ def info(
 
 
 @app.command()
+def serve(
+    models: list[Path] = typer.Argument(..., help="Model folders to serve (loaded once, kept warm); the first is the default, POST /sdapi/v1/options switches.", show_default=False),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but localhost exposes the models: give --api-key."),
+    port: int = typer.Option(7860, min=1, max=65535, help="Port (7860, as AUTOMATIC1111's web UI, so its clients find it)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGESD_API_KEY", help="Requests must carry it (Authorization: Bearer KEY, X-API-Key, or as the basic-auth password).", show_default=False),
+    queue: int = typer.Option(4, "--queue", min=1, max=1000, help="Jobs that may wait behind the running one; more get 429 with Retry-After."),
+    backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
+    device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
+    precision: str = typer.Option("auto", "--precision", help="Inference precision: auto, fp32, bf16, fp16."),
+    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for onnxruntime (default: all cores).", show_default=False),
+    low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded and tile the VAE for large images."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
+    vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse images with more pixels than this."),
+    max_request_mb: int = typer.Option(64, min=1, max=4096, help="Refuse request bodies over this many MiB."),
+):
+    """Serve img2img and inpainting over AUTOMATIC1111's web UI API (/sdapi/v1/img2img, samplers, progress,
+    interrupt; OpenAPI docs at /docs), one job at a time, for clients such as webuiapi and editor plugins."""
+    from edgesd.serve import require_serve_extra, run
+
+    run_guarded(require_serve_extra)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        log.warning("serving on %s without --api-key: anyone who reaches this port can use the models", host)
+    from edgesd.pipelines import Img2ImgPipeline
+    from edgesd.serve.app import Served
+
+    loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
+    pipes = {}
+    for model in models:
+        pipe = run_guarded(Img2ImgPipeline.load, model, backend=backend, device=device, inference_precision=precision,
+                           threads=threads, low_memory=low_memory, loras=loras, vae=vae)
+        pipe.max_pixels = max_pixels
+        name = pipe.folder.name  # never a path: names are shown to every client
+        pipes[name if name not in pipes else f"{name}-{len(pipes)}"] = pipe
+    typer.echo(f"serving {', '.join(pipes)} on http://{host}:{port} (AUTOMATIC1111's API under /sdapi/v1; docs at /docs)", err=True)
+    run(Served(pipes, max_pixels=max_pixels, max_body=max_request_mb * 2**20, api_key=api_key, queue_size=queue), host, port)
+
+
+@app.command()
 def bench(
     model: Path = typer.Argument(..., help="Model folder to benchmark."),
     backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),

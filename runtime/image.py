@@ -7,6 +7,7 @@ Out: [-1, 1] -> clamp to [0, 1] -> round(x * 255) uint8 PIL images.
 """
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,21 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 def _open(path: Path, max_pixels: int) -> Image.Image:
     if not path.is_file():
         raise InvalidInputError(f"image {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+    return _decode(path, f"image {path}", max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
+    """An encoded image (PNG, JPEG, WebP, ... bytes) -> RGB, as a file is read (`what` names it in errors)."""
+    return _decode(io.BytesIO(data), what, max_pixels)
+
+
+def _decode(source, what: str, max_pixels: int) -> Image.Image:
+    """The size is checked before the pixels are decoded (a small file may claim a huge image)."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             if opened.width * opened.height > max_pixels:
                 raise InvalidInputError(
-                    f"image {path} is {opened.width}x{opened.height}, over the limit of {max_pixels} pixels; resize it or raise the limit"
+                    f"{what} is {opened.width}x{opened.height}, over the limit of {max_pixels} pixels; resize it or raise the limit"
                 )
             opened.load()
             image = _eight_bit(ImageOps.exif_transpose(opened))  # files load as diffusers' load_image does: RGB
@@ -66,7 +77,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     except InvalidInputError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise InvalidInputError(f"cannot read image {path}: {e}") from None
+        raise InvalidInputError(f"cannot read {what}: {e}") from None
 
 
 def image_sha256(image: Image.Image) -> str:

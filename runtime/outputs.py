@@ -4,6 +4,7 @@ Temporary files and claims (an output another edgesd process is making) carry th
 those a killed process left are recognised and removed by the next run."""
 
 import errno
+import io
 import json
 import os
 import re
@@ -184,14 +185,28 @@ def save_image(image: Image.Image, path: Path, parameters: dict, overwrite: bool
     text = json.dumps(parameters, ensure_ascii=True)
     options = {}
     if fmt == "PNG":
-        options["pnginfo"] = PngInfo()
-        options["pnginfo"].add_text(PARAMETERS_KEY, text)
+        options["pnginfo"] = _png_info(parameters)
     elif path.suffix.lower() in WITH_EXIF:
         exif = Image.Exif()
         exif[_EXIF_IFD] = {_USER_COMMENT: _ASCII + text.encode("ascii")}  # (get_ifd() is writable only from Pillow 11.1)
         options["exif"] = exif
         options["quality"] = 95
     _write_atomic(path, lambda f: image.save(f, format=fmt, **options), overwrite)
+
+
+def png_bytes(image: Image.Image, parameters: dict, text: dict[str, str] | None = None) -> bytes:
+    """The PNG save_image would write, in memory, with other text chunks besides (A1111's "parameters")."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(parameters, text))
+    return buffer.getvalue()
+
+
+def _png_info(parameters: dict, text: dict[str, str] | None = None) -> PngInfo:
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=True))
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)  # international text: a prompt may be any language
+    return info
 
 
 def read_parameters(path: Path) -> dict:

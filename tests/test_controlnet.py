@@ -5,7 +5,6 @@ reading BGR), guess mode, guidance start/end, guidance off, the default scale, S
 zeroes them), and a test shows each one moves the image, so a miswired residual cannot pass."""
 
 import json
-import logging
 import shutil
 
 import numpy as np

@@ -1,0 +1,124 @@
+"""One job at a time: a worker thread runs the served pipelines' calls in order from a bounded queue.
+
+A job is a function of the Job (it reports progress through `job.callback`, which the pipelines call
+after every step). The callback is also how a job is stopped: `interrupt` makes it answer STOP (the
+steps so far are decoded, as A1111's interrupt), `cancel` (a client gone, the server shutting down)
+makes it answer False (nothing is returned). Nothing here touches the disk.
+"""
+
+import queue
+import secrets
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgesd.denoise import STOP
+
+
+class QueueFull(Exception):
+    """The queue holds as many jobs as it may; `retry_after` seconds is a fair guess of when it will not."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"the queue is full; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Cancelled(Exception):
+    """The job was cancelled before it finished (its client left, or the server is stopping)."""
+
+
+@dataclass
+class Job:
+    work: Callable[["Job"], Any]
+    parts: int = 1  # calls in the job (images of a batch): progress runs over all of them
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    future: Future = field(default_factory=Future)
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    part: int = 0  # the call running now
+    step: int = 0
+    steps: int = 0
+    latents: np.ndarray | None = None  # the last step's, for previews
+    interrupted: bool = False
+    cancelled: bool = False
+
+    @property
+    def progress(self) -> float:
+        done = self.part + (self.step / self.steps if self.steps else 0.0)
+        return min(done / max(self.parts, 1), 1.0)
+
+    def callback(self, step: int, steps: int, latents: np.ndarray):
+        """The pipelines' per-step callback: record progress, answer a stop or a cancel."""
+        self.step, self.steps, self.latents = step, steps, latents
+        if self.cancelled:
+            return False
+        return STOP if self.interrupted else None
+
+    def next_part(self) -> None:
+        self.part, self.step, self.steps = self.part + 1, 0, 0
+
+
+class Worker:
+    def __init__(self, queue_size: int):
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.current: Job | None = None
+        self._durations: list[float] = []  # of the last jobs, for Retry-After
+        self._thread = threading.Thread(target=self._run, name="edgesd-serve-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Callable[[Job], Any], parts: int = 1) -> Job:
+        job = Job(work, parts)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(self._retry_after()) from None
+        return job
+
+    def _retry_after(self) -> int:
+        typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else 10.0
+        return max(1, round(typical * (self._queue.qsize() + 1)))
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def interrupt(self) -> None:
+        """Stop the running job at its next step; it returns what it has (the rest of its batch is skipped)."""
+        if self.current is not None:
+            self.current.interrupted = True
+
+    def close(self) -> None:
+        """Cancel the running job and every waiting one, and end the thread."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancelled = True
+                job.future.set_exception(Cancelled("the server is stopping"))
+        if self.current is not None:
+            self.current.cancelled = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if job.cancelled:  # its client left while it waited
+                job.future.set_exception(Cancelled("cancelled before it started"))
+                continue
+            self.current, job.started = job, time.time()
+            try:
+                result = job.work(job)
+                if job.cancelled:
+                    raise Cancelled("cancelled")
+                job.future.set_result(result)
+            except BaseException as e:  # one job's failure is its own: the worker goes on
+                job.future.set_exception(e)
+            finally:
+                self._durations = [*self._durations[-9:], time.time() - job.started]
+                self.current = None

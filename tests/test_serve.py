@@ -1,0 +1,223 @@
+"""`edgesd serve` against the unmodified webuiapi client and raw HTTP, on 127.0.0.1 only: the same pixels
+as the API for the same settings, batches reproducible image by image (A1111's seed + i), samplers,
+inpainting, interrupt, bad input, auth, the queue's bound and disconnects."""
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+webuiapi = pytest.importorskip("webuiapi")
+requests = pytest.importorskip("requests")
+
+from edgesd import Img2ImgPipeline, InpaintPipeline  # noqa: E402
+from edgesd.outputs import PARAMETERS_KEY  # noqa: E402
+from edgesd.serve.app import Served, create_app  # noqa: E402
+
+SIZE = (96, 64)
+
+
+def picture() -> Image.Image:
+    y, x = np.mgrid[0:50, 0:70]
+    return Image.fromarray(np.stack([x * 3, y * 4, (x + y) * 2], -1).astype(np.uint8))
+
+
+def b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+class Running:
+    """A server on 127.0.0.1 in a thread, stopped (and its worker closed) on exit."""
+
+    def __init__(self, served: Served):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.app = create_app(served)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}/sdapi/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        for _ in range(200):  # bounded: 10 s
+            if self.server.started:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("the server did not start")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def pipes(exported):
+    return {name: Img2ImgPipeline.load(exported[name], backend="onnxruntime", device="cpu", inference_precision="fp32")
+            for name in ("tiny-sd1", "tiny-sd2")}
+
+
+@pytest.fixture(scope="module")
+def server(pipes):
+    with Running(Served(dict(pipes), queue_size=2)) as running:
+        yield running
+
+
+def test_webuiapi_img2img_gives_the_apis_pixels_and_each_batch_image_alone(server, pipes):
+    api = webuiapi.WebUIApi(port=server.port)
+    result = api.img2img(images=[picture()], prompt="a red house", negative_prompt="blurry", seed=11, steps=4,
+                         denoising_strength=0.6, cfg_scale=6.0, width=SIZE[0], height=SIZE[1], batch_size=2,
+                         sampler_name="Euler")
+    assert result.info["all_seeds"] == [11, 12] and result.info["sd_model_name"] == "tiny-sd1"
+    resized = picture().resize(SIZE, Image.Resampling.LANCZOS)
+    for seed, got in zip((11, 12), result.images):
+        want = pipes["tiny-sd1"](resized, "a red house", negative_prompt="blurry", strength=0.6, num_inference_steps=4,
+                                 guidance_scale=6.0, seed=seed, scheduler="Euler").images[0]
+        assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want))
+    stored = result.images[0].text
+    assert json.loads(stored[PARAMETERS_KEY])["seed"] == 11 and "Seed: 11" in stored["parameters"]
+    assert "Sampler: Euler," in result.info["infotexts"][0] and result.parameters["init_images"] is None
+    assert "/" not in json.dumps(json.loads(stored[PARAMETERS_KEY]))  # no local path in what is shared
+
+
+def test_samplers_schedule_types_models_and_switching(server, pipes):
+    api = webuiapi.WebUIApi(port=server.port, sampler="DPM++ 2M", scheduler="karras")
+    assert {"Euler a", "DPM++ 2M Karras", "UniPC"} <= {s["name"] for s in api.get_samplers()}
+    result = api.img2img(images=[picture()], prompt="x", seed=3, steps=4, width=SIZE[0], height=SIZE[1])
+    assert result.info["sampler_name"] == "DPM++ 2M Karras"
+    want = pipes["tiny-sd1"](picture().resize(SIZE, Image.Resampling.LANCZOS), "x", strength=0.75, num_inference_steps=4,
+                             guidance_scale=7.0, seed=3, scheduler="DPM++ 2M Karras").images[0]
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(want))
+    assert api.util_get_model_names() == sorted(f"{n} [{p.provenance['manifest_sha256'][:10]}]" for n, p in pipes.items())
+    titles = api.util_get_model_names()
+    api.util_set_model(titles[1], find_closest=False)  # webuiapi sets a model by its title
+    try:
+        assert api.util_get_current_model().startswith("tiny-sd2 [")
+        assert api.img2img(images=[picture()], prompt="x", seed=3, steps=2, width=SIZE[0], height=SIZE[1]).info[
+            "sd_model_name"] == "tiny-sd2"
+    finally:
+        api.util_set_model(titles[0], find_closest=False)
+    wrong = requests.post(f"{server.url}/options", json={"sd_model_checkpoint": "sd-xl"}, timeout=30)
+    assert wrong.status_code == 422 and "no served model 'sd-xl'" in wrong.json()["detail"]
+
+
+def test_inpainting_through_mask_image(server, pipes):
+    """The mask's white repainted, the rest the input's own pixels (A1111's overlay); the repainted part
+    is the inpainting pipeline's on the same model."""
+    mask = Image.new("L", SIZE, 0)
+    mask.paste(255, (24, 16, 72, 48))
+    api = webuiapi.WebUIApi(port=server.port)
+    result = api.img2img(images=[picture()], mask_image=mask, mask_blur=0, inpaint_full_res=False, prompt="a cat", seed=4,
+                         steps=4, denoising_strength=1.0, width=SIZE[0], height=SIZE[1], sampler_name="Euler")
+    got = np.asarray(result.image.convert("RGB"))
+    resized = picture().resize(SIZE, Image.Resampling.LANCZOS)
+    want = InpaintPipeline.from_pipe(pipes["tiny-sd1"])(resized, mask, "a cat", strength=1.0, num_inference_steps=4,
+                                                        guidance_scale=7.0, seed=4, scheduler="Euler", size=SIZE).images[0]
+    inside = np.asarray(mask) > 127
+    assert np.array_equal(got[~inside], np.asarray(resized)[~inside]) and np.array_equal(got[inside], np.asarray(want)[inside])
+
+
+def test_bad_input_is_a_4xx_saying_what_is_wrong(server):
+    body = {"init_images": [b64(picture())], "prompt": "x", "steps": 2, "width": SIZE[0], "height": SIZE[1]}
+    cases = [({**body, "init_images": ["not base64!"]}, "init_images[0] is not base64"),
+             ({**body, "init_images": [base64.b64encode(b"plain text").decode()]}, "cannot read init_images[0]"),
+             ({**body, "denoising_strength": 1.5}, "denoising_strength"),
+             ({**body, "steps": "many"}, "steps"),
+             ({**body, "sampler_name": "DPM++ 3M"}, "unknown sampler 'DPM++ 3M'; samplers: Euler a"),
+             ({**body, "scheduler": "exponential", "sampler_name": "Euler"}, "edgesd runs Automatic or Karras"),
+             ({**body, "script_name": "x/y/z plot"}, "scripts are not supported"),
+             ({**body, "mask": b64(Image.new("L", (8, 8)))[:-4] + "@@@@"}, "mask is not base64"),
+             ({**body, "init_images": ["data:image/png;base64," + b64(Image.new("RGB", (4200, 4200)))]}, "over the limit")]
+    for payload, message in cases:
+        answer = requests.post(f"{server.url}/img2img", json=payload, timeout=60)
+        assert answer.status_code == 422 and message in answer.json()["detail"], (message, answer.text)
+    assert requests.post(f"{server.url}/img2img", data=b"{", headers={"content-type": "application/json"},
+                         timeout=30).status_code == 422
+    ok = requests.post(f"{server.url}/img2img", json={**body, "init_images": ["data:image/png;base64," + b64(picture())],
+                                                      "unknown_field": 1}, timeout=60)
+    assert ok.status_code == 200 and json.loads(ok.json()["info"])["edgesd"]["ignored"] == ["unknown_field"]
+
+
+def test_an_interrupt_returns_what_the_job_has(server):
+    api = webuiapi.WebUIApi(port=server.port)
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(result=api.img2img(
+        images=[picture()], prompt="x", seed=1, steps=400, denoising_strength=1.0, width=SIZE[0], height=SIZE[1],
+        batch_size=3, sampler_name="Euler")))
+    thread.start()
+    for _ in range(400):  # bounded: 20 s
+        progress = api.get_progress()
+        if progress["state"]["sampling_step"] > 2:
+            break
+        time.sleep(0.05)
+    assert 0 < progress["progress"] < 1 and progress["current_image"] is not None
+    api.interrupt()
+    thread.join(timeout=60)
+    result = answer["result"]
+    assert len(result.images) == 1 and result.info["edgesd"]["interrupted"] and result.info["all_seeds"] == [1]
+
+
+def test_the_queue_is_bounded_and_a_client_that_leaves_cancels_its_job(pipes):
+    body = {"init_images": [b64(picture())], "prompt": "x", "steps": 400, "denoising_strength": 1.0, "width": SIZE[0],
+            "height": SIZE[1], "sampler_name": "Euler"}
+    with Running(Served({"tiny-sd1": pipes["tiny-sd1"]}, queue_size=1)) as running:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(requests.post(f"{running.url}/img2img", json=body, timeout=60)))
+                   for _ in range(2)]
+        for thread in threads:  # one runs, one waits
+            thread.start()
+            time.sleep(0.5)
+        full = requests.post(f"{running.url}/img2img", json=body, timeout=60)
+        assert full.status_code == 429 and int(full.headers["Retry-After"]) >= 1
+        requests.post(f"{running.url}/interrupt", timeout=30)  # the first returns
+        for _ in range(100):
+            if requests.get(f"{running.url}/progress", timeout=30).json()["state"]["sampling_step"] > 0:
+                break
+            time.sleep(0.05)
+        requests.post(f"{running.url}/interrupt", timeout=30)  # the second
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [a.status_code for a in answers] == [200, 200]
+        with pytest.raises(requests.exceptions.ReadTimeout):  # this client leaves after 1 s
+            requests.post(f"{running.url}/img2img", json=body, timeout=1)
+        for _ in range(100):  # bounded: 5 s; the job is cancelled, the worker free again
+            if running.app.state.worker.current is None:
+                break
+            time.sleep(0.05)
+        assert running.app.state.worker.current is None
+        assert requests.post(f"{running.url}/img2img", json={**body, "steps": 2}, timeout=60).status_code == 200
+
+
+def test_an_api_key_is_asked_of_every_request_and_bodies_are_bounded(pipes):
+    served = Served({"tiny-sd1": pipes["tiny-sd1"]}, api_key="s3cret", max_body=2**20)
+    with Running(served) as running:
+        assert requests.get(f"{running.url}/sd-models", timeout=30).status_code == 401
+        assert requests.get(f"{running.url}/sd-models", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        assert requests.get(f"{running.url}/sd-models", headers={"Authorization": "Bearer s3cret"}, timeout=30).status_code == 200
+        api = webuiapi.WebUIApi(port=running.port, username="me", password="s3cret")
+        assert api.img2img(images=[picture()], prompt="x", steps=2, width=SIZE[0], height=SIZE[1]).images
+        big = requests.post(f"{running.url}/img2img", data=b"x" * (2**20 + 1), timeout=30,
+                            headers={"Authorization": "Bearer s3cret", "content-type": "application/json"})
+        assert big.status_code == 413
+
+
+def test_serve_without_its_extra_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from edgesd.errors import EdgesdError
+    from edgesd.serve import require_serve_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    with pytest.raises(EdgesdError, match=r"pip install 'edgesd\[serve\]'"):
+        require_serve_extra()
