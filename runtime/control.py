@@ -52,8 +52,9 @@ class DepthEstimator:
         estimator = open_component_folder(folder, "depth")
         formats = list(estimator.manifest["submodels"]["depth_estimator"]["formats"])
         backend = choose_backend(backend, device, formats)
-        session = open_session(backend, estimator.model_file("depth_estimator", BACKENDS[backend].format), device,
-                               inference_precision)
+        fmt = BACKENDS[backend].format
+        estimator.verify_once([fmt])  # a damaged or half-copied file is named before the engine reads it
+        session = open_session(backend, estimator.model_file("depth_estimator", fmt), device, inference_precision)
         return cls(session, estimator.manifest["depth"])
 
     def __call__(self, image, max_pixels: int = MAX_PIXELS) -> Image.Image:

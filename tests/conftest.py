@@ -146,18 +146,23 @@ def original_unet_names(kohya: dict) -> dict:
     return renamed
 
 
+def random_component(tmp_path_factory, recipe: str, build: str, name: str | None = None) -> tuple[Path, Path]:
+    """A random component built by edgesd.export.random_model's `build` from `recipe`: its source folder
+    and its edgesd folder `name` (default: the recipe's; both formats), the same weights."""
+    pytest.importorskip("torch")
+    from edgesd.export import export_model, random_model, recipes
+
+    root = tmp_path_factory.mktemp(recipe)
+    getattr(random_model, build)(recipes.load(recipe), root / "source")
+    return root / "source", export_model(f"random:{recipe}", root / (name or recipe), formats=("onnx", "openvino"))
+
+
 @pytest.fixture(scope="session")
 def tiny_vae(tmp_path_factory) -> dict[str, Path]:
     """A random tiny VAE (AutoencoderTiny, recipe tiny-taesd, fits tiny-sd1): its diffusers folder
     and its edgesd VAE folder (both formats), the same weights."""
-    pytest.importorskip("torch")
-    from edgesd.export import export_model, recipes
-    from edgesd.export.random_model import build_random_tiny_vae
-
-    root = tmp_path_factory.mktemp("tiny-vae")
-    build_random_tiny_vae(recipes.load("tiny-taesd"), root / "diffusers")
-    return {"diffusers": root / "diffusers",
-            "exported": export_model("random:tiny-taesd", root / "taesd", formats=("onnx", "openvino"))}
+    source, exported = random_component(tmp_path_factory, "tiny-taesd", "build_random_tiny_vae", "taesd")
+    return {"diffusers": source, "exported": exported}
 
 
 @pytest.fixture(scope="session")
@@ -195,13 +200,7 @@ def controlnets(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 def depth_estimator(tmp_path_factory) -> tuple[Path, Path]:
     """A random DPT depth estimator (recipe tiny-dpt) with its image processor: its transformers folder and
     its edgesd depth estimator folder (both formats), the same weights."""
-    pytest.importorskip("torch")
-    from edgesd.export import export_model, recipes
-    from edgesd.export.random_model import build_random_depth_estimator
-
-    root = tmp_path_factory.mktemp("depth")
-    build_random_depth_estimator(recipes.load("tiny-dpt"), root / "transformers")
-    return root / "transformers", export_model("random:tiny-dpt", root / "tiny-dpt", formats=("onnx", "openvino"))
+    return random_component(tmp_path_factory, "tiny-dpt", "build_random_depth_estimator")
 
 
 @pytest.fixture(scope="session")
