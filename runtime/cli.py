@@ -648,8 +648,10 @@ def serve(
     max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse images with more pixels than this."),
     max_request_mb: int = typer.Option(64, min=1, max=4096, help="Refuse request bodies over this many MiB."),
 ):
-    """Serve img2img and inpainting over AUTOMATIC1111's web UI API (/sdapi/v1/img2img, samplers, progress,
-    interrupt; OpenAPI docs at /docs), one job at a time, for clients such as webuiapi and editor plugins."""
+    """Serve img2img, inpainting and outpainting: a page at / (drop an image, prompt, variations side by side,
+    paint a mask), AUTOMATIC1111's web UI API (/sdapi/v1/img2img, samplers, progress, interrupt) for clients
+    such as webuiapi and editor plugins, and edgesd's own (/edgesd/v1/generate); OpenAPI docs at /docs.
+    One job at a time; the others wait in a bounded queue."""
     from edgesd.serve import require_serve_extra, run
 
     run_guarded(require_serve_extra)
@@ -666,7 +668,8 @@ def serve(
         pipe.max_pixels = max_pixels
         name = pipe.folder.name  # never a path: names are shown to every client
         pipes[name if name not in pipes else f"{name}-{len(pipes)}"] = pipe
-    typer.echo(f"serving {', '.join(pipes)} on http://{host}:{port} (AUTOMATIC1111's API under /sdapi/v1; docs at /docs)", err=True)
+    typer.echo(f"serving {', '.join(pipes)}: the page at http://{host}:{port}/ (AUTOMATIC1111's API under /sdapi/v1, "
+               "edgesd's under /edgesd/v1; docs at /docs)", err=True)
     run(Served(pipes, max_pixels=max_pixels, max_body=max_request_mb * 2**20, api_key=api_key, queue_size=queue), host, port)
 
 

@@ -1,13 +1,17 @@
-"""`edgesd serve` against the unmodified webuiapi client and raw HTTP, on 127.0.0.1 only: the same pixels
-as the API for the same settings, batches reproducible image by image (A1111's seed + i), samplers,
-inpainting, interrupt, bad input, auth, the queue's bound and disconnects."""
+"""`edgesd serve` against the unmodified webuiapi client, raw HTTP and the page in headless Chromium, on
+127.0.0.1 only: the same pixels as the API for the same settings, batches reproducible image by image
+(A1111's seed + i), samplers, inpainting, outpainting, interrupt, bad input, auth, the queue's bound and
+disconnects. The page's screenshots are kept in test-artifacts/page (EDGESD_TEST_ARTIFACTS)."""
 
 import base64
 import io
 import json
+import os
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +24,8 @@ requests = pytest.importorskip("requests")
 
 from edgesd import Img2ImgPipeline, InpaintPipeline  # noqa: E402
 from edgesd.outputs import PARAMETERS_KEY  # noqa: E402
-from edgesd.serve.app import Served, create_app  # noqa: E402
+from edgesd.serve.app import create_app  # noqa: E402
+from edgesd.serve.served import Served  # noqa: E402
 
 SIZE = (96, 64)
 
@@ -221,3 +226,189 @@ def test_serve_without_its_extra_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
     with pytest.raises(EdgesdError, match=r"pip install 'edgesd\[serve\]'"):
         require_serve_extra()
+
+
+def generate(server, **body):
+    return requests.post(f"http://127.0.0.1:{server.port}/edgesd/v1/generate", json={"image": b64(picture()), **body},
+                         timeout=60)
+
+
+def pixels(encoded: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB"))
+
+
+def test_edgesds_own_endpoint_gives_the_python_apis_pixels_for_each_task(server, pipes):
+    """img2img (variations: seed + i), inpainting and outpainting under the Python API's names, each PNG
+    carrying what replays it; the model's defaults where a setting is left out."""
+    pipe = pipes["tiny-sd2"]
+    answer = generate(server, prompt="a boat", seed=21, num_images=2, num_inference_steps=3, strength=0.7,
+                      guidance_scale=5.0, scheduler="DPM++ 2M Karras", model="tiny-sd2").json()
+    assert answer["model"] == "tiny-sd2" and [im["seed"] for im in answer["images"]] == [21, 22]
+    for made in answer["images"]:
+        want = pipe(picture(), "a boat", seed=made["seed"], num_inference_steps=3, strength=0.7, guidance_scale=5.0,
+                    scheduler="DPM++ 2M Karras").images[0]
+        assert np.array_equal(pixels(made["image"]), np.asarray(want))
+        stored = json.loads(Image.open(io.BytesIO(base64.b64decode(made["image"]))).text[PARAMETERS_KEY])
+        assert stored["seed"] == made["seed"] and stored["scheduler"] == "DPM++ 2M Karras" and stored["model"] == "tiny-sd2"
+    defaults = generate(server, seed=2, model="tiny-sd2").json()["images"][0]["parameters"]
+    assert (defaults["num_inference_steps"], defaults["strength"]) == (2, 0.5)  # tiny-sd2's recommended values
+
+    mask = Image.new("L", picture().size, 0)
+    mask.paste(255, (10, 10, 40, 30))
+    inpainter = InpaintPipeline.from_pipe(pipes["tiny-sd1"])
+    inpainted = generate(server, mask=b64(mask), prompt="a cat", seed=4, num_inference_steps=4).json()["images"][0]
+    want = inpainter(picture(), mask, "a cat", seed=4, num_inference_steps=4).images[0]
+    assert np.array_equal(pixels(inpainted["image"]), np.asarray(want))
+    outpainted = generate(server, outpaint={"left": 16, "bottom": 8}, prompt="a cat", seed=5, num_inference_steps=4).json()
+    want = inpainter.outpaint(picture(), "a cat", left=16, bottom=8, seed=5, num_inference_steps=4).images[0]
+    assert np.array_equal(pixels(outpainted["images"][0]["image"]), np.asarray(want))
+    assert outpainted["images"][0]["parameters"]["extension"]["left"] == 16
+
+
+def test_the_own_endpoint_resizes_large_inputs_to_the_native_area_and_refuses_bad_input(server, pipes):
+    large = Image.new("RGB", (400, 200), "teal")  # tiny-sd1's native area is 64 x 64
+    made = requests.post(f"http://127.0.0.1:{server.port}/edgesd/v1/generate", timeout=60,
+                         json={"image": b64(large), "seed": 1, "num_inference_steps": 2}).json()["images"][0]
+    assert (made["width"], made["height"]) == (90, 44)  # 4096 px, 2:1 kept, floored to the UNet's multiple
+    asked = generate(server, seed=1, num_inference_steps=2, width=SIZE[0]).json()["images"][0]
+    assert asked["width"] == SIZE[0]
+    cases = [({"mask": b64(Image.new("L", (8, 8)))}, 422, "the mask is 8x8, the image 70x50"),
+             ({"mask": b64(Image.new("L", (70, 50))), "outpaint": {"left": 8}}, 422, "not both"),
+             ({"model": "sd-xl"}, 422, "no served model 'sd-xl'"),
+             ({"strength": float("nan")}, 422, "strength"),
+             ({"outpaint": {"left": -8}}, 422, "outpaint.left"),
+             ({"scheduler": "DPM++ 3M"}, 422, "DPM++ 3M"),
+             ({"denoising_strength": 0.5}, 422, "denoising_strength: Extra inputs are not permitted"),
+             ({"task_id": "../etc"}, 422, "task_id"),
+             ({"image": "data:image/png;base64,AAAA"}, 422, "cannot read image")]
+    for extra, status, message in cases:
+        body = json.dumps({"image": b64(picture()), "num_inference_steps": 2, **extra}, allow_nan=True)
+        answer = requests.post(f"http://127.0.0.1:{server.port}/edgesd/v1/generate", data=body, timeout=60,
+                               headers={"content-type": "application/json"})
+        assert answer.status_code == status and message in answer.json()["detail"], (extra, answer.text)
+
+
+def test_a_client_follows_its_own_job_by_its_task_id(server):
+    url = f"http://127.0.0.1:{server.port}/edgesd/v1"
+    answers = []
+    slow = {"prompt": "x", "num_inference_steps": 400, "strength": 1.0, "scheduler": "Euler"}
+    thread = threading.Thread(target=lambda: answers.append(generate(server, **slow, task_id="mine")))
+    thread.start()
+    for _ in range(400):  # bounded: 20 s
+        seen = requests.get(f"{url}/progress/mine", params={"preview_image": True}, timeout=30).json()
+        if seen["state"] == "running" and seen["step"] > 1:
+            break
+        time.sleep(0.05)
+    assert seen["images"] == 1 and 0 < seen["progress"] < 1 and seen["preview"] is not None
+    assert generate(server, **slow, task_id="mine").status_code == 409  # a live job's name is not taken twice
+    assert requests.get(f"{url}/progress/someone-else", timeout=30).json()["state"] == "unknown"
+    requests.post(f"{server.url}/interrupt", timeout=30)
+    thread.join(timeout=60)
+    assert answers[0].json()["interrupted"] and requests.get(f"{url}/progress/mine", timeout=30).json()["state"] == "unknown"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("EDGESD_TEST_ARTIFACTS", "test-artifacts")) / "page"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by playwright (no browser download is possible here)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("no chromium (apt-get install chromium)")
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def png_file(tmp_path: Path) -> Path:
+    path = tmp_path / "input.png"
+    picture().resize((120, 80)).save(path)
+    return path
+
+
+def src_pixels(image) -> tuple[np.ndarray, dict]:
+    """A result <img>'s pixels and the parameters in its PNG."""
+    png = Image.open(io.BytesIO(base64.b64decode(image.get_attribute("src").partition(",")[2])))
+    return np.asarray(png.convert("RGB")), json.loads(png.text[PARAMETERS_KEY])
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (390, 844)], ids=["desktop", "phone"])
+def test_the_page_generates_variations_paints_a_mask_and_chains(browser, server, pipes, tmp_path, viewport):
+    """Driven as a person would, by the controls' accessible names: the results are the API's pixels."""
+    page = browser.new_page(viewport=dict(zip(("width", "height"), viewport)))
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    page.get_by_label("Model").select_option("tiny-sd1")
+    page.get_by_label("Image", exact=True).set_input_files(png_file(tmp_path))
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse")
+    page.get_by_label("Negative prompt").fill("fog")
+    page.get_by_label("Strength").evaluate("(slider) => { slider.value = 0.5; slider.dispatchEvent(new Event('input')) }")
+    page.get_by_label("Steps").fill("4")
+    page.get_by_label("Guidance").fill("6")
+    page.get_by_label("Seed").fill("7")
+    page.get_by_label("Variations").fill("2")
+    page.get_by_role("button", name="Generate").click()
+    results = page.get_by_role("region", name="Results").get_by_role("img")
+    results.nth(1).wait_for(timeout=60_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport[0]  # no sideways scrolling
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"variations-{viewport[0]}x{viewport[1]}.png", full_page=True)
+    for k in range(2):
+        got, stored = src_pixels(results.nth(k))
+        assert stored["seed"] == 7 + k and stored["strength"] == 0.5 and stored["negative_prompt"] == "fog"
+        want = pipes["tiny-sd1"](png_file(tmp_path), "a lighthouse", negative_prompt="fog", strength=0.5,
+                                 num_inference_steps=4, guidance_scale=6.0, seed=7 + k, size=tuple(stored["size"])).images[0]
+        assert np.array_equal(got, np.asarray(want))
+
+    page.get_by_role("button", name="Use seed 8 as input").click()  # chaining: the result is the next input
+    page.wait_for_function("document.getElementById('source').src.length > 1000 && "
+                           "document.getElementById('source').src === document.querySelectorAll('#results img')[1].src")
+    page.get_by_label("Paint mask").check()
+    box = page.get_by_label("Inpainting mask: paint where the image should change").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.get_by_label("Variations").fill("1")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.querySelectorAll('#results img').length === 1")
+    got, stored = src_pixels(results.nth(0))
+    assert stored["task"] == "inpaint" and "mask_sha256" in stored
+    page.screenshot(path=ARTIFACTS / f"inpainted-{viewport[0]}x{viewport[1]}.png", full_page=True)
+    assert errors == []
+
+
+def test_the_page_takes_a_dropped_image_cancels_a_running_job_and_outpaints(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    page.evaluate("""async (data) => {
+        const file = new File([await (await fetch(data)).blob()], "dropped.png", {type: "image/png"});
+        const transfer = new DataTransfer();
+        transfer.items.add(file);
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+    }""", "data:image/png;base64," + b64(picture()))
+    page.wait_for_function("document.getElementById('status').textContent === 'Input: 70×50'")
+    page.get_by_label("Steps").fill("150")
+    page.get_by_label("Variations").fill("8")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.getElementById('status').textContent.includes('step')", timeout=30_000)
+    page.get_by_role("img", name="Preview of the image being made").wait_for()
+    page.screenshot(path=ARTIFACTS / "running.png")
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("document.getElementById('status').textContent === 'Cancelled.'")
+    for _ in range(100):  # bounded: 5 s; the server cancelled the job when the page let go of it
+        if server.app.state.worker.current is None:
+            break
+        time.sleep(0.05)
+    assert server.app.state.worker.current is None
+    page.get_by_label("Steps").fill("4")
+    page.get_by_label("Variations").fill("1")
+    page.get_by_label("Outpaint left").fill("16")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_role("region", name="Results").get_by_role("img").first.wait_for(timeout=60_000)
+    _, stored = src_pixels(page.get_by_role("region", name="Results").get_by_role("img").first)
+    assert stored["task"] == "outpaint" and stored["extension"]["left"] == 16

@@ -1,4 +1,5 @@
-"""The HTTP application: AUTOMATIC1111's API routes over the served pipelines, one job at a time.
+"""The HTTP application: the page at /, AUTOMATIC1111's API routes (/sdapi/v1) and edgesd's own
+(/edgesd/v1, edgesd.serve.native) over the served pipelines, one job at a time.
 
 Every bad input is a 4xx JSON answer saying what is wrong ({"error", "detail"}), never a traceback;
 clients never name a file-system path; a client that disconnects cancels its job; a full queue is a 429
@@ -6,67 +7,29 @@ with Retry-After. With an API key, every route asks for it (Bearer, X-API-Key, o
 webuiapi's set_auth).
 """
 
-import asyncio
-import contextlib
 import base64
+import contextlib
 import hmac
+import importlib.resources
 import logging
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from edgesd import schedulers
-from edgesd.errors import EdgesdError, InvalidInputError
-from edgesd.limits import MAX_PIXELS
+from edgesd.errors import EdgesdError
 from edgesd.outputs import png_bytes
-from edgesd.pipelines import Img2ImgPipeline, InpaintPipeline
-from edgesd.serve import a1111
-from edgesd.serve.worker import Cancelled, Job, QueueFull, Worker
+from edgesd.serve import a1111, native
+from edgesd.serve.served import HttpError, Served, error, per_seed, preview, run_job
+from edgesd.serve.worker import Worker
+
+PAGE = importlib.resources.files("edgesd.serve") / "page"
 
 log = logging.getLogger("edgesd")
-
-
-@dataclass
-class Served:
-    """The loaded models by name, the one requests get unless they say otherwise, and the limits."""
-    models: dict[str, Img2ImgPipeline]
-    current: str = ""
-    max_pixels: int = MAX_PIXELS
-    max_body: int = 64 * 2**20
-    api_key: str | None = None
-    queue_size: int = 4
-    inpainters: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.current = self.current or next(iter(self.models))
-
-    def title(self, name: str) -> str:
-        return f"{name} [{self.hash(name)}]"
-
-    def hash(self, name: str) -> str:
-        return self.models[name].provenance["manifest_sha256"][:10]
-
-    def find(self, title: str) -> str:
-        for name in self.models:
-            if title in (name, self.title(name)):
-                return name
-        raise InvalidInputError(f"no served model {title!r}; served: {', '.join(map(self.title, self.models))}")
-
-    def inpainter(self, name: str) -> InpaintPipeline:
-        if name not in self.inpainters:
-            self.inpainters[name] = InpaintPipeline.from_pipe(self.models[name])
-        return self.inpainters[name]
-
-
-def error(status: int, detail: str, **headers) -> JSONResponse:
-    return JSONResponse({"error": {400: "BadRequest", 401: "Unauthorized", 413: "PayloadTooLarge", 422: "Unprocessable",
-                                   429: "TooManyRequests", 503: "Unavailable"}.get(status, "Error"), "detail": detail},
-                        status, headers=headers)
 
 
 def create_app(served: Served) -> FastAPI:
@@ -86,6 +49,10 @@ def create_app(served: Served) -> FastAPI:
     async def refused_input(request: Request, exc: EdgesdError):
         return error(422, str(exc))
 
+    @app.exception_handler(HttpError)
+    async def answered(request: Request, exc: HttpError):
+        return error(exc.status, exc.detail, **exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
@@ -95,6 +62,13 @@ def create_app(served: Served) -> FastAPI:
     async def failed(request: Request, exc: Exception):
         log.error("request failed: %s: %s", type(exc).__name__, exc)
         return error(500, f"{type(exc).__name__} while serving the request; the server goes on")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(PAGE / "index.html")
+
+    app.mount("/page", StaticFiles(directory=str(PAGE)), name="page")
+    native.add_routes(app, served, worker)
 
     @app.post("/sdapi/v1/img2img")
     async def img2img(body: a1111.Img2ImgRequest, request: Request):
@@ -106,15 +80,15 @@ def create_app(served: Served) -> FastAPI:
                               body.resize_mode)
         mask = a1111.prepared_mask(body, image.size, served.max_pixels)
         sampler, all_seeds = a1111.sampler_of(body), a1111.seeds(body)
-        work = _batch(served, name, body, image, mask, sampler, all_seeds)
-        try:
-            job = worker.submit(work, parts=len(all_seeds))
-        except QueueFull as full:
-            return error(429, str(full), **{"Retry-After": str(full.retry_after)})
-        try:
-            images, interrupted = await _wait(job, request)
-        except Cancelled as e:
-            return error(503, f"the job was cancelled: {e}")
+        pipe = served.models[name] if mask is None else served.inpainter(name)
+        extra = {} if mask is None else {"mask_image": mask, "padding_mask_crop": body.inpaint_full_res_padding
+                                         if body.inpaint_full_res else None}
+        call = lambda seed, callback: pipe(  # noqa: E731
+            image, **extra, prompt=body.prompt, negative_prompt=body.negative_prompt or None, strength=body.denoising_strength,
+            num_inference_steps=body.steps, guidance_scale=body.cfg_scale, seed=seed, scheduler=sampler, size=image.size,
+            callback=callback)
+        overlay = None if mask is None else lambda made: Image.composite(made, image, mask)  # A1111's: the input kept outside
+        images, interrupted = await run_job(worker, per_seed(call, all_seeds, overlay), len(all_seeds), name, request)
         shown = sampler or served.models[name].folder.scheduler_config["_class_name"]
         texts = [a1111.infotext(body, seed, shown, name, image.size) for seed in all_seeds[:len(images)]]
         encoded = [base64.b64encode(png_bytes(im, params, {"parameters": text})).decode()
@@ -162,7 +136,7 @@ def create_app(served: Served) -> FastAPI:
         return {"progress": done, "eta_relative": elapsed / done - elapsed if done > 0 else 0.0,
                 "state": {"job": job.id, "job_count": worker.waiting + 1, "job_no": job.part, "interrupted": job.interrupted,
                           "sampling_step": job.step, "sampling_steps": job.steps},
-                "current_image": None if skip_current_image else _preview(job, served), "textinfo": None}
+                "current_image": None if skip_current_image else preview(job, served), "textinfo": None}
 
     @app.post("/sdapi/v1/interrupt")
     def interrupt():
@@ -204,57 +178,3 @@ def _authorized(headers: dict, key: str) -> bool:
         except (ValueError, UnicodeDecodeError):
             return False
     return given is not None and hmac.compare_digest(given.encode(), key.encode())
-
-
-def _batch(served: Served, name: str, body: a1111.Img2ImgRequest, image: Image.Image, mask, sampler, all_seeds: list[int]):
-    """The job: one call per image (seed + i), stopping at an interrupt; [(image, its parameters)], interrupted."""
-    def work(job: Job):
-        pipe = served.models[name] if mask is None else served.inpainter(name)
-        extra = {} if mask is None else {"mask_image": mask, "padding_mask_crop": body.inpaint_full_res_padding
-                                         if body.inpaint_full_res else None}
-        made = []
-        for k, seed in enumerate(all_seeds):
-            result = pipe(image, **extra, prompt=body.prompt, negative_prompt=body.negative_prompt or None,
-                          strength=body.denoising_strength, num_inference_steps=body.steps, guidance_scale=body.cfg_scale,
-                          seed=seed, scheduler=sampler, size=image.size, callback=job.callback)
-            if result.cancelled:
-                break
-            generated = result.images[0]
-            if mask is not None:  # A1111's overlay: the input kept outside the (blurred) mask
-                generated = Image.composite(generated, image, mask)
-            made.append((generated, {**result.parameters, "index": 0}))
-            if job.interrupted:
-                return made, True
-            job.next_part()
-        return made, False
-    return work
-
-
-async def _wait(job: Job, request: Request):
-    """The job's result; a client that disconnects meanwhile cancels it."""
-    future = asyncio.wrap_future(job.future)
-    while True:
-        done, _ = await asyncio.wait({future}, timeout=0.25)
-        if done:
-            return future.result()
-        if await request.is_disconnected():
-            job.cancelled = True
-            raise Cancelled("the client disconnected")
-
-
-_LATENT_RGB = {"sd": np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]],
-                              np.float32),
-               "sdxl": np.array([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362],
-                                 [-0.3165, -0.2492, -0.2188]], np.float32)}
-
-
-def _preview(job: Job, served: Served) -> str | None:
-    """The current latents as a small PNG by A1111's cheap approximation (a linear map of the 4 latent
-    channels to RGB): no VAE call, so polling costs nothing."""
-    latents = job.latents
-    family = served.models[served.current].family.name
-    if latents is None or latents.shape[1] != 4 or family not in _LATENT_RGB:
-        return None
-    rgb = np.einsum("chw,cr->hwr", latents[0], _LATENT_RGB[family])
-    pixels = np.clip((rgb + 1) * 127.5, 0, 255).astype(np.uint8)
-    return base64.b64encode(png_bytes(Image.fromarray(pixels), {})).decode()

@@ -35,6 +35,7 @@ class Cancelled(Exception):
 class Job:
     work: Callable[["Job"], Any]
     parts: int = 1  # calls in the job (images of a batch): progress runs over all of them
+    model: str = ""  # the served model it runs (previews are drawn by its family)
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     future: Future = field(default_factory=Future)
     created: float = field(default_factory=time.time)
@@ -66,17 +67,31 @@ class Worker:
     def __init__(self, queue_size: int):
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self.current: Job | None = None
+        self._jobs: dict[str, Job] = {}  # waiting and running, by id: a client follows its own
         self._durations: list[float] = []  # of the last jobs, for Retry-After
         self._thread = threading.Thread(target=self._run, name="edgesd-serve-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, work: Callable[[Job], Any], parts: int = 1) -> Job:
-        job = Job(work, parts)
+    def submit(self, work: Callable[[Job], Any], parts: int = 1, model: str = "", id: str | None = None) -> Job:
+        """Queue a job; `id`, the client's name for it (else a random one), must not be a live job's."""
+        job = Job(work, parts, model, **({} if id is None else {"id": id}))
+        if job.id in self._jobs:
+            raise ValueError(f"a job {job.id!r} is already waiting or running")
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             raise QueueFull(self._retry_after()) from None
+        self._jobs[job.id] = job
         return job
+
+    def ahead(self, job: Job) -> int:
+        """How many jobs run before this waiting one (the running one included)."""
+        waiting = list(self._queue.queue)
+        return (waiting.index(job) if job in waiting else len(waiting)) + (self.current is not None)
+
+    def find(self, id: str) -> Job | None:
+        """The waiting or running job of this id (None: unknown, or finished)."""
+        return self._jobs.get(id)
 
     def _retry_after(self) -> int:
         typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else 10.0
@@ -99,6 +114,7 @@ class Worker:
             except queue.Empty:
                 break
             if job is not None:
+                self._jobs.pop(job.id, None)
                 job.cancelled = True
                 job.future.set_exception(Cancelled("the server is stopping"))
         if self.current is not None:
@@ -109,6 +125,7 @@ class Worker:
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
             if job.cancelled:  # its client left while it waited
+                self._jobs.pop(job.id, None)
                 job.future.set_exception(Cancelled("cancelled before it started"))
                 continue
             self.current, job.started = job, time.time()
@@ -120,5 +137,6 @@ class Worker:
             except BaseException as e:  # one job's failure is its own: the worker goes on
                 job.future.set_exception(e)
             finally:
+                self._jobs.pop(job.id, None)
                 self._durations = [*self._durations[-9:], time.time() - job.started]
                 self.current = None
