@@ -12,6 +12,7 @@ import statistics
 import sys
 import threading
 import time
+from enum import Enum
 from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,6 +27,9 @@ try:  # newer typer vendors click
 except ImportError:
     from click import exceptions as click_errors
 from edgesd.limits import MAX_GUIDANCE, MAX_PIXELS, MAX_SIDE, MAX_THREADS
+from edgesd.schema import MASKED_CONTENT
+
+MaskedContent = Enum("MaskedContent", {c.replace(" ", "_"): c.replace(" ", "-") for c in MASKED_CONTENT}, type=str)  # CLI spelling
 
 # Plain click help (rich's boxed tables truncate options at 80 columns).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -180,6 +184,7 @@ def _img2img_options(
 def _inpaint_options(
     mask: Path = typer.Option(..., "--mask", "-m", help="Mask image: white repaints, black keeps (grey >= 50% repaints).", show_default=False),
     padding_mask_crop: Optional[int] = typer.Option(None, "--padding-mask-crop", min=0, max=MAX_SIDE, metavar="PX", help="Inpaint only the mask's box grown by PX pixels, at full size, and paste it back (sharper small repairs).", show_default=False),
+    masked_content: Optional[MaskedContent] = typer.Option(None, "--masked-content", help="What the masked area starts from (AUTOMATIC1111's choices): the input (original, the default), the colours around it (fill: new things where the input has none), latent noise, or latent nothing.", show_default=False),
 ):
     """What inpaint adds to the shared options."""
 
@@ -290,7 +295,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     # checks (plan_load: the folder, downloaded if a hub repo, its family, the VAE, the engine), then the call's.
     load_plan = run_guarded(plan_load, model, backend, device, vae, revision, from_hub,
                             [Path(folder) for folder, _ in controlnets] or None)
-    folder, vae_folder, backend = load_plan.folder, load_plan.vae, load_plan.backend
+    folder, backend = load_plan.folder, load_plan.backend
     refiner_plan = task_options.get("refiner") and run_guarded(plan_load, task_options["refiner"], backend, device)
     last_seed = (settings["seed"] or 0) + iterations - 1
     pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
@@ -338,8 +343,10 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     if task == "outpaint":
         run_task = partial(pipe.outpaint, **task_options)
     elif task == "inpaint":
-        crop = task_options["padding_mask_crop"]
-        run_task = partial(pipe, mask_image=mask, padding_mask_crop=stored.get("padding_mask_crop") if crop is None else crop)
+        crop, content = task_options["padding_mask_crop"], task_options["masked_content"]
+        run_task = partial(pipe, mask_image=mask, padding_mask_crop=stored.get("padding_mask_crop") if crop is None else crop,
+                           masked_content=stored.get("masked_content") or "original" if content is None
+                           else content.value.replace("-", " "))
     elif refiner_plan:
         refiner = run_guarded(Img2ImgPipeline.open, refiner_plan, device=device, inference_precision=precision,
                               threads=threads, low_memory=low_memory)

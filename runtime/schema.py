@@ -371,6 +371,9 @@ class Extension(_Closed):
     overlap: int | None = Field(None, ge=0, le=MAX_SIDE)
 
 
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")  # what inpainting starts the masked area from
+
+
 class StoredParameters(Settings, FamilyOptions):
     """What an image edgesd wrote carries (outputs.py writes it; --replay reads it back)."""
     controlnet_conditioning_scale: list[Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]] | None = Field(None, max_length=16)
@@ -383,6 +386,7 @@ class StoredParameters(Settings, FamilyOptions):
     size: list[Annotated[int, Field(ge=8, le=MAX_SIDE)]] | None = Field(None, min_length=2, max_length=2)
     extension: Extension | None = None
     padding_mask_crop: int | None = Field(None, ge=0, le=MAX_SIDE)
+    masked_content: Literal[MASKED_CONTENT] | None = None
     task: Literal["img2img", "inpaint", "outpaint"] | None = None
     model: Label | None = None
     hub_revision: Revision | None = None

@@ -396,6 +396,14 @@ def test_inpaint_writes_replays_and_warns_on_another_mask(model, tmp_path):
     assert done.returncode == 0 and json.loads(done.stdout)["results"][0]["settings"]["padding_mask_crop"] == 8
     outside = m == 0  # pasted back over the original there
     assert np.array_equal(_pixels(cropped)[outside], np.asarray(Image.open(INPUT).convert("RGB"))[outside])
+    noised = tmp_path / "noised.png"
+    done = edgesd("inpaint", model, "-i", INPUT, "--mask", mask, "-p", "x", "--strength", 0.6, "--masked-content",
+                  "latent-noise", "-o", noised, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["results"][0]["settings"]["masked_content"] == "latent noise"
+    again = edgesd("inpaint", model, "-i", INPUT, "--mask", mask, "--replay", noised, "-o", tmp_path / "noised-again.png")
+    assert again.returncode == 0 and np.array_equal(_pixels(noised), _pixels(tmp_path / "noised-again.png")), again.stderr
+    wrong = edgesd("inpaint", model, "-i", INPUT, "--mask", mask, "-p", "x", "--masked-content", "noise", "-o", tmp_path / "w.png")
+    assert wrong.returncode == 2 and "latent-noise" in wrong.stderr
 
 
 def test_outpaint_writes_the_grown_canvas_and_replays(model, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from edgesd import Img2ImgPipeline, InpaintPipeline
 from edgesd.denoise import STOP
-from edgesd.errors import ModelFolderError
+from edgesd.errors import InvalidInputError, ModelFolderError
 from edgesd.generator import TorchGenerator
 from edgesd.sessions.fake import FakeSession, fake_model_folder
 
@@ -153,3 +153,49 @@ def test_a_family_is_data_its_named_inputs_reach_the_unet_batched(tmp_path, monk
     monkeypatch.delitem(families.FAMILIES, "pooled")
     with pytest.raises(ModelFolderError, match="'pooled'-family model"):
         Img2ImgPipeline(folder, lambda name, lora: FakeSession(name), "onnxruntime")
+
+
+def starting_latents(pipe, masked_content: str, seed: int = 0):
+    """The latents an inpainting call starts denoising from, and its scheduler plan (nothing is denoised)."""
+    seen = {}
+    pipe.generate = lambda start, settings, plan, size, provenance, prepare, *rest, **kw: seen.update(prepare=prepare, plan=plan)
+    picture = np.stack([*np.meshgrid(np.arange(64) * 4, np.arange(48) * 5), np.full((48, 64), 200)], -1).astype(np.uint8)
+    pipe(picture, MASK, "x", strength=0.5, num_inference_steps=4, guidance_scale=0, seed=seed, size=(64, 48),
+         masked_content=masked_content)
+    return seen["prepare"](TorchGenerator(seed)).latents, seen["plan"]
+
+
+def test_masked_content_latent_nothing_and_latent_noise_replace_the_masked_latents_only(tmp_path):
+    """A1111's inpainting_fill 3 and 2: the masked area's latents zeros or fresh noise before the image is
+    noised to the strength; the kept area's as the input's ("original", diffusers' way)."""
+    pipe, _ = fake(InpaintPipeline, tmp_path)
+    masked = np.broadcast_to(MASK[None, None, ::8, ::8] > 127, (1, 4, 6, 8))
+    original, plan = starting_latents(pipe, "original")
+    generator = TorchGenerator(0)
+    generator.randn(ONE)  # the input's VAE sample
+    nothing, _ = starting_latents(pipe, "latent nothing")
+    want = plan.add_noise(np.zeros((1, 4, 6, 8), np.float32), generator.randn((1, 4, 6, 8)))
+    assert np.allclose(nothing[masked], want[masked], atol=1e-6) and np.array_equal(nothing[~masked], original[~masked])
+    assert not np.allclose(nothing[masked], original[masked], atol=1e-3)
+    generator = TorchGenerator(0)
+    generator.randn(ONE)
+    fill = generator.randn((1, 4, 6, 8))
+    noise, _ = starting_latents(pipe, "latent noise")
+    assert np.allclose(noise[masked], plan.add_noise(fill, generator.randn((1, 4, 6, 8)))[masked], atol=1e-6)
+    with pytest.raises(InvalidInputError, match="masked_content 'noise': one of original, fill"):
+        starting_latents(pipe, "noise")
+
+
+def test_fill_paints_the_masked_area_from_its_surroundings_and_keeps_the_rest():
+    from PIL import Image
+
+    from edgesd.pipelines.inpaint import filled, mask_array
+
+    y, x = np.mgrid[0:48, 0:64]
+    gradient = Image.fromarray(np.stack([x * 4, y * 5, np.full_like(x, 90)], -1).astype(np.uint8))
+    got = np.asarray(filled(gradient, mask_array(Image.fromarray(MASK), (64, 48)))).astype(int)
+    hole = MASK > 127
+    assert np.array_equal(got[~hole], np.asarray(gradient)[~hole])
+    assert 16 * 4 < got[24, 32, 0] < 48 * 4 and abs(got[24, 32, 2] - 90) <= 1  # between the hole's edges; flat stays flat
+    everything = mask_array(Image.new("L", (64, 48), 255), (64, 48))
+    assert np.array_equal(np.asarray(filled(gradient, everything)), np.asarray(gradient))  # nothing known: nothing to fill from

@@ -122,14 +122,30 @@ def test_inpainting_through_mask_image(server, pipes):
     mask = Image.new("L", SIZE, 0)
     mask.paste(255, (24, 16, 72, 48))
     api = webuiapi.WebUIApi(port=server.port)
-    result = api.img2img(images=[picture()], mask_image=mask, mask_blur=0, inpaint_full_res=False, prompt="a cat", seed=4,
-                         steps=4, denoising_strength=1.0, width=SIZE[0], height=SIZE[1], sampler_name="Euler")
+    result = api.img2img(images=[picture()], mask_image=mask, mask_blur=0, inpaint_full_res=False, inpainting_fill=1,
+                         prompt="a cat", seed=4, steps=4, denoising_strength=1.0, width=SIZE[0], height=SIZE[1], sampler_name="Euler")
     got = np.asarray(result.image.convert("RGB"))
     resized = picture().resize(SIZE, Image.Resampling.LANCZOS)
     want = InpaintPipeline.from_pipe(pipes["tiny-sd1"])(resized, mask, "a cat", strength=1.0, num_inference_steps=4,
                                                         guidance_scale=7.0, seed=4, scheduler="Euler", size=SIZE).images[0]
     inside = np.asarray(mask) > 127
     assert np.array_equal(got[~inside], np.asarray(resized)[~inside]) and np.array_equal(got[inside], np.asarray(want)[inside])
+
+
+@pytest.mark.parametrize("fill,content", [(0, "fill"), (2, "latent noise"), (3, "latent nothing")])
+def test_inpainting_fill_starts_the_masked_area_as_a1111s_masked_content(server, pipes, fill, content):
+    mask = Image.new("L", SIZE, 0)
+    mask.paste(255, (24, 16, 72, 48))
+    answer = requests.post(f"{server.url}/img2img", timeout=60, json={
+        "init_images": [b64(picture())], "mask": b64(mask), "mask_blur": 0, "inpaint_full_res": False, "inpainting_fill": fill,
+        "prompt": "a cat", "seed": 4, "steps": 4, "denoising_strength": 0.6, "width": SIZE[0], "height": SIZE[1]}).json()
+    png = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+    assert json.loads(png.text[PARAMETERS_KEY])["masked_content"] == content
+    want = InpaintPipeline.from_pipe(pipes["tiny-sd1"])(
+        picture().resize(SIZE, Image.Resampling.LANCZOS), mask, "a cat", strength=0.6, num_inference_steps=4, guidance_scale=7.0,
+        seed=4, size=SIZE, masked_content=content).images[0]
+    inside = np.asarray(mask) > 127
+    assert np.array_equal(np.asarray(png.convert("RGB"))[inside], np.asarray(want)[inside])
 
 
 def test_bad_input_is_a_4xx_saying_what_is_wrong(server):

@@ -13,13 +13,14 @@ square, as in diffusers; `edgesd inpaint` passes the input's own size instead.
 import time
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from edgesd.denoise import Callback
 from edgesd.errors import InvalidInputError
 from edgesd.image import image_sha256, load_image, preprocess
 from edgesd.mask_crop import crop_region, paste_back, resize_fill
 from edgesd.outpaint import extend
+from edgesd.schema import MASKED_CONTENT
 from edgesd.pipelines.base import Pipeline, Preparation, Result, outpaint_canvas, resolve_settings
 
 
@@ -30,6 +31,27 @@ def mask_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
         mask = mask.resize(size, resample=Image.Resampling.LANCZOS)
     gray = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
     return (gray >= 0.5).astype(np.float32)[None, None]
+
+
+def filled(image: Image.Image, pixel_mask: np.ndarray) -> Image.Image:
+    """`image` with its masked area painted in the colours around it (A1111's "fill"): the known pixels
+    blurred wider and wider, normalised by how much known area each blur saw; the narrowest blur that
+    saw enough of it colours a pixel."""
+    known = pixel_mask[0, 0] < 0.5
+    rgb = np.asarray(image.convert("RGB").resize(known.shape[::-1], resample=Image.Resampling.LANCZOS))
+    if not known.any():
+        return Image.fromarray(rgb)
+    premultiplied = Image.fromarray(rgb * known[..., None].astype(np.uint8))
+    coverage = Image.fromarray(known.astype(np.uint8) * 255)
+    out, unfilled = rgb.astype(np.float32), ~known
+    for radius in (2, 4, 16, 64, 256):
+        weight = np.asarray(coverage.filter(ImageFilter.GaussianBlur(radius)), np.float32)
+        colour = np.asarray(premultiplied.filter(ImageFilter.GaussianBlur(radius)), np.float32)
+        reached = unfilled & (weight >= 8)  # saw at least 3% known area: a steady colour
+        out[reached] = colour[reached] * 255 / weight[reached, None]
+        unfilled &= ~reached
+    out[unfilled] = rgb[known].mean(0)
+    return Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
 
 
 class InpaintPipeline(Pipeline):
@@ -52,6 +74,7 @@ class InpaintPipeline(Pipeline):
         callback: Callback | None = None,
         size: tuple[int | None, int | None] | None = None,
         padding_mask_crop: int | None = None,
+        masked_content: str = "original",
         control_image=None,
         **options,
     ) -> Result:
@@ -69,11 +92,15 @@ class InpaintPipeline(Pipeline):
                                           self.control_scale, **options)
         if len(plan.timesteps) == 0:
             raise InvalidInputError("inpainting needs at least one denoising step: increase strength or num_inference_steps")
+        if masked_content not in MASKED_CONTENT:
+            raise InvalidInputError(f"masked_content {masked_content!r}: one of {', '.join(MASKED_CONTENT)}")
         image = load_image(image, self.max_pixels)
         mask = load_image(mask_image, self.max_pixels, keep_gray=True)
         native = self.folder.native_size
         width, height = self.input_size(image.size, size or (native, native))
         settings.update(size=[width, height], padding_mask_crop=padding_mask_crop)
+        if masked_content != "original":
+            settings["masked_content"] = masked_content
         provenance = {**self.provenance, "input_sha256": image_sha256(image), "mask_sha256": image_sha256(mask)}
         finish = None
         if padding_mask_crop is not None:  # inpaint the mask's box at full size, then paste it back
@@ -88,16 +115,20 @@ class InpaintPipeline(Pipeline):
         def prepare(generator) -> Preparation:
             # Latents, in diffusers' draw order: image latents (4-channel UNet, or strength < 1), noise,
             # then the masked image's latents (drawn even where a 4-channel UNet will not use them).
+            pixel_mask = mask_array(mask, (width, height))
             pixels = preprocess(image, (width, height))
+            start = preprocess(filled(image, pixel_mask), (width, height)) if masked_content == "fill" else pixels
             full_strength = settings["strength"] == 1.0
+            latent_mask = pixel_mask[:, :, :: self.vae.scale_factor, :: self.vae.scale_factor]
             image_latents = None
             if self.unet.in_channels == 4 or not full_strength:
-                image_latents = np.repeat(self.encode_image(pixels, generator), n, axis=0)
+                image_latents = np.repeat(self.encode_image(start, generator), n, axis=0)
+                if masked_content in ("latent noise", "latent nothing"):  # A1111's: the masked latents replaced
+                    fill = generator.randn(image_latents.shape) if masked_content == "latent noise" else 0
+                    image_latents = (1 - latent_mask) * image_latents + latent_mask * fill
             noise = generator.randn((n, self.latent_channels, height // self.vae.scale_factor, width // self.vae.scale_factor))
             latents = noise * plan.init_noise_sigma if full_strength else plan.add_noise(image_latents, noise)
-            pixel_mask = mask_array(mask, (width, height))
             masked_latents = self.encode_image(pixels * (pixel_mask < 0.5), generator)
-            latent_mask = pixel_mask[:, :, :: self.vae.scale_factor, :: self.vae.scale_factor]
             if self.unet.in_channels == 9:  # the UNet sees the mask and the masked image beside the latents
                 extra = np.concatenate([np.repeat(latent_mask, n * copies, axis=0),
                                         np.repeat(masked_latents, n * copies, axis=0)], axis=1)

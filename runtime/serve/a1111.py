@@ -28,7 +28,7 @@ _NO_OPS = {"restore_faces": (False, None), "tiling": (False, None), "styles": ([
            "s_noise": (1, 1.0, None), "do_not_save_samples": (False, True, None), "do_not_save_grid": (False, True, None),
            "image_cfg_scale": (1.5, None), "initial_noise_multiplier": (1, 1.0, None), "override_settings_restore_afterwards":
            (True, False, None), "script_args": ([], None), "send_images": (True,), "save_images": (False, True),
-           "inpainting_fill": (1, None), "controlnet_units": ([], None), "alwayson_scripts": ({},)}
+           "controlnet_units": ([], None), "alwayson_scripts": ({},)}
 KARRAS_SCHEDULES = ("karras",)
 AUTOMATIC = ("automatic", "")
 
@@ -56,6 +56,7 @@ class Img2ImgRequest(BaseModel):
     inpaint_full_res: bool | int = True
     inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
     inpainting_mask_invert: Literal[0, 1] = 0
+    inpainting_fill: Literal[0, 1, 2, 3] = 0  # masked content: fill (A1111's default), original, latent noise, latent nothing
     include_init_images: bool = False
     override_settings: dict = {}
     script_name: str | None = None
@@ -157,6 +158,9 @@ def prepared_mask(request: Img2ImgRequest, size: tuple[int, int], max_pixels: in
     if request.inpainting_mask_invert:
         mask = ImageOps.invert(mask)
     return mask.filter(ImageFilter.GaussianBlur(request.mask_blur)) if request.mask_blur else mask
+
+
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # by inpainting_fill
 
 
 def echoed(request: Img2ImgRequest) -> dict:

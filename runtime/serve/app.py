@@ -81,8 +81,8 @@ def create_app(served: Served) -> FastAPI:
         mask = a1111.prepared_mask(body, image.size, served.max_pixels)
         sampler, all_seeds = a1111.sampler_of(body), a1111.seeds(body)
         pipe = served.models[name] if mask is None else served.inpainter(name)
-        extra = {} if mask is None else {"mask_image": mask, "padding_mask_crop": body.inpaint_full_res_padding
-                                         if body.inpaint_full_res else None}
+        extra = {} if mask is None else {"mask_image": mask, "masked_content": a1111.MASKED_CONTENT[body.inpainting_fill],
+                                         "padding_mask_crop": body.inpaint_full_res_padding if body.inpaint_full_res else None}
         call = lambda seed, callback: pipe(  # noqa: E731
             image, **extra, prompt=body.prompt, negative_prompt=body.negative_prompt or None, strength=body.denoising_strength,
             num_inference_steps=body.steps, guidance_scale=body.cfg_scale, seed=seed, scheduler=sampler, size=image.size,

@@ -13,12 +13,14 @@ request cancels it.
 import base64
 import math
 import secrets
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgesd.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS
 from edgesd.outputs import png_bytes
+from edgesd.schema import MASKED_CONTENT
 from edgesd.serve import a1111
 from edgesd.serve.served import HttpError, Served, per_seed, preview, run_job
 from edgesd.serve.worker import Worker
@@ -51,6 +53,7 @@ class GenerateRequest(BaseModel):
     height: int | None = Field(None, ge=8, le=MAX_SIDE)
     mask: str | None = Field(None, description="White repaints, black keeps (base64 image): inpainting")
     padding_mask_crop: int | None = Field(None, ge=0, le=MAX_SIDE)
+    masked_content: Literal[MASKED_CONTENT] = Field("original", description="What the masked area starts from")
     outpaint: Extents | None = Field(None, description="Pixels to add on each side: outpainting")
     model: str | None = Field(None, description="A served model (GET /edgesd/v1/models); none: the current one")
     task_id: str | None = Field(None, pattern=TASK_ID, description="The client's name for the job, to follow its progress")
@@ -101,7 +104,8 @@ def add_routes(app: FastAPI, served: Served, worker: Worker) -> None:
                 raise HttpError(422, f"the mask is {mask.size[0]}x{mask.size[1]}, the image {image.size[0]}x{image.size[1]}: "
                                      "they must be the same size")
             call = lambda seed, callback: pipe(image, mask, **settings, seed=seed,  # noqa: E731
-                                               padding_mask_crop=body.padding_mask_crop, callback=callback)
+                                               padding_mask_crop=body.padding_mask_crop, masked_content=body.masked_content,
+                                               callback=callback)
         else:
             pipe = served.models[name]
             call = lambda seed, callback: pipe(image, **settings, seed=seed, callback=callback)  # noqa: E731
