@@ -145,6 +145,7 @@ def _shared_options(
     seed: Optional[str] = typer.Option(None, metavar="N[,N...]", help="Same seed, same images (diffusers' torch CPU noise); a list runs each. Default: random, printed.", show_default=False),
     scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name (EulerDiscreteScheduler) or an A1111 sampler name (\"DPM++ 2M Karras\", \"Euler a\"; NAME Karras for Karras sigmas). Default: the model's.", show_default=False),
     num_images: Optional[int] = typer.Option(None, "--num-images", min=1, help="Images per run from one prompt and seed, in one batch (OUT-0.png ...). Default 1.", show_default=False),
+    seed_per_image: bool = typer.Option(False, "--seed-per-image", help="With --num-images N: one call per image with seed + i (AUTOMATIC1111's rule), so each is reproducible alone (OUT-seedS.png ...), as --seed S,S+1,... does; slower than one batch."),
     resize: Optional[str] = typer.Option(None, metavar="WxH", help="Resize the input to WxH first, e.g. 768x512.", show_default=False),
     width: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Resize the input to this width first (keeps the aspect ratio unless --height is given).", show_default=False),
     height: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Resize the input to this height first (keeps the aspect ratio unless --width is given).", show_default=False),
@@ -215,7 +216,8 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 
 def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2, negative_prompt_2, aesthetic_score,
-             strength, steps, guidance, seed, scheduler, num_images, resize, width, height, grid, iterations, replay, lora,
+             strength, steps, guidance, seed, scheduler, num_images, seed_per_image, resize, width, height, grid, iterations,
+             replay, lora,
              vae, vae_decode_only, controlnet, control_image, depth_model, guess_mode, control_start, control_end, revision,
              backend, device,
              precision, threads, low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
@@ -251,6 +253,13 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
                  control_guidance_end=control_end)
     settings = {k: v if v is not None else stored.get(k) for k, v in given.items()}
     settings["num_images"] = settings["num_images"] or 1
+    if seed_per_image and settings["num_images"] > 1:  # the batch as a seed sweep: seed, seed + 1, ...
+        if len(lists["seed"]) > 1:
+            fail("--seed-per-image takes one --seed (the first image's)")
+        first = secrets.randbelow(2**63) if settings["seed"] is None else settings["seed"]
+        if first + settings["num_images"] > 2**64:
+            fail(f"--seed {first} with --num-images {settings['num_images']} goes past the largest seed, 2**64 - 1")
+        lists["seed"], settings["seed"], settings["num_images"] = [first + i for i in range(settings["num_images"])], first, 1
     if replay and num_images is not None and num_images != stored.get("num_images", 1):
         fail("--replay regenerates the stored batch of --num-images; drop --num-images")
     if iterations > 1 and (settings["seed"] or 0) + iterations > 2**64:

@@ -55,6 +55,20 @@ def test_replay_of_one_image_of_a_batch(model, tmp_path):
     assert other.returncode == 2 and "drop --num-images" in other.stderr
 
 
+def test_seed_per_image_makes_each_image_of_a_batch_with_its_own_seed(model, tmp_path):
+    """A1111's rule (the server's): image i is one call with seed + i, so it is made again by that seed alone."""
+    done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--seed", 3, "--num-images", 2, "--seed-per-image",
+                  "-o", tmp_path / "s.png", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [r["settings"]["seed"] for r in json.loads(done.stdout)["results"]] == [3, 4]
+    alone = tmp_path / "alone.png"
+    assert edgesd("img2img", model, "-i", INPUT, "-p", "x", "--seed", 4, "-o", alone).returncode == 0
+    assert np.array_equal(_pixels(tmp_path / "s-seed4.png"), _pixels(alone))
+    twice = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--seed", "1,2", "--num-images", 2, "--seed-per-image",
+                   "-o", tmp_path / "t.png")
+    assert twice.returncode == 2 and "takes one --seed" in twice.stderr
+
+
 def test_existing_output_is_not_overwritten(model, tmp_path):
     out = tmp_path / "keep.png"
     out.write_bytes(b"precious")
