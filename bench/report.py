@@ -24,11 +24,12 @@ PRECISION_SCHEMA = "edgesd-bench-precision/1"
 LORA_SCHEMA = "edgesd-bench-lora/1"
 ORT_ATTENTION_SCHEMA = "edgesd-bench-ort-attention/1"
 TINY_VAE_SCHEMA = "edgesd-bench-tiny-vae-quality/1"
+SERVE_SCHEMA = "edgesd-bench-serve/1"
 PROFILE_NAME = re.compile(r"profile-(.+)-(?:onnxruntime|openvino)-\d+\.txt")  # profile_unet.py's output, saved by folder name
 
 
 def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[dict], list[str]]:
-    """(compare.py results, `edgesd bench` results, precision.py results, lora.py/tiny_vae.py/ort_attention.py
+    """(compare.py results, `edgesd bench` results, precision.py results, lora.py/tiny_vae.py/ort_attention.py/serve.py
     results, skipped)."""
     compares, benches, precisions, others, skipped = [], [], [], [], []
     for path in paths:
@@ -42,12 +43,13 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[di
             compares.append(data)
         elif data.get("schema") == PRECISION_SCHEMA:
             precisions.append(data)
-        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA, ORT_ATTENTION_SCHEMA):
+        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA, ORT_ATTENTION_SCHEMA, SERVE_SCHEMA):
             others.append(data)
         elif "cold_start" in data and "warm" in data:
             benches.append(data)
         else:
-            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py, ort_attention.py or `edgesd bench --json` result")
+            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py, ort_attention.py, serve.py "
+                           "or `edgesd bench --json` result")
     order = {"sd15": 0, "sd-turbo": 1}
     compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
                                  order.get(d.get("name") or "", 9), d.get("name") or ""))
@@ -398,6 +400,27 @@ def ort_attention_section(results: list[dict]) -> list[str]:
     return lines
 
 
+def serve_section(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## edgesd serve: the server's cost (issue 23)", "",
+             "The same img2img call through the Python API and through the server on 127.0.0.1 (edgesd's "
+             "/edgesd/v1/generate and A1111's /sdapi/v1/img2img, a PNG sent and PNGs read back), turns alternating, "
+             "by `bench/serve.py`; then concurrent clients, one job at a time and the rest queued. Target: overhead "
+             "<= 5%.", ""]
+    for d in results:
+        rows = [[way, _s(d["call_s"][way], 3), "–" if way == "python" else f"{d['overhead'][way]:+.1%}",
+                 "–" if way == "python" else ("yes" if d["same_pixels"][way] else "NO")] for way in d["call_s"]]
+        lines += [f"{d['model']} on {d['backend']}, {d['resolution']}x{d['resolution']}, {d['steps']} steps at strength "
+                  f"{d['strength']}, guidance {d['guidance']}, {d['rounds']} rounds (medians):", ""]
+        lines += _table(["way", "call s", "overhead", "same pixels as the API"], rows) + [""]
+        rows = [[str(c["clients"]), str(c["requests"]), str(c["failed"]), _s(c["images_per_s"]), _s(c["latency_median_s"]),
+                 _s(c["latency_max_s"])] for c in d["concurrency"]]
+        lines += _table(["clients", "requests", "failed", "images/s", "latency median s", "latency max s"], rows)
+        lines += ["", "```bash", d["command"], "```", ""]
+    return lines
+
+
 def versions_section(compares: list[dict]) -> list[str]:
     if not compares:
         return []
@@ -489,6 +512,7 @@ def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str
     lines += lora_section([d for d in others if d["schema"] == LORA_SCHEMA])
     lines += tiny_vae_section([d for d in others if d["schema"] == TINY_VAE_SCHEMA])
     lines += ort_attention_section([d for d in others if d["schema"] == ORT_ATTENTION_SCHEMA])
+    lines += serve_section([d for d in others if d["schema"] == SERVE_SCHEMA])
     lines += versions_section(compares)
     if skipped:
         lines += ["## Files not used", ""] + [f"- {s}" for s in skipped] + [""]

@@ -322,3 +322,20 @@ def test_tiny_vae_quality_cost(exported, tiny_vae, tmp_path):
     assert result["rows"][0]["decode_s"]["tiny"] > 0
     text = report.render([out], tmp_path / "REPORT.md", None, [str(out)])[0]
     assert "## Tiny VAE: image-quality cost" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# serve.py
+
+
+def test_serve_bench_measures_the_server_against_the_api_and_reports_it(exported, tmp_path):
+    pytest.importorskip("uvicorn")
+    out = tmp_path / "serve.json"
+    _run(BENCH / "serve.py", exported["tiny-sd1"], "--resolution", 64, "--steps", 2, "--backend", "onnxruntime",
+         "--rounds", 2, "--clients", "1,2", "--requests", 2, "--out", out)
+    result = json.loads(out.read_text())
+    assert result["same_pixels"] == {"edgesd_api": True, "a1111_api": True}
+    assert [(c["clients"], c["requests"], c["failed"]) for c in result["concurrency"]] == [(1, 2, 0), (2, 4, 0)]
+    _run(BENCH / "report.py", out, "-o", tmp_path / "REPORT.md", "--no-chart")
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "## edgesd serve: the server's cost" in text and "| edgesd_api |" in text and result["command"] in text
