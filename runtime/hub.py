@@ -17,8 +17,11 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def is_repo_id(spec: str | Path) -> bool:
-    """OWNER/REPO that is not a local path (a Path of it on Windows too)."""
-    return not Path(spec).exists() and bool(_REPO_ID.fullmatch(PurePath(spec).as_posix()))
+    """OWNER/REPO that is not a local path (a Path of it on Windows too). What looks like a path is one,
+    found or not: it starts with '.', '/' or '~', or its OWNER part is a local folder (models/typo)."""
+    posix = PurePath(spec).as_posix()
+    return (not Path(spec).exists() and not str(spec).startswith((".", "/", "~", "\\"))
+            and bool(_REPO_ID.fullmatch(posix)) and not Path(posix.split("/")[0]).is_dir())
 
 
 def download(repo_id: str | Path, revision: str | None = None, backend: str = "auto", device: str = "auto",

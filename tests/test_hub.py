@@ -181,3 +181,18 @@ def test_wrong_repos_say_what_to_do(hub, tmp_path):
     diffusers = run_img2img(hub, tmp_path, "someone/diffusers-only")
     assert diffusers.returncode == 2
     assert "is not an exported model" in diffusers.stderr and "edgesd export someone/diffusers-only" in diffusers.stderr
+
+
+def test_a_model_that_looks_like_a_path_is_a_path_found_or_not(tmp_path, monkeypatch):
+    """A typo in a local path is "no such folder", never a hub lookup (which would query the hub with it)."""
+    from edgesd.errors import ModelFolderError
+    from edgesd.hub import is_repo_id
+    from edgesd.pipelines import plan_load
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for path in ("models/does-not-exist", "./models/does-not-exist", "./owner/repo", "/owner/repo", "~/repo", "a/b/c"):
+        assert not is_repo_id(path), path
+    assert is_repo_id("stabilityai/sd-turbo") and is_repo_id(Path("owner/repo.v2"))
+    with pytest.raises(ModelFolderError, match="model folder models/does-not-exist does not exist"):
+        plan_load("models/does-not-exist")
