@@ -199,3 +199,18 @@ def test_fill_paints_the_masked_area_from_its_surroundings_and_keeps_the_rest():
     assert 16 * 4 < got[24, 32, 0] < 48 * 4 and abs(got[24, 32, 2] - 90) <= 1  # between the hole's edges; flat stays flat
     everything = mask_array(Image.new("L", (64, 48), 255), (64, 48))
     assert np.array_equal(np.asarray(filled(gradient, everything)), np.asarray(gradient))  # nothing known: nothing to fill from
+
+
+def test_diffusers_names_num_images_per_prompt_and_generator_are_edgesds(tmp_path):
+    pipe, _ = fake(Img2ImgPipeline, tmp_path)
+    call = dict(strength=0.5, num_inference_steps=2, guidance_scale=0)
+    want = pipe(IMAGE, "x", num_images=2, seed=5, **call)
+    for generator in (5, TorchGenerator(5)):
+        got = pipe(IMAGE, "x", num_images_per_prompt=2, generator=generator, **call)
+        assert got.seed == 5 and [np.asarray(a).tolist() for a in got.images] == [np.asarray(a).tolist() for a in want.images]
+    with pytest.raises(InvalidInputError, match="seed or generator, not both"):
+        pipe(IMAGE, "x", seed=1, generator=2, **call)
+    with pytest.raises(InvalidInputError, match="num_images or num_images_per_prompt"):
+        pipe(IMAGE, "x", num_images=3, num_images_per_prompt=2, **call)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_images_per_promt'"):
+        pipe(IMAGE, "x", num_images_per_promt=2, **call)

@@ -477,6 +477,26 @@ def _read_loras(loras) -> list[Lora]:
             for lora in loras]
 
 
+def _diffusers_names(num_images, seed, options: dict) -> tuple:
+    """diffusers' names for edgesd's, taken out of `options`: num_images_per_prompt (num_images) and
+    generator (a seed, or a generator with `initial_seed()`: torch's or edgesd's TorchGenerator; a fresh one
+    of that seed is used, so the images are diffusers' for a generator that has drawn nothing yet)."""
+    if "num_images_per_prompt" in options:
+        given = options.pop("num_images_per_prompt")
+        if num_images not in (1, given):
+            raise InvalidInputError("give num_images or num_images_per_prompt (diffusers' name), not both")
+        num_images = given
+    if "generator" in options:
+        generator = options.pop("generator")
+        if seed is not None:
+            raise InvalidInputError("give seed or generator, not both")
+        if isinstance(generator, (list, tuple)):
+            raise InvalidInputError("generator: give one (image i of a batch is drawn after image i - 1, as diffusers "
+                                    "does with one generator); a list of generators is not supported")
+        seed = generator.initial_seed() if hasattr(generator, "initial_seed") else generator
+    return num_images, seed
+
+
 def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength=None, num_inference_steps=None,
                      guidance_scale=None, seed=None, num_images=1, scheduler=None, task_defaults=None, controlnets: int = 0,
                      control_scale: float = 1.0, **family_options) -> tuple[dict, Plan]:
@@ -486,6 +506,7 @@ def resolve_settings(folder: ModelFolder, prompt, negative_prompt=None, strength
     own (SDXL's prompt_2, original_size, ...) and, with `controlnets` loaded, diffusers' ControlNet
     options (controlnet_conditioning_scale: default `control_scale`, the task's). Returns the settings
     actually used and the scheduler's plan."""
+    num_images, seed = _diffusers_names(num_images, seed, family_options)
     family = family_of(folder)
     control = check_control_options(controlnets, control_scale, **{name: family_options.pop(name) for name in CONTROL_OPTIONS
                                                                    if name in family_options})
