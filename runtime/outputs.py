@@ -49,19 +49,25 @@ def _write_atomic(path: Path, write, overwrite: bool = True) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _exists(path: Path) -> InvalidInputError:
+    """Said to API users and the CLI alike (the CLI checks its outputs before the run, in its own words)."""
+    return InvalidInputError(f"{path} already exists and was kept; overwrite=True (on the command line, --overwrite) "
+                             "replaces it")
+
+
 def _move_no_clobber(tmp: str, path: Path) -> None:
     """Move tmp to path unless path exists, with no check-then-write race."""
     try:
         os.link(tmp, path)  # fails if path exists
         return
     except FileExistsError:
-        raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it") from None
+        raise _exists(path) from None
     except OSError:  # no hard links here (FAT/exFAT cards, some network shares): claim the name instead
         pass
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it") from None
+        raise _exists(path) from None
     os.replace(tmp, path)
 
 

@@ -128,6 +128,6 @@ def test_result_save_carries_parameters_and_never_overwrites(exported, tmp_path,
     assert stored["seed"] == 3 and stored["backend"] == "onnxruntime" and stored["device"] == "cpu"
     assert stored["inference_precision"] == "fp32"
     assert stored["index"] == 0 and stored["size"] == [64, 48] and len(stored["input_sha256"]) == 64
-    with pytest.raises(InvalidInputError, match="already exists; pass --overwrite"):
+    with pytest.raises(InvalidInputError, match=r"already exists and was kept; overwrite=True \(on the command line, --overwrite\)"):
         result.save(tmp_path / "a.webp")
     result.save(tmp_path / "a.webp", overwrite=True)
