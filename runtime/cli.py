@@ -354,7 +354,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     elif task == "inpaint":
         crop, content = task_options["padding_mask_crop"], task_options["masked_content"]
         run_task = partial(pipe, mask_image=mask, padding_mask_crop=stored.get("padding_mask_crop") if crop is None else crop,
-                           masked_content=stored.get("masked_content") or "original" if content is None
+                           masked_content=(stored.get("masked_content") or "original") if content is None
                            else content.value.replace("-", " "))
     elif refiner_plan:
         refiner = run_guarded(Img2ImgPipeline.open, refiner_plan, device=device, inference_precision=precision,
@@ -674,7 +674,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("serving on %s without --api-key: anyone who reaches this port can use the models", host)
     from edgesd.pipelines import Img2ImgPipeline
-    from edgesd.serve.app import Served
+    from edgesd.serve.served import Served
 
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
     pipes = {}

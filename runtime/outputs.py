@@ -188,13 +188,12 @@ def _alive(pid: int | None) -> bool:
 def save_image(image: Image.Image, path: Path, parameters: dict, overwrite: bool = True) -> None:
     """Save in the format the suffix names, with `parameters` inside (PNG, JPEG, WebP)."""
     fmt = image_format(path)
-    text = json.dumps(parameters, ensure_ascii=True)
     options = {}
     if fmt == "PNG":
         options["pnginfo"] = _png_info(parameters)
     elif path.suffix.lower() in WITH_EXIF:
         exif = Image.Exif()
-        exif[_EXIF_IFD] = {_USER_COMMENT: _ASCII + text.encode("ascii")}  # (get_ifd() is writable only from Pillow 11.1)
+        exif[_EXIF_IFD] = {_USER_COMMENT: _ASCII + json.dumps(parameters, ensure_ascii=True).encode("ascii")}  # (get_ifd() is writable only from Pillow 11.1)
         options["exif"] = exif
         options["quality"] = 95
     _write_atomic(path, lambda f: image.save(f, format=fmt, **options), overwrite)

@@ -296,6 +296,7 @@ def test_the_own_endpoint_resizes_large_inputs_to_the_native_area_and_refuses_ba
              ({"scheduler": "DPM++ 3M"}, 422, "DPM++ 3M"),
              ({"denoising_strength": 0.5}, 422, "denoising_strength: Extra inputs are not permitted"),
              ({"task_id": "../etc"}, 422, "task_id"),
+             ({"seed": 2**64 - 1, "num_images": 2}, 422, "goes past the largest seed"),
              ({"image": "data:image/png;base64,AAAA"}, 422, "cannot read image")]
     for extra, status, message in cases:
         body = json.dumps({"image": b64(picture()), "num_inference_steps": 2, **extra}, allow_nan=True)

@@ -117,11 +117,11 @@ class InpaintPipeline(Pipeline):
             # then the masked image's latents (drawn even where a 4-channel UNet will not use them).
             pixel_mask = mask_array(mask, (width, height))
             pixels = preprocess(image, (width, height))
-            start = preprocess(filled(image, pixel_mask), (width, height)) if masked_content == "fill" else pixels
             full_strength = settings["strength"] == 1.0
             latent_mask = pixel_mask[:, :, :: self.vae.scale_factor, :: self.vae.scale_factor]
             image_latents = None
             if self.unet.in_channels == 4 or not full_strength:
+                start = preprocess(filled(image, pixel_mask), (width, height)) if masked_content == "fill" else pixels
                 image_latents = np.repeat(self.encode_image(start, generator), n, axis=0)
                 if masked_content in ("latent noise", "latent nothing"):  # A1111's: the masked latents replaced
                     fill = generator.randn(image_latents.shape) if masked_content == "latent noise" else 0

@@ -10,7 +10,6 @@ in info["edgesd"]["ignored"] when given a value other than A1111's no-op default
 import base64
 import binascii
 import json
-import secrets
 from typing import Literal
 
 from PIL import Image, ImageFilter, ImageOps
@@ -113,14 +112,6 @@ def resized(image: Image.Image, width: int, height: int, mode: int) -> Image.Ima
         canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
         return canvas
     return image.resize((width, height), Image.Resampling.LANCZOS) if image.size != (width, height) else image
-
-
-def seeds(request: Img2ImgRequest) -> list[int]:
-    first = secrets.randbelow(2**32) if request.seed == -1 else request.seed
-    count = request.batch_size * request.n_iter
-    if first + count - 1 > 2**64 - 1:
-        raise InvalidInputError(f"seed {first} with {count} images goes past the largest seed, 2**64 - 1")
-    return [first + i for i in range(count)]
 
 
 def infotext(request: Img2ImgRequest, seed: int, sampler: str, model: str, size: tuple[int, int]) -> str:

@@ -24,7 +24,7 @@ from edgesd import schedulers
 from edgesd.errors import EdgesdError
 from edgesd.outputs import png_bytes
 from edgesd.serve import a1111, native
-from edgesd.serve.served import HttpError, Served, error, per_seed, preview, run_job
+from edgesd.serve.served import HttpError, Served, error, per_seed, preview, run_job, seeds
 from edgesd.serve.worker import Worker
 
 PAGE = importlib.resources.files("edgesd.serve") / "page"
@@ -79,7 +79,7 @@ def create_app(served: Served) -> FastAPI:
         image = a1111.resized(a1111.decode(body.init_images[0], "init_images[0]", served.max_pixels), body.width, body.height,
                               body.resize_mode)
         mask = a1111.prepared_mask(body, image.size, served.max_pixels)
-        sampler, all_seeds = a1111.sampler_of(body), a1111.seeds(body)
+        sampler, all_seeds = a1111.sampler_of(body), seeds(None if body.seed == -1 else body.seed, body.batch_size * body.n_iter)
         pipe = served.models[name] if mask is None else served.inpainter(name)
         extra = {} if mask is None else {"mask_image": mask, "masked_content": a1111.MASKED_CONTENT[body.inpainting_fill],
                                          "padding_mask_crop": body.inpaint_full_res_padding if body.inpaint_full_res else None}

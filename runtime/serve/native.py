@@ -12,7 +12,6 @@ request cancels it.
 
 import base64
 import math
-import secrets
 from typing import Literal
 
 from fastapi import FastAPI, Request
@@ -22,7 +21,7 @@ from edgesd.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS
 from edgesd.outputs import png_bytes
 from edgesd.schema import MASKED_CONTENT
 from edgesd.serve import a1111
-from edgesd.serve.served import HttpError, Served, per_seed, preview, run_job
+from edgesd.serve.served import HttpError, Served, per_seed, preview, run_job, seeds
 from edgesd.serve.worker import Worker
 
 TASK_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -87,10 +86,7 @@ def add_routes(app: FastAPI, served: Served, worker: Worker) -> None:
         image = a1111.decode(body.image, "image", served.max_pixels)
         native = served.models[name].folder.native_size
         size = (body.width, body.height) if (body.width, body.height) != (None, None) else within_area(image.size, native**2)
-        first = secrets.randbelow(2**32) if body.seed is None else body.seed
-        if first + body.num_images - 1 > 2**64 - 1:
-            raise HttpError(422, f"seed {first} with {body.num_images} images goes past the largest seed, 2**64 - 1")
-        seeds = [first + i for i in range(body.num_images)]
+        all_seeds = seeds(body.seed, body.num_images)
         settings = dict(prompt=body.prompt, negative_prompt=body.negative_prompt, strength=body.strength,
                         num_inference_steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
                         scheduler=body.scheduler, size=size)
@@ -109,7 +105,7 @@ def add_routes(app: FastAPI, served: Served, worker: Worker) -> None:
         else:
             pipe = served.models[name]
             call = lambda seed, callback: pipe(image, **settings, seed=seed, callback=callback)  # noqa: E731
-        made, interrupted = await run_job(worker, per_seed(call, seeds), len(seeds), name, request, body.task_id)
+        made, interrupted = await run_job(worker, per_seed(call, all_seeds), len(all_seeds), name, request, body.task_id)
         return {"model": name, "interrupted": interrupted,
                 "images": [{"image": base64.b64encode(png_bytes(im, params)).decode(), "seed": params["seed"],
                             "width": im.width, "height": im.height, "parameters": params} for im, params in made]}

@@ -3,6 +3,7 @@ client's disconnect cancels it), errors as JSON, and the cheap latent preview.""
 
 import asyncio
 import base64
+import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -52,10 +53,20 @@ class Served:
         return self.inpainters[name]
 
 
+def seeds(first: int | None, count: int) -> list[int]:
+    """Image i's seed: first + i (A1111's rule), `first` random when None."""
+    first = secrets.randbelow(2**32) if first is None else first
+    if first + count - 1 > 2**64 - 1:
+        raise InvalidInputError(f"seed {first} with {count} images goes past the largest seed, 2**64 - 1")
+    return [first + i for i in range(count)]
+
+
+_ERRORS = {400: "BadRequest", 401: "Unauthorized", 409: "Conflict", 413: "PayloadTooLarge", 422: "Unprocessable",
+           429: "TooManyRequests", 503: "Unavailable"}
+
+
 def error(status: int, detail: str, **headers) -> JSONResponse:
-    return JSONResponse({"error": {400: "BadRequest", 401: "Unauthorized", 409: "Conflict", 413: "PayloadTooLarge", 422: "Unprocessable",
-                                   429: "TooManyRequests", 503: "Unavailable"}.get(status, "Error"), "detail": detail},
-                        status, headers=headers)
+    return JSONResponse({"error": _ERRORS.get(status, "Error"), "detail": detail}, status, headers=headers)
 
 
 class HttpError(Exception):

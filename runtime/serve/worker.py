@@ -31,7 +31,7 @@ class Cancelled(Exception):
     """The job was cancelled before it finished (its client left, or the server is stopping)."""
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself (its latents are arrays): compared by identity
 class Job:
     work: Callable[["Job"], Any]
     parts: int = 1  # calls in the job (images of a batch): progress runs over all of them
