@@ -25,12 +25,13 @@ LORA_SCHEMA = "edgesd-bench-lora/1"
 ORT_ATTENTION_SCHEMA = "edgesd-bench-ort-attention/1"
 TINY_VAE_SCHEMA = "edgesd-bench-tiny-vae-quality/1"
 SERVE_SCHEMA = "edgesd-bench-serve/1"
+RAY_SCHEMA = "edgesd-bench-ray/1"
 PROFILE_NAME = re.compile(r"profile-(.+)-(?:onnxruntime|openvino)-\d+\.txt")  # profile_unet.py's output, saved by folder name
 
 
 def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[dict], list[str]]:
-    """(compare.py results, `edgesd bench` results, precision.py results, lora.py/tiny_vae.py/ort_attention.py/serve.py
-    results, skipped)."""
+    """(compare.py results, `edgesd bench` results, precision.py results, lora.py/tiny_vae.py/ort_attention.py/serve.py/
+    ray_batch.py results, skipped)."""
     compares, benches, precisions, others, skipped = [], [], [], [], []
     for path in paths:
         try:
@@ -43,13 +44,13 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[di
             compares.append(data)
         elif data.get("schema") == PRECISION_SCHEMA:
             precisions.append(data)
-        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA, ORT_ATTENTION_SCHEMA, SERVE_SCHEMA):
+        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA, ORT_ATTENTION_SCHEMA, SERVE_SCHEMA, RAY_SCHEMA):
             others.append(data)
         elif "cold_start" in data and "warm" in data:
             benches.append(data)
         else:
-            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py, ort_attention.py, serve.py "
-                           "or `edgesd bench --json` result")
+            skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py, ort_attention.py, serve.py, "
+                           "ray_batch.py or `edgesd bench --json` result")
     order = {"sd15": 0, "sd-turbo": 1}
     compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
                                  order.get(d.get("name") or "", 9), d.get("name") or ""))
@@ -421,6 +422,30 @@ def serve_section(results: list[dict]) -> list[str]:
     return lines
 
 
+def ray_section(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## A folder on Ray: its cost on one machine, and a cluster by the same numbers (issue 24)", "",
+             "Whole `edgesd img2img -i FOLDER` commands (process start, model load, every image), the local batch "
+             "against `--ray` on a running one-node cluster with 1 and 2 workers, turns alternating, by "
+             "`bench/ray_batch.py`. The projection: each node runs one worker at the measured one-worker rate (its "
+             "images' own time), after the same fixed part (start, join, load).", ""]
+    for d in results:
+        rows = [[name, " / ".join(_s(w, 1) for w in row["wall_seconds"]), _s(row["images_per_second"]),
+                 f"{row['time_vs_local']:.2f}x"] for name, row in d["systems"].items()]
+        lines += [f"{d['model']}, {d['images']} inputs at {d['resolution']}x{d['resolution']}, {d['rounds']} rounds on "
+                  f"{d['machine']['cpus']} CPUs (the cluster's start, outside the timed commands: "
+                  f"{d['cluster_start_seconds']:.1f} s):", ""]
+        lines += _table(["system", "command s (each round)", "images/s", "time vs local"], rows) + [""]
+        projection = d["cluster_projection"]
+        rows = [[n, _s(p["images_per_second_steady"]), _s(p["seconds_for_1000"], 0)] for n, p in projection["nodes"].items()]
+        lines += [f"A cluster of N such nodes (fixed part {projection['fixed_seconds']:.1f} s, "
+                  f"{projection['node_images_per_second']:.2f} images/s a node):", ""]
+        lines += _table(["nodes", "images/s", "s for 1000 inputs"], rows)
+        lines += ["", "```bash", d["command"], "```", ""]
+    return lines
+
+
 def versions_section(compares: list[dict]) -> list[str]:
     if not compares:
         return []
@@ -513,6 +538,7 @@ def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str
     lines += tiny_vae_section([d for d in others if d["schema"] == TINY_VAE_SCHEMA])
     lines += ort_attention_section([d for d in others if d["schema"] == ORT_ATTENTION_SCHEMA])
     lines += serve_section([d for d in others if d["schema"] == SERVE_SCHEMA])
+    lines += ray_section([d for d in others if d["schema"] == RAY_SCHEMA])
     lines += versions_section(compares)
     if skipped:
         lines += ["## Files not used", ""] + [f"- {s}" for s in skipped] + [""]

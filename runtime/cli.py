@@ -8,10 +8,8 @@ import logging
 import os
 import secrets
 import signal
-import statistics
 import sys
 import threading
-import time
 from enum import Enum
 from functools import partial
 from importlib.metadata import entry_points
@@ -33,7 +31,9 @@ MaskedContent = Enum("MaskedContent", {c.replace(" ", "_"): c.replace(" ", "-") 
 
 # Plain click help (rich's boxed tables truncate options at 80 columns).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Stable Diffusion image-to-image on edge devices (ONNX Runtime / OpenVINO, no torch).")
+                  help="Stable Diffusion image-to-image on edge devices (ONNX Runtime / OpenVINO, no torch).\n\n"
+                       "Exit codes: 0 done; 1 some inputs of a folder failed (the others were written); 2 bad input, "
+                       "options or model (one line on stderr, nothing written); 130 interrupted.")
 log = logging.getLogger("edgesd")
 _debug = False
 _json_errors = False
@@ -165,10 +165,12 @@ def _shared_options(
     backend: Optional[str] = typer.Option(None, help="onnxruntime, openvino or auto. Default: auto (with --replay, the stored one).", show_default=False),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Inference precision: auto (engine's fastest), fp32 (exact), bf16, fp16. Default: auto.", show_default=False),
-    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for onnxruntime (default: all cores).", show_default=False),
+    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for the engine (default: all cores).", show_default=False),
     low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded and tile the VAE for large images (less memory, slower)."),
     max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Refuse inputs with more pixels than this."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (a batch otherwise skips inputs already done)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the inputs on a Ray cluster (pip install 'edgesd[ray]'): --ray alone starts one on this machine, --ray auto or --ray HOST:PORT joins a running one. Outputs are the local run's; each node reads its inputs and writes its outputs, so give folders every node sees (shared storage), and a hub MODEL to have each node download it once.", show_default=False),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, help="With --ray: how many pipelines run at once, each asking Ray for --threads CPUs (default: the cluster's CPUs shared out) and the memory the model needs. Default: one per node.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout (also when inputs fail)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
@@ -220,20 +222,19 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
              replay, lora,
              vae, vae_decode_only, controlnet, control_image, depth_model, guess_mode, control_start, control_end, revision,
              backend, device,
-             precision, threads, low_memory, max_pixels, overwrite, as_json, quiet, mask=None, **task_options):
+             precision, threads, low_memory, max_pixels, overwrite, ray, ray_workers, as_json, quiet, mask=None, **task_options):
     """Run TASK over one input or a folder of inputs, with sweeps, iterations, replay and outputs.
     `mask` and `task_options`: img2img's (refiner, high_noise_frac), inpaint's (padding_mask_crop) or outpaint's
     (left, right, top, bottom, overlap)."""
     from edgesd.families import SDXL_OPTIONS
     from edgesd.image import load_image
     from edgesd.jobs import plan_jobs
-    from edgesd.outputs import read_parameters, release, remove_stale, save_image
+    from edgesd.batch import PIPELINES, Batch, Runner, Summary, run_here, run_on_ray
+    from edgesd.outputs import read_parameters
     from edgesd.schema import hub_repo_id
-    from edgesd.pipelines import (Img2ImgPipeline, InpaintPipeline, check_memory, outpaint_canvas, plan_load, processing_size,
-                                  resolve_settings)
-    from edgesd.pipelines.img2img import refine
-    from edgesd.variations import contact_sheet, parse_list, variants
-    from edgesd.control import PREPROCESSORS, DepthEstimator, canny
+    from edgesd.pipelines import check_memory, outpaint_canvas, plan_load, processing_size, resolve_settings
+    from edgesd.variations import parse_list, variants
+    from edgesd.control import PREPROCESSORS
     from edgesd.model_folder import open_component_folder
 
     global _json_errors
@@ -279,6 +280,8 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
             fail("outpaint needs pixels to add: --left, --right, --top and/or --bottom")
         task_options = {**task_options, **stored["extension"]}  # a replay: the stored extension
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
+    if ray_workers is not None and ray is None:
+        fail("--ray-workers is for --ray: add --ray (a cluster on this machine) or --ray ADDRESS")
     if vae_decode_only and vae is None:
         fail("--vae-decode-only needs --vae FOLDER")
     controlnets = [parse_weighted(spec) for spec in controlnet or ()]
@@ -293,7 +296,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     if controlnets and task_options.get("refiner"):
         fail("--controlnet with --refiner: the refiner takes no ControlNet; run them apart")
     if controlnets and any(scale is not None for _, scale in controlnets):
-        default = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task].control_scale
+        default = PIPELINES[task].control_scale
         settings["controlnet_conditioning_scale"] = [default if scale is None else scale for _, scale in controlnets]
     from_hub = model is None and bool(stored.get("hub_revision"))  # a replay of a hub model: its repo and commit,
     if from_hub:  # from the hub only: what an image says never names a local folder
@@ -307,7 +310,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     folder, backend = load_plan.folder, load_plan.backend
     refiner_plan = task_options.get("refiner") and run_guarded(plan_load, task_options["refiner"], backend, device)
     last_seed = (settings["seed"] or 0) + iterations - 1
-    pipeline = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}[task]
+    pipeline = PIPELINES[task]
     hand_off = {"denoising_end": task_options["high_noise_frac"]} if refiner_plan else {}
     resolved = [run_guarded(resolve_settings, folder, **{**settings, "seed": last_seed, **run.overrides, **hand_off},
                             task_defaults=pipeline.task_defaults, controlnets=len(controlnets),
@@ -341,123 +344,54 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         guided = any(r["guidance_scale"] > 1 for r in resolved)
         run_guarded(check_memory, load_plan, width, height, settings["num_images"], guided, low_memory,
                     vae_decode_only=vae_decode_only, what=f"{image.name} at {width}x{height} on {backend}")
-    t0 = time.perf_counter()
-    pipe = run_guarded(pipeline.open, load_plan, device=device, inference_precision=precision, threads=threads,
-                       low_memory=low_memory, loras=loras, vae_decode_only=vae_decode_only)
-    pipe.max_pixels = max_pixels
-    derive = {"canny": partial(canny, max_pixels=max_pixels)}  # --control-image NAME: made from each input
-    if depth_model is not None:
-        derive["depth"] = partial(run_guarded(DepthEstimator.load, depth_model, backend, device, precision), max_pixels=max_pixels)
-    load_time = time.perf_counter() - t0
-    if task == "outpaint":
-        run_task = partial(pipe.outpaint, **task_options)
-    elif task == "inpaint":
+    if task == "inpaint":
         crop, content = task_options["padding_mask_crop"], task_options["masked_content"]
-        run_task = partial(pipe, mask_image=mask, padding_mask_crop=stored.get("padding_mask_crop") if crop is None else crop,
-                           masked_content=(stored.get("masked_content") or "original") if content is None
-                           else content.value.replace("-", " "))
-    elif refiner_plan:
-        refiner = run_guarded(Img2ImgPipeline.open, refiner_plan, device=device, inference_precision=precision,
-                              threads=threads, low_memory=low_memory)
-        run_task = partial(refine, pipe, refiner, high_noise_frac=task_options["high_noise_frac"])
-    else:
-        run_task = pipe
-    if stored:
-        _warn_replay_differences(stored, task, pipe, image, mask, replay)
-    done, failures = [], []
+        call_options = {"mask_image": mask, "padding_mask_crop": stored.get("padding_mask_crop") if crop is None else crop,
+                        "masked_content": (stored.get("masked_content") or "original") if content is None
+                        else content.value.replace("-", " ")}
+    else:  # outpaint's sides; img2img's refiner options are the Batch's own
+        call_options = task_options if task == "outpaint" else {}
+    batch = Batch(task, load_plan, settings, runs, iterations, size, call_options, max_pixels=max_pixels,
+                  open_options=dict(device=device, inference_precision=precision, threads=threads, low_memory=low_memory,
+                                    loras=loras, vae_decode_only=vae_decode_only),
+                  refiner=refiner_plan or None, high_noise_frac=task_options.get("high_noise_frac", 0.8),
+                  control_images=[made or name for made, name in zip(maps, control_image or ())], depth_model=depth_model,
+                  replay_index=stored.get("index", 0) if replay else None, overwrite=overwrite, grid=grid)
+    summary = Summary(skipped=skipped)
     show = not quiet and not as_json and sys.stderr.isatty()
+    warn = partial(typer.echo, err=True)
 
-    def run_job(n: int, job) -> None:
-        """One input: each run (a variation or an iteration) written, then its contact sheet."""
-        cells, source = [], job.image
-        schedule = runs if iterations == 1 else [runs[0]] * iterations
-        # inpaint keeps the input's size (the API, as diffusers, would use the native square)
-        call_size = size or (_own_size(job.image, max_pixels) if task == "inpaint" else None)
-        controls = [made or derive[name](job.image) for made, name in zip(maps, control_image or ())]
-        for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
-            call = {**settings, **run.overrides, **({"control_image": controls} if controls else {})}
-            if iterations > 1 and call["seed"] is not None:
-                call["seed"] += k
-            label = f"[{n}/{len(plan.jobs)}] {job.image.name}" if len(plan.jobs) > 1 else "denoising"
-            with _progress(show, label) as callback:
-                result = run_task(source, callback=callback, size=call_size, **call)
-            indices = [stored.get("index", 0)] if replay else list(range(len(result.images)))
-            for index, path in zip(indices, outputs):
-                result.save(path, index, overwrite=overwrite)
-                name = run.label or (f"iteration {k + 1}" if iterations > 1 else "")
-                cells.append((result.images[index], ", ".join(filter(None, [name, f"image {index}" * (len(indices) > 1)]))))
-            if iterations > 1:
-                source = result.images[0]
-            done.append({"image": str(job.image), "outputs": [str(p) for p in outputs[: len(indices)]],
-                         "seed": result.seed, "settings": result.parameters, "timings": result.timings})
-            steps_run = result.timings["steps"]
-            per_step = statistics.median(steps_run) if steps_run else 0.0
-            say(f"wrote {', '.join(done[-1]['outputs'])} (seed {result.seed}; {len(steps_run)} steps at "
-                f"{per_step:.3f}s, total {result.timings['total']:.2f}s)")
-        if grid:
-            save_image(contact_sheet(cells), job.grid, {"grid_of": [Path(p).name for d in done if d["image"] == str(job.image)
-                                                                           for p in d["outputs"]]}, overwrite)
-            say(f"wrote {job.grid}")
+    def report() -> None:
+        if as_json:
+            done = summary.done
+            typer.echo(json.dumps({"results": done, "failures": summary.failures, "skipped": summary.skipped,
+                                   "backend": summary.backend, "load_seconds": summary.load_seconds,
+                                   **({"outputs": done[0]["outputs"], "seed": done[0]["seed"]} if len(done) == 1 else {})}))
 
     try:
-        for n, job in enumerate(plan.jobs, 1):
-            try:  # the claim is released however the job ends (a signal included)
-                if why := _claim(job, overwrite, grid):  # another edgesd on the same folder has it, or has done it
-                    if not image.is_dir():  # one output asked for by name: not a silent skip
-                        fail(f"{job.outputs[0][0]}: {why}; wait for it, or choose another -o")
-                    skipped.append({"image": str(job.image), "reason": why})
-                    say(f"skipped {job.image}: {why}")
-                    continue
-                try:
-                    run_job(n, job)
-                except Exception as e:  # a batch goes on past any input's failure; --json reports every one
-                    if len(plan.jobs) == 1 and not as_json:
-                        if isinstance(e, EdgesdError):
-                            exit_with(e)
-                        raise
-                    message = str(e) if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"
-                    failures.append({"image": str(job.image), "error": message})
-                    typer.echo(f"failed {job.image}: {message}", err=True)
-            finally:
-                release(job.outputs[0][0])
+        if ray is not None:
+            run_on_ray(batch, plan.jobs, summary, ray, ray_workers, say, warn, quiet or as_json)
+        else:
+            runner = run_guarded(Runner, batch)
+            if stored:
+                _warn_replay_differences(stored, task, runner.pipe, image, mask, replay)
+            run_here(runner, plan.jobs, summary, single=not image.is_dir(), reraise=not image.is_dir() and not as_json,
+                     progress=partial(_progress, show), say=say, warn=warn)
+    except EdgesdError as e:  # the run as a whole (one input, or Ray): one line, no summary
+        exit_with(e)
     except KeyboardInterrupt as e:
-        remove_stale(job.outputs[0][0].parent, ours=True)  # a claim or temporary the signal cut a cleanup of
-        finished = len({d["image"] for d in done})
+        report()
+        finished = len({d["image"] for d in summary.done})
         again = "resume (finished inputs are skipped)" if image.is_dir() else "redo it"
         typer.echo(f"interrupted: {finished} of {len(plan.jobs)} inputs finished, no partial file left; run the same "
                    f"command again to {again}", err=True)
         raise typer.Exit(getattr(e, "code", 130))
-    finally:
-        if as_json:
-            typer.echo(json.dumps({"results": done, "failures": failures,
-                                   "skipped": skipped,
-                                   "backend": pipe.backend, "load_seconds": load_time,
-                                   **({"outputs": done[0]["outputs"], "seed": done[0]["seed"]} if len(done) == 1 else {})}))
-    say(f"{pipe.backend}, load {load_time:.2f}s")
-    if failures:  # one input: bad input (2); a batch: some inputs failed (1)
-        if len(plan.jobs) > 1:
-            typer.echo(f"error: {len(failures)} of {len(plan.jobs)} inputs failed", err=True)
-        raise typer.Exit(2 if len(plan.jobs) == 1 else 1)
-
-
-def _claim(job, overwrite: bool, grid: bool) -> str | None:
-    """Claim a job's outputs for this process; why not, if another process has them or has made them meanwhile."""
-    from edgesd.jobs import files_of
-    from edgesd.outputs import claim, release
-
-    if not claim(job.outputs[0][0]):
-        return "another edgesd process is making its outputs"
-    if not overwrite and any(p.exists() for p in files_of(job, grid)):
-        release(job.outputs[0][0])
-        return "its outputs were written meanwhile (by another edgesd process?)"
-    return None
-
-
-def _own_size(source, max_pixels: int) -> tuple[int, int]:
-    """An input's size, EXIF orientation applied."""
-    from edgesd.image import load_image
-
-    return load_image(source, max_pixels).size
+    report()
+    say(f"{summary.backend}{'' if ray is not None else f', load {summary.load_seconds:.2f}s'}")
+    if summary.failures:  # one input: bad input (2); a folder: some inputs failed (1), however many were left to do
+        if image.is_dir():
+            typer.echo(f"error: {len(summary.failures)} of {len(plan.jobs)} inputs failed", err=True)
+        raise typer.Exit(1 if image.is_dir() else 2)
 
 
 def _requested_size(resize: str | None, width: int | None, height: int | None):
@@ -657,7 +591,7 @@ def serve(
     backend: str = typer.Option("auto", help="onnxruntime, openvino or auto."),
     device: str = typer.Option("auto", help="cpu, gpu (OpenVINO), cuda (onnxruntime-gpu), npu or auto."),
     precision: str = typer.Option("auto", "--precision", help="Inference precision: auto, fp32, bf16, fp16."),
-    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for onnxruntime (default: all cores).", show_default=False),
+    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for the engine (default: all cores).", show_default=False),
     low_memory: bool = typer.Option(False, help="Keep only the submodel in use loaded and tile the VAE for large images."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
@@ -701,7 +635,7 @@ def bench(
     guidance: Optional[float] = typer.Option(None, min=0.0, help="Guidance scale (default: the model's)."),
     repeat: int = typer.Option(3, min=1, help="Timed warm runs."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs after the cold start."),
-    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for onnxruntime."),
+    threads: Optional[int] = typer.Option(None, min=1, max=MAX_THREADS, help="CPU threads for the engine."),
     low_memory: bool = typer.Option(False, help="Measure the low-memory mode (one submodel loaded at a time, tiled VAE)."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
@@ -753,11 +687,24 @@ def _version() -> str:
     return __version__
 
 
+OPTIONAL_VALUES = {"--ray": "local"}  # an option given alone means this value (typer has no optional values)
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """['--ray', '-q'] -> ['--ray', 'local', '-q']: an option of OPTIONAL_VALUES followed by no value gets its own."""
+    out = []
+    for k, arg in enumerate(args):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (k + 1 == len(args) or args[k + 1].startswith("-")) and "--" not in args[:k]:
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def main() -> None:
     for entry in entry_points(group="edgesd.commands"):
         entry.load()(app)
     try:
-        code = app(standalone_mode=False)
+        code = app(args=with_optional_values(sys.argv[1:]), standalone_mode=False)
     except getattr(click_errors, "NoArgsIsHelpError", ()) as e:
         typer.echo(e.ctx.get_help() if e.ctx else str(e))
         code = 0

@@ -16,7 +16,7 @@ import pytest
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_EXTRAS = ("openvino", "control")  # what a runtime user adds (an engine, OpenCV); export/dev/gpu are not the runtime
+RUNTIME_EXTRAS = ("openvino", "control", "ray")  # what a runtime user adds (an engine, OpenCV, Ray); export/dev/gpu are not the runtime
 
 
 def lowest_requirements() -> list[str]:
@@ -25,7 +25,7 @@ def lowest_requirements() -> list[str]:
     requirements = project["dependencies"] + [r for extra in RUNTIME_EXTRAS for r in project["optional-dependencies"][extra]]
     pinned = []
     for requirement in requirements:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)(,<[^;\s]+)?", requirement)
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+(?:\[[a-z,]+\])?)>=([^,;\s]+)(,<[^;\s]+)?", requirement)
         assert match, f"runtime dependency {requirement!r} has no lower bound to test"
         pinned.append(f"{match[1]}=={match[2]}")
     return pinned
@@ -54,7 +54,7 @@ def run(venv_dir: Path, *args, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_wheel_installs_the_runtime_only(runtime_venv):
-    pins = dict(p.split("==") for p in lowest_requirements())
+    pins = dict(re.sub(r"\[.*\]", "", p).split("==") for p in lowest_requirements())  # ray[data] is ray
     code = ("import importlib.util as u, importlib.metadata as m, json, edgesd, edgesd.pipelines, edgesd.cli; "
             "print([x for x in ('torch', 'diffusers', 'transformers', 'optimum') if u.find_spec(x)]); "
             f"print(json.dumps({{p: m.version(p) for p in {sorted(pins)}}}))")
@@ -139,6 +139,22 @@ def test_controlnets_run_without_torch(runtime_venv, backend, exported, controln
     here = pipe(source, "hills", seed=1, num_inference_steps=4, control_image=[canny(source), depth(source)],
                 controlnet_conditioning_scale=0.9)
     assert_images_close([Image.open(out).convert("RGB")], here.images)
+
+
+def test_a_folder_runs_on_ray_without_torch(runtime_venv, exported, tmp_path):
+    """`--ray` starting a local cluster whose workers have the torch-free runtime and edgesd[ray] only,
+    with the lowest Ray allowed (its `concurrency`) and today's (its `compute`): the local batch's files."""
+    from PIL import Image
+    from test_ray import make_inputs, same_files
+
+    inputs = make_inputs(tmp_path / "in")
+    (inputs / "broken.png").unlink()
+    for name, extra in (("local", []), ("ray", ["--ray", "--ray-workers", "2"])):
+        done = run(runtime_venv, "edgesd", "img2img", str(exported["tiny-sd2"]), "-i", str(inputs), "-p", "a lake",
+                   "--seed", "4", "-o", str(tmp_path / name), *extra, timeout=600)
+        assert done.returncode == 0, done.stderr
+    same_files(tmp_path / "local", tmp_path / "ray")
+    assert len(list((tmp_path / "ray").iterdir())) == 3 and Image.open(tmp_path / "ray" / "gray16.png").text["edgesd"]
 
 
 def test_outpaint_runs_without_torch(runtime_venv, exported, tmp_path):

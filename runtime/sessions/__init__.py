@@ -50,7 +50,7 @@ class Backend:
 
 BACKENDS = {b.name: b for b in (
     Backend("onnxruntime", "onnx", "edgesd.sessions.onnxruntime:OnnxRuntimeSession", ("threads", "lora")),
-    Backend("openvino", "openvino", "edgesd.sessions.openvino:OpenVINOSession", ("cache_dir", "lora")),
+    Backend("openvino", "openvino", "edgesd.sessions.openvino:OpenVINOSession", ("threads", "cache_dir", "lora")),
 )}
 BACKEND_OF_FORMAT = {b.format: b for b in BACKENDS.values()}
 
@@ -87,6 +87,6 @@ def choose_backend(backend: str, device: str, formats: list[str]) -> str:
 
 def open_session(backend: str, path: Path, device: str = "auto", precision: str = "auto", **options) -> Session:
     """Compile one submodel; device "auto" means CUDA/GPU when present, else CPU. `options`: threads
-    (onnxruntime), cache_dir (OpenVINO), lora (a LoraMerge for this submodel); each engine takes the
+    (CPU threads, both engines), cache_dir (OpenVINO), lora (a LoraMerge for this submodel); each engine takes the
     ones it has."""
     return BACKENDS[backend].open(path, device, precision, **options)

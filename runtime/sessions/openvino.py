@@ -64,8 +64,8 @@ def effective_precision(device: str, requested: str, stored: str) -> str:
 class OpenVINOSession:
     backend = "openvino"
 
-    def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", cache_dir: Path | None = None,
-                 lora: LoraMerge | None = None):
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", threads: int | None = None,
+                 cache_dir: Path | None = None, lora: LoraMerge | None = None):
         ov = _import()
         if precision not in ("auto", *_HINTS):
             raise BackendUnavailableError(f"unknown inference precision {precision!r}; use auto, fp32, bf16 or fp16")
@@ -80,6 +80,8 @@ class OpenVINOSession:
         self._config = {}
         if precision != "auto":
             self._config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+        if threads and self.device == "CPU":  # e.g. a Ray worker's share of a node
+            self._config["INFERENCE_NUM_THREADS"] = threads
         if cache_dir or self.device != "CPU":
             self._config["CACHE_DIR"] = str(cache_dir or cache_root() / "openvino")
         self.input_types = {p.get_any_name(): np.dtype(p.get_element_type().to_dtype()) for p in model.inputs}
