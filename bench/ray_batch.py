@@ -4,7 +4,7 @@ start, model load, every image) as a user runs it, turns alternating so the mach
 all alike. The cluster (`ray start --head`, started once, as a user's would be) is outside the timed
 commands; its start is reported apart.
 
-    python bench/ray_batch.py MODEL_FOLDER [--images 16] [--resolution 256] [--rounds 2] [--workers 1,2] \
+    python bench/ray_batch.py MODEL_FOLDER [--images 16] [--resolution 256] [--rounds 2] [--workers 1,2] [--steps N] \
         --out bench/results/ray-NAME-256.json
 
 What a cluster of N such nodes would give follows from the same numbers: each node runs one worker at
@@ -33,7 +33,7 @@ SCHEMA = "edgesd-bench-ray/1"
 RAY = Path(sys.executable).with_name("ray")
 
 
-def command(model: Path, inputs: Path, out: Path, extra: list[str]) -> float:
+def command(model: Path, inputs: Path, out: Path, extra: list[str]) -> tuple[float, dict]:
     """Seconds of one whole `edgesd img2img` over the folder, and its --json."""
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", "from edgesd.cli import main; main()", "img2img", str(model), "-i",
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--steps", type=int, help="default: the model's")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
@@ -68,7 +69,8 @@ def main() -> None:
     subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--disable-usage-stats"],
                    check=True, capture_output=True)
     cluster_start = time.perf_counter() - t0
-    systems = {"local": []} | {f"ray-{w}": ["--ray", f"127.0.0.1:{port}", "--ray-workers", str(w)] for w in workers}
+    steps = ["--steps", str(args.steps)] if args.steps else []
+    systems = {"local": steps} | {f"ray-{w}": [*steps, "--ray", f"127.0.0.1:{port}", "--ray-workers", str(w)] for w in workers}
     walls, image_seconds = {name: [] for name in systems}, {name: [] for name in systems}
     try:
         for round_ in range(args.rounds):
