@@ -13,6 +13,7 @@ a job with `Runner.attempt`, so names, parameters and pixels are the same either
 import json
 import logging
 import os
+import re
 import statistics
 import time
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from edgesd.variations import Variant, contact_sheet
 
 log = logging.getLogger("edgesd")
 PIPELINES = {"img2img": Img2ImgPipeline, "inpaint": InpaintPipeline, "outpaint": InpaintPipeline}
-BASE_PROCESS_BYTES = 2**29  # an actor's own: Python, numpy, the engine's runtime (measured: about 0.4 GiB)
+BASE_PROCESS_BYTES = 2**29  # an actor's own (Python, numpy, the engine's runtime): 0.15 GiB measured with tiny-sd1 loaded, with room
 RAY_EXTRA = "pip install 'edgesd[ray]'"
 
 
@@ -243,13 +244,16 @@ def run_on_ray(batch: Batch, jobs: list[Job], summary: Summary, address: str = "
 
 
 def _cause(error: BaseException) -> str:
-    """The first edgesd error behind Ray's wrappers, else Ray's first line."""
+    """The edgesd error behind Ray's wrappers (chained, or only in the text of a worker's traceback, as
+    for an actor that failed to start), else Ray's first line."""
     seen = error
     while seen is not None:
         if isinstance(seen, EdgesdError):
             return str(seen)
         seen = getattr(seen, "cause", None) or seen.__cause__
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    ours = re.findall(r"^edgesd\.errors\.\w+: (.+)$", text, re.MULTILINE)
+    return ours[-1] if ours else text.splitlines()[0] if text else type(error).__name__
 
 
 class _Worker:
@@ -283,8 +287,8 @@ def actor_bytes(batch: Batch) -> int:
     native size by default; a larger input is checked against what the node has when it runs)."""
     load, low_memory = batch.load, batch.open_options.get("low_memory", False)
     fmt = BACKENDS[load.backend].format
-    weights = sum(memory.weights_bytes(folder, fmt, low_memory) for folder in (load.folder, *load.controlnets,
-                                                                               *filter(None, [batch.refiner and batch.refiner.folder])))
+    folders = [load.folder, *load.controlnets, *([batch.refiner.folder] if batch.refiner else [])]
+    weights = sum(memory.weights_bytes(folder, fmt, low_memory) for folder in folders)
     width, height = batch.size or (load.folder.native_size,) * 2
     guidance = batch.settings.get("guidance_scale")
     guided = (load.folder.defaults["guidance_scale"] if guidance is None else guidance) > 1

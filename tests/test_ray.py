@@ -6,6 +6,7 @@ resumed writes only what is missing."""
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -162,3 +163,21 @@ def test_ray_refusals_are_one_line(model, cluster, tmp_path):
     missing = subprocess.run([sys.executable, "-c", code, *map(str, args), "--ray"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "pip install 'edgesd[ray]'" in missing.stderr and "Traceback" not in missing.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_worker_that_cannot_open_the_model_stops_the_run_in_one_line(model, cluster, tmp_path):
+    """The model's weights damaged under the workers (as on a node with a bad copy): edgesd's error, not Ray's traceback."""
+    from edgesd.errors import EdgesdError
+    from edgesd.jobs import plan_jobs
+    from edgesd.pipelines import plan_load
+
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    load = plan_load(copy)
+    for weights in (copy / "unet").iterdir():  # its ONNX and OpenVINO files (the size is read from config.json)
+        if weights.name != "config.json":
+            weights.write_bytes(b"damaged")
+    inputs = make_inputs(tmp_path / "in")
+    plan = plan_jobs(inputs, tmp_path / "out", 1, False)
+    with pytest.raises(EdgesdError, match="the Ray run stopped: .*unet"):
+        batch.run_on_ray(batch.Batch("img2img", load, {"prompt": "x", "seed": 1}), plan.jobs, batch.Summary(), cluster, 1)
