@@ -24,6 +24,7 @@ from typing import Callable
 
 from edgesd import memory
 from edgesd.errors import EdgesdError, InvalidInputError
+from edgesd.image import load_image, within_area
 from edgesd.jobs import Job, files_of, plan_jobs
 from edgesd.limits import MAX_PIXELS
 from edgesd.outputs import claim, release, remove_stale, save_image
@@ -45,7 +46,8 @@ class Batch:
     settings: dict  # the call's (a run's overrides go on top)
     runs: list[Variant] = field(default_factory=lambda: [Variant({}, "")])  # variations: one per output suffix
     iterations: int = 1  # > 1: one image chained, seed + 1 each pass
-    size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None  # asked for; None: job_size's rule
+    keep_size: bool = False
     task_options: dict = field(default_factory=dict)  # inpaint: mask_image, padding_mask_crop...; outpaint: the sides
     open_options: dict = field(default_factory=dict)  # Pipeline.open's: device, inference_precision, threads, loras...
     refiner: LoadPlan | None = None
@@ -98,12 +100,14 @@ class Runner:
     def run(self, job: Job, label: str = "denoising", progress=lambda label: nullcontext()) -> list[dict]:
         """One input: each run (a variation or an iteration) written, then its contact sheet. Returns
         per run its outputs, seed, settings and timings. `progress(label)`: a context giving a step callback."""
-        from edgesd.image import load_image
-
         batch, cells, done, source = self.batch, [], [], job.image
         schedule = batch.runs if batch.iterations == 1 else [batch.runs[0]] * batch.iterations
-        # inpaint keeps the input's size (the API, as diffusers, would use the native square)
-        size = batch.size or (load_image(job.image, batch.max_pixels).size if batch.task == "inpaint" else None)
+        given = load_image(job.image, batch.max_pixels).size
+        size = job_size(batch, given, self.pipe.folder.native_size)
+        if batch.size is None and size not in (None, given):
+            self.pipe.say_once("fit", "%s (%dx%d) is resized to %dx%d, about this model's native area (%d px square, "
+                               "aspect kept); --keep-size keeps each input's size", job.image.name, *given, *size,
+                               self.pipe.folder.native_size)
         controls = [self.derive[made](job.image) if isinstance(made, str) else made for made in batch.control_images]
         for k, (run, outputs) in enumerate(zip(schedule, job.outputs)):
             call = {**batch.settings, **run.overrides, **({"control_image": controls} if controls else {})}
@@ -144,6 +148,15 @@ class Runner:
                 return {"image": str(job.image), "failure": str(e) if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"}
         finally:
             release(job.outputs[0][0])
+
+
+def job_size(batch: Batch, size: tuple[int, int], native: int) -> tuple[int, int] | None:
+    """The size a job asks its pipeline for, given its input's `size`: the batch's, if asked; else an
+    input over the model's native area at that area, aspect kept (as edgesd serve and other tools do:
+    time and memory grow with the pixels, and SD models repeat content far above their native size),
+    unless `keep_size`. inpaint keeps the input's size (the API, as diffusers, would use the native square)."""
+    fitted = None if batch.keep_size else within_area(size, native**2)
+    return batch.size or fitted or (size if batch.task == "inpaint" else None)
 
 
 def _claim(job: Job, overwrite: bool, grid: bool) -> str | None:
@@ -289,7 +302,7 @@ def actor_bytes(batch: Batch) -> int:
     fmt = BACKENDS[load.backend].format
     folders = [load.folder, *load.controlnets, *([batch.refiner.folder] if batch.refiner else [])]
     weights = sum(memory.weights_bytes(folder, fmt, low_memory) for folder in folders)
-    width, height = batch.size or (load.folder.native_size,) * 2
+    width, height = batch.size or (load.folder.native_size,) * 2  # what job_size gives large inputs
     guidance = batch.settings.get("guidance_scale")
     guided = (load.folder.defaults["guidance_scale"] if guidance is None else guidance) > 1
     vae = None if batch.open_options.get("vae_decode_only") else load.vae
@@ -321,11 +334,13 @@ def _import_ray():
 
 def run(model: str | Path, inputs: str | Path, output: str | Path | None = None, prompt: str = "", *,
         task: str = "img2img", ray: str | None = None, ray_workers: int | None = None, size: tuple[int, int] | None = None,
+        keep_size: bool = False,
         backend: str = "auto", device: str = "auto", inference_precision: str = "auto", threads: int | None = None,
         low_memory: bool = False, loras=(), vae: str | Path | None = None, overwrite: bool = False, **call) -> Summary:
     """`edgesd TASK MODEL -i INPUTS -o OUTPUT` from Python: one image or a folder (resumable: inputs
     whose outputs exist are skipped), here (`ray=None`) or on Ray ("local" starts a cluster on this
-    machine, "auto" or an address joins one). `call`: the pipeline call's options (negative_prompt,
+    machine, "auto" or an address joins one). Inputs over the model's native area run at that area
+    (aspect kept) unless `size` is given or `keep_size`. `call`: the pipeline call's options (negative_prompt,
     strength, num_inference_steps, guidance_scale, seed, num_images, scheduler; inpaint's mask_image,
     padding_mask_crop, masked_content; outpaint's left, right, top, bottom, overlap)."""
     if task not in PIPELINES:
@@ -341,7 +356,7 @@ def run(model: str | Path, inputs: str | Path, output: str | Path | None = None,
     mask = task_options.get("mask_image")
     plan = plan_jobs(Path(inputs), Path(output) if output is not None else None, resolved["num_images"], overwrite,
                      other_inputs=[Path(mask)] if isinstance(mask, (str, Path)) else [])
-    batch = Batch(task, load, settings, size=size, task_options=task_options, overwrite=overwrite,
+    batch = Batch(task, load, settings, size=size, keep_size=keep_size, task_options=task_options, overwrite=overwrite,
                   open_options={"device": device, "inference_precision": inference_precision, "threads": threads,
                                 "low_memory": low_memory, "loras": loras})
     summary = Summary(skipped=[{"image": str(p), "reason": why} for p, why in plan.skipped])

@@ -149,6 +149,7 @@ def _shared_options(
     resize: Optional[str] = typer.Option(None, metavar="WxH", help="Resize the input to WxH first, e.g. 768x512.", show_default=False),
     width: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Resize the input to this width first (keeps the aspect ratio unless --height is given).", show_default=False),
     height: Optional[int] = typer.Option(None, min=8, max=MAX_SIDE, help="Resize the input to this height first (keeps the aspect ratio unless --width is given).", show_default=False),
+    keep_size: bool = typer.Option(False, "--keep-size", help="Run inputs at their own size. By default an input larger than the model's native area (512x512 for SD 1.5) is resized to that area, aspect kept: faster, and SD models repeat content far above it."),
     grid: bool = typer.Option(False, help="Also write a labelled contact sheet of each input's images (OUT-grid.png)."),
     iterations: int = typer.Option(1, min=1, help="Feed each output back as the next input, N times (OUT-iter1.png ...; seed + 1 each time)."),
     replay: Optional[Path] = typer.Option(None, help="Reuse the parameters stored in an image edgesd wrote (with the same --image, the same image).", show_default=False),
@@ -218,7 +219,8 @@ def _task_command(task: str, help: str, extra=None) -> None:
 
 
 def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2, negative_prompt_2, aesthetic_score,
-             strength, steps, guidance, seed, scheduler, num_images, seed_per_image, resize, width, height, grid, iterations,
+             strength, steps, guidance, seed, scheduler, num_images, seed_per_image, resize, width, height, keep_size, grid,
+             iterations,
              replay, lora,
              vae, vae_decode_only, controlnet, control_image, depth_model, guess_mode, control_start, control_end, revision,
              backend, device,
@@ -229,7 +231,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     from edgesd.families import SDXL_OPTIONS
     from edgesd.image import load_image
     from edgesd.jobs import plan_jobs
-    from edgesd.batch import PIPELINES, Batch, Runner, Summary, run_here, run_on_ray
+    from edgesd.batch import PIPELINES, Batch, Runner, Summary, job_size, run_here, run_on_ray
     from edgesd.outputs import read_parameters
     from edgesd.schema import hub_repo_id
     from edgesd.pipelines import check_memory, outpaint_canvas, plan_load, processing_size, resolve_settings
@@ -334,16 +336,6 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         return
     if mask is not None:
         run_guarded(load_image, mask, max_pixels, keep_gray=True)
-    if not image.is_dir():  # sized as the call will size it, by the pipeline's own functions
-        first = run_guarded(load_image, image, max_pixels).size
-        if task == "outpaint":  # the canvas (the stored extension on a replay)
-            sides = {k: v for k, v in task_options.items() if k != "overlap"}
-            width, height = run_guarded(outpaint_canvas, folder, first, **sides, requested=size, max_pixels=max_pixels)[1]
-        else:
-            width, height = run_guarded(processing_size, folder, first, size, max_pixels)[1]  # inpaint: its own size
-        guided = any(r["guidance_scale"] > 1 for r in resolved)
-        run_guarded(check_memory, load_plan, width, height, settings["num_images"], guided, low_memory,
-                    vae_decode_only=vae_decode_only, what=f"{image.name} at {width}x{height} on {backend}")
     if task == "inpaint":
         crop, content = task_options["padding_mask_crop"], task_options["masked_content"]
         call_options = {"mask_image": mask, "padding_mask_crop": stored.get("padding_mask_crop") if crop is None else crop,
@@ -351,12 +343,23 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
                         else content.value.replace("-", " ")}
     else:  # outpaint's sides; img2img's refiner options are the Batch's own
         call_options = task_options if task == "outpaint" else {}
-    batch = Batch(task, load_plan, settings, runs, iterations, size, call_options, max_pixels=max_pixels,
+    batch = Batch(task, load_plan, settings, runs, iterations, size, keep_size, call_options, max_pixels=max_pixels,
                   open_options=dict(device=device, inference_precision=precision, threads=threads, low_memory=low_memory,
                                     loras=loras, vae_decode_only=vae_decode_only),
                   refiner=refiner_plan or None, high_noise_frac=task_options.get("high_noise_frac", 0.8),
                   control_images=[made or name for made, name in zip(maps, control_image or ())], depth_model=depth_model,
                   replay_index=stored.get("index", 0) if replay else None, overwrite=overwrite, grid=grid)
+    if not image.is_dir():  # sized as the call will size it, by the batch's and the pipeline's own functions
+        first = run_guarded(load_image, image, max_pixels).size
+        asked = job_size(batch, first, folder.native_size)
+        if task == "outpaint":  # the canvas (the stored extension on a replay)
+            sides = {k: v for k, v in task_options.items() if k != "overlap"}
+            width, height = run_guarded(outpaint_canvas, folder, first, **sides, requested=asked, max_pixels=max_pixels)[1]
+        else:
+            width, height = run_guarded(processing_size, folder, first, asked, max_pixels)[1]
+        guided = any(r["guidance_scale"] > 1 for r in resolved)
+        run_guarded(check_memory, load_plan, width, height, settings["num_images"], guided, low_memory,
+                    vae_decode_only=vae_decode_only, what=f"{image.name} at {width}x{height} on {backend}")
     summary = Summary(skipped=skipped)
     show = not quiet and not as_json and sys.stderr.isatty()
     warn = partial(typer.echo, err=True)

@@ -8,6 +8,7 @@ Out: [-1, 1] -> clamp to [0, 1] -> round(x * 255) uint8 PIL images.
 
 import hashlib
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,14 @@ def target_size(size: tuple[int, int], scale_factor: int, requested: tuple[int |
         raise InvalidInputError(f"resizing {size[0]}x{size[1]} to {width}x{height} is over the limit of {max_pixels} pixels; "
                                 "ask for a smaller size (or raise the limit: --max-pixels, max_pixels)")
     return width, height
+
+
+def within_area(size: tuple[int, int], area: int) -> tuple[int, int] | None:
+    """The size, aspect kept, that has `area` pixels, for inputs larger than that (None: keep the size)."""
+    if size[0] * size[1] <= area:
+        return None
+    scale = math.sqrt(area / (size[0] * size[1]))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def preprocess(image: Image.Image, size: tuple[int, int], normalize: bool = True) -> np.ndarray:

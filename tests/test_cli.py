@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgesd import Img2ImgPipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = ROOT / "examples" / "input.png"
 
@@ -235,6 +237,30 @@ def test_json_is_printed_when_every_input_fails(model, tmp_path):
     assert single.returncode == 2 and "cannot read image" in json.loads(single.stdout)["error"]
 
 
+def test_inputs_above_the_native_area_run_at_it_unless_keep_size(exported, model, tmp_path):
+    """The project's example (512x384) on tiny-sd1 (64 px native; at its own size onnxruntime would need
+    ~29 GB, tests/test_memory.py) runs at about 64x64 pixels, aspect kept, said in one line; the API's
+    call at that size gives the same pixels. --keep-size keeps an input's size; smaller inputs keep theirs."""
+    out = tmp_path / "o.png"
+    done = edgesd("img2img", exported["tiny-sd1"], "-i", INPUT, "-p", "x", "--steps", 2, "--seed", 3,
+                  "--backend", "onnxruntime", "-o", out)
+    assert done.returncode == 0, done.stderr
+    width, height = Image.open(out).size
+    assert width * height <= 64 * 64 and abs(width / height - 512 / 384) < 0.1
+    assert "input.png (512x384) is resized to 74x55" in done.stderr and "--keep-size" in done.stderr
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="onnxruntime")
+    made = pipe(Image.open(INPUT), "x", num_inference_steps=2, seed=3, size=(74, 55)).images[0]
+    assert np.array_equal(np.asarray(made), _pixels(out))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.open(INPUT).save(inputs / "big.png")
+    Image.open(INPUT).crop((0, 0, 120, 80)).save(inputs / "small.png")
+    for flags, big in (((), (296, 216)), (("--keep-size",), (512, 384))):
+        outputs = tmp_path / f"out{len(flags)}"
+        assert edgesd("img2img", model, "-i", inputs, "-p", "x", "--steps", 2, "-o", outputs, *flags).returncode == 0
+        assert Image.open(outputs / "big.png").size == big and Image.open(outputs / "small.png").size == (120, 80)
+
+
 def test_sweep_writes_each_variation_and_a_grid_equal_to_single_runs(model, tmp_path):
     out = tmp_path / "v.png"
     done = edgesd("img2img", model, "-i", INPUT, "-p", "x", "--steps", 10, "--strength", "0.3,0.6", "--seed", "1,2",
@@ -246,8 +272,8 @@ def test_sweep_writes_each_variation_and_a_grid_equal_to_single_runs(model, tmp_
     single = tmp_path / "single.png"
     assert edgesd("img2img", model, "-i", INPUT, "-p", "x", "--steps", 10, "--strength", 0.6, "--seed", 2, "-o", single).returncode == 0
     assert np.array_equal(_pixels(single), _pixels(tmp_path / "v-strength0.6-seed2.png"))  # reused encodings change nothing
-    grid = Image.open(tmp_path / "v-grid.png")
-    assert grid.width >= 4 * 512 and grid.height > 384
+    grid, cell = Image.open(tmp_path / "v-grid.png"), Image.open(single)
+    assert grid.width >= 4 * cell.width and grid.height > cell.height
 
 
 def test_sweep_edge_cases_fail_before_any_work(model, tmp_path):

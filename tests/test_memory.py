@@ -79,7 +79,7 @@ def test_cli_refuses_an_oversized_input_in_one_line_before_loading(exported, tmp
         pytest.skip("this machine would fit the 29 GB call")
     out = tmp_path / "o.png"
     done = subprocess.run([sys.executable, "-c", "from edgesd.cli import main; main()", "img2img", exported["tiny-sd1"],
-                           "-i", ROOT / "examples/input.png", "-p", "x", "--backend", "onnxruntime", "-o", out],
+                           "-i", ROOT / "examples/input.png", "-p", "x", "--backend", "onnxruntime", "--keep-size", "-o", out],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: input.png at 512x384 on onnxruntime needs about")
     assert done.stderr.count("\n") == 1 and "--resize" in done.stderr and not out.exists()

@@ -11,12 +11,12 @@ request cancels it.
 """
 
 import base64
-import math
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgesd.image import within_area
 from edgesd.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS
 from edgesd.outputs import png_bytes
 from edgesd.schema import MASKED_CONTENT
@@ -62,14 +62,6 @@ class GenerateRequest(BaseModel):
         if self.mask is not None and self.outpaint is not None:
             raise ValueError("give mask (inpainting) or outpaint, not both")
         return self
-
-
-def within_area(size: tuple[int, int], area: int) -> tuple[int, int] | None:
-    """The size, aspect kept, that has `area` pixels, for inputs larger than that (None: keep the size)."""
-    if size[0] * size[1] <= area:
-        return None
-    scale = math.sqrt(area / (size[0] * size[1]))
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def add_routes(app: FastAPI, served: Served, worker: Worker) -> None:
