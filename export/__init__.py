@@ -52,9 +52,12 @@ def export_model(
     The folder is built under a temporary name beside OUTPUT and renamed when complete, so a
     failed export never leaves a folder that looks valid.
     """
+    from edgesd.export import recipes
     from edgesd.export.calibration import check_calibration_options
     from edgesd.export.precision import parse_precision
 
+    if source.startswith("random:"):  # an unknown recipe is answered before torch loads
+        recipes.load(source.removeprefix("random:"))
     plan = parse_precision(precision)
     if plan.needs_calibration:  # fail before the long export, not after it
         check_calibration_options(calibration_images, calibration_samples, calibration_size)
@@ -100,7 +103,9 @@ def _require_export_extra(formats, plan=None) -> None:
         needed.append("nncf")
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise EdgesdError(f"edgesd export needs the export extra ({', '.join(missing)} missing): pip install 'edgesd[export]'")
+        torch = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu (its CPU build), then " * ("torch" in missing)
+        raise EdgesdError(f"edgesd export needs the export extra ({', '.join(missing)} missing): {torch}pip install "
+                          "'edgesd[export]' ('.[export]' in a clone of edgesd, 'WHEEL[export]' with a wheel)")
 
 
 def _export_into(spec: str, folder: Path, formats, quantization=None, config: str | None = None) -> None:

@@ -1,6 +1,7 @@
 """`edgesd export`, added to the runtime's CLI through the `edgesd.commands` entry point.
 Importing this module is cheap: torch and friends load only when the command runs."""
 
+import os
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -57,6 +58,8 @@ def register(app: typer.Typer) -> None:
         with warnings.catch_warnings():
             if not debugging():  # torch's tracer and the exporters warn a lot about what is fine here
                 warnings.simplefilter("ignore")
+                for library in ("DIFFUSERS", "TRANSFORMERS"):  # read as they import (diffusers: "Multiple distributions ...")
+                    os.environ.setdefault(f"{library}_VERBOSITY", "error")
             run_guarded(export_model, source, output, formats=formats, overwrite=overwrite, precision=spec, config=config,
                         calibration_images=calibration_images, calibration_samples=calibration_samples,
                         calibration_size=calibration_size)

@@ -16,10 +16,13 @@ Only onnxruntime reads the fused file; OpenVINO's IR is converted from the unfus
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnx
+import tqdm
 
 log = logging.getLogger("edgesd")
 
@@ -39,8 +42,9 @@ def fuse_unet_attention(path: Path) -> int:
     # to the working directory (an in-memory model has no folder of its own)
     working_directory = os.getcwd()
     os.chdir(path.parent)
-    try:
-        UnetOnnxModel.optimize(model, options)
+    try:  # without the progress bar onnxruntime draws for these 2 seconds
+        with mock.patch.object(tqdm, "tqdm", partial(tqdm.tqdm, disable=True)):
+            UnetOnnxModel.optimize(model, options)
     finally:
         os.chdir(working_directory)
     fused = sum(node.op_type == "MultiHeadAttention" for node in model.model.graph.node)

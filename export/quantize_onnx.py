@@ -261,10 +261,13 @@ class _no_preprocess_advice(logging.Filter):
     """onnxruntime.quantization logs 'Please consider pre-processing...' to the root logger on every call.
     Its quant_pre_process is not run: optimum's export is already constant-folded and typed, and
     quantize_static finds every Conv/MatMul/Gemm without it (it also adds a full model rewrite,
-    with onnx shape inference that stops at 2 GB)."""
+    with onnx shape inference that stops at 2 GB). It also logs 'failed to infer the type of tensor'
+    for each output of the fused attention (a com.microsoft operator onnx's shape inference does not
+    type): those stay float, which the fidelity check after quantizing measures."""
 
     def filter(self, record):
-        return "pre-processing" not in record.getMessage()
+        message = record.getMessage()
+        return "pre-processing" not in message and "failed to infer the type of tensor" not in message
 
     def __enter__(self):
         logging.getLogger().addFilter(self)

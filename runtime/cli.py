@@ -52,7 +52,9 @@ def _global(
 ):
     global _debug
     _debug = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # edgesd's own messages; other libraries' only from warnings up (onnxruntime's graph tools log each pass)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def _quiet(quiet: bool) -> None:

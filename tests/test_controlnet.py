@@ -216,7 +216,7 @@ def test_cli_runs_controlnets_on_each_input_and_checks_them_before_loading(expor
     pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="onnxruntime", device="cpu", inference_precision="fp32",
                                 controlnet=[net, bgr])
     want = pipe(source, PROMPT, num_inference_steps=4, seed=2, control_image=[canny(source), tmp_path / "map.png"],
-                controlnet_conditioning_scale=[0.7, 0.8], control_guidance_end=0.75)
+                controlnet_conditioning_scale=[0.7, 0.8], control_guidance_end=0.75, size=tuple(stored["size"]))
     assert_images_close([Image.open(out).convert("RGB")], want.images)
     again = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "-o", tmp_path / "again.png",
                    "--controlnet", net, "--control-image", "canny")
@@ -353,7 +353,8 @@ def test_depth_in_the_cli_and_what_is_not_exported(exported, controlnets, depth_
     picture(*SIZE["tiny-sd1"]).save(source)
     net = controlnets["tiny-controlnet-sd1"][1]
     done = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--steps", 4, "--seed", 2, "--precision", "fp32",
-                  "--backend", "openvino", "--controlnet", net, "--control-image", "depth", "--depth-model", folder, "-o", out)
+                  "--backend", "openvino", "--controlnet", net, "--control-image", "depth", "--depth-model", folder, "--keep-size",
+                  "-o", out)
     assert done.returncode == 0, done.stderr
     depth = DepthEstimator.load(folder, "openvino", inference_precision="fp32")
     pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="openvino", device="cpu", inference_precision="fp32", controlnet=net)

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -183,13 +184,28 @@ def fp32_folder(exported):
 
 
 @pytest.fixture(scope="module")
-def int8_export(tmp_path_factory):
-    """The whole path through export_model: fp32 export, validation, calibration, conversion, manifest."""
-    from edgesd.export import export_model
-
+def int8_cli_export(tmp_path_factory) -> tuple[Path, str]:
+    """The whole path through `edgesd export`: fp32 export, validation, calibration, conversion, manifest;
+    the folder and what the command printed."""
     out = tmp_path_factory.mktemp("quantized") / "int8"
-    return export_model("random:tiny-sd1", out, formats=FORMATS, precision="int8", calibration_samples=8,
-                        calibration_size=128)
+    done = edgesd("export", "random:tiny-sd1", "-o", str(out), "--format", "both", "--precision", "int8",
+                  "--calibration-samples", "8", "--calibration-size", "128")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, done.stderr
+
+
+@pytest.fixture(scope="module")
+def int8_export(int8_cli_export) -> Path:
+    return int8_cli_export[0]
+
+
+def test_an_export_prints_its_own_lines_not_its_libraries_noise(int8_cli_export):
+    """diffusers' "Multiple distributions found", onnxruntime's fusion progress bar and its graph
+    passes' "Removed N nodes", its quantizer's per-tensor warnings: filtered (shown with --debug)."""
+    said = int8_cli_export[1]
+    for noise in ("Multiple distributions", "fusion:", "Removed ", "failed to infer", "pre-processing", "Warning"):
+        assert noise not in said, noise
+    assert "fused 8 attention blocks of unet" in said and "unet int8 on onnxruntime: max deviation" in said
 
 
 @pytest.fixture(scope="module")

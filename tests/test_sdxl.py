@@ -300,7 +300,7 @@ def test_cli_runs_sdxl_with_its_options_and_a_refiner(sdxl, pipes, tmp_path):
     stored = json.loads(done.stdout)["results"][0]["settings"]
     assert stored["high_noise_frac"] == 0.6 and stored["prompt_2"] == "a dog" and stored["refiner"]["model"] == refiner.name
     api = refine(pipes["tiny-sdxl", "onnxruntime"], pipes["tiny-sdxl-refiner", "onnxruntime"], Image.open(INPUT), PROMPT, 0.6,
-                 prompt_2="a dog", num_inference_steps=6, strength=0.8, seed=2, size=Image.open(INPUT).size)
+                 prompt_2="a dog", num_inference_steps=6, strength=0.8, seed=2, size=tuple(stored["size"]))
     assert_images_close([Image.open(out).convert("RGB")], api.images)
     done = edgesd("img2img", base, "-i", INPUT, "-p", PROMPT, "--refiner", refiner, "--high-noise-frac", 0.95, "--steps", 4,
                   "-o", tmp_path / "p.png")

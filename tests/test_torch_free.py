@@ -1,11 +1,12 @@
 """The runtime installed from a built wheel into venvs without torch, diffusers or transformers:
 `import edgesd` and `edgesd img2img` work there, on edgesd's and optimum's folder layouts, and torch
 is provably absent. Two venvs keep pyproject.toml's `>=` a tested promise at both ends:
-- newest: what `pip install edgesd[openvino]` resolves today (no pins);
+- newest: what README.md's install line for a wheel resolves today (no pins);
 - lowest: every direct runtime dependency at the lowest version pyproject.toml allows."""
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -31,11 +32,20 @@ def lowest_requirements() -> list[str]:
     return pinned
 
 
+def readme_install(start: str, dist: Path) -> list[str]:
+    """README.md's install line that begins with `start`, as pip arguments, its `dist/` put at `dist`:
+    the suite installs the way a user who pastes it does."""
+    block = re.search(r"^## Install\n.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S | re.M)[1]
+    line = next(line for line in block.splitlines() if line.startswith(start))
+    words = shlex.split(line.partition("#")[0])
+    assert words[0] == "pip", line
+    return [str(dist) if w == "dist" else str(dist / w.removeprefix("dist/")) if w.startswith("dist/") else w for w in words[1:]]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(dist)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", *readme_install("pip wheel", dist), "-q"], cwd=ROOT, check=True)
     return next(dist.glob("edgesd-*.whl"))
 
 
@@ -43,9 +53,11 @@ def wheel(tmp_path_factory) -> Path:
 def runtime_venv(request, wheel, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp(f"torchfree-{request.param}") / "venv"
     venv.create(root, with_pip=True)
+    pip = [root / "bin" / "python", "-m", "pip"]
+    if request.param == "newest":  # README's line first (it names the wheel being built: its version is today's)
+        subprocess.run([*pip, *readme_install("pip install 'dist/", wheel.parent), "-q"], check=True)
     pins = lowest_requirements() if request.param == "lowest" else []
-    subprocess.run([root / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[{','.join(RUNTIME_EXTRAS)}]", *pins],
-                   check=True)
+    subprocess.run([*pip, "install", "-q", f"{wheel}[{','.join(RUNTIME_EXTRAS)}]", *pins], check=True)
     return root
 
 
@@ -89,6 +101,7 @@ def test_img2img_runs_without_torch(runtime_venv, layout, backend, exported, opt
 def test_export_says_which_extra_it_needs(runtime_venv, tmp_path):
     done = run(runtime_venv, "edgesd", "export", "random:tiny-sd1", "-o", str(tmp_path / "m"))
     assert done.returncode == 2 and "pip install 'edgesd[export]'" in done.stderr
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in done.stderr  # CPU torch first
 
 
 def test_bench_runs_without_torch(runtime_venv, exported, tmp_path):
