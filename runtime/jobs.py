@@ -1,16 +1,18 @@
 """What an `edgesd img2img` invocation has to do: one input or a folder of inputs. A folder run is
-resumable (inputs whose outputs all exist are skipped) and gives every input its own outputs:
-same-stem inputs (a.jpg, a.webp) are named by their full names (a.jpg.png, a.webp.png). Everything
-about the outputs is checked before any work: they can be written, and none is an input (not even
-with --overwrite)."""
+resumable (inputs whose outputs all exist are skipped) and gives every input its own outputs, named
+by the input's own name alone, so they stay the same when the folder changes: a.png -> a.png,
+a.jpg -> a.jpg.png (a.jpg and a.webp beside it never meet). Outputs an earlier edgesd named by the
+stem (a.jpg -> a.png) are found on resume. Everything about the outputs is checked before any work:
+they can be written, and none is an input (not even with --overwrite)."""
 
 import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgesd.errors import InvalidInputError
-from edgesd.outputs import check_writable, image_format, output_paths, remove_stale
+from edgesd.errors import EdgesdError, InvalidInputError
+from edgesd.image import image_sha256, load_image
+from edgesd.outputs import check_writable, image_format, output_paths, read_parameters, remove_stale
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -78,7 +80,12 @@ def plan_jobs(image: Path, output: Path | None, num_images: int, overwrite: bool
                 raise InvalidInputError(f"inputs {planned[file.name.casefold()].name} and {path.name} would both write "
                                         f"{file.name}; rename one")
         existing = [o for o in outputs if o.exists()]
-        if overwrite or not existing:
+        earlier = None if overwrite or len(existing) == len(outputs) else \
+            _made_earlier(path, out_dir, name, num_images, list(suffixes), grid)
+        if earlier is not None:
+            plan.skipped.append((path, f"its output exists as {earlier.name} (named by an earlier edgesd; --overwrite "
+                                       "to redo it under its name now)"))
+        elif overwrite or not existing:
             plan.jobs.append(job)
         elif len(existing) == len(outputs):
             plan.skipped.append((path, "its output exists (--overwrite to redo)"))
@@ -117,13 +124,34 @@ def _same(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and _identity(a) == _identity(b)
 
 
+def _output_name(path: Path) -> str:
+    """An input's output name without suffix, from its own name alone: a PNG's stem, else its full name."""
+    return path.stem if path.suffix.lower() == ".png" else path.name
+
+
+def _made_earlier(path: Path, out_dir: Path, name: str, num_images: int, suffixes: list[str], grid: bool) -> Path | None:
+    """The first output of `path` as an earlier edgesd named it (its stem, or its full name where stems
+    clashed), if all of that job's files are there and their parameters say they were made from this input."""
+    for legacy in dict.fromkeys((path.stem, path.name)):
+        if legacy == name:
+            continue
+        files = files_of(_job(path, out_dir / f"{legacy}.png", num_images, suffixes), grid)
+        if all(file.exists() for file in files) and _made_from(files[0], path):
+            return files[0]
+    return None
+
+
+def _made_from(output: Path, image: Path) -> bool:
+    try:
+        return read_parameters(output).get("input_sha256") == image_sha256(load_image(image))
+    except EdgesdError:
+        return False
+
+
 def _output_names(inputs: list[Path]) -> dict[Path, str]:
-    """Input -> output name without suffix: its stem, or its full name where stems clash (compared
-    case-insensitively, as on macOS and Windows file systems)."""
-    by_stem = defaultdict(list)
-    for path in inputs:
-        by_stem[path.stem.casefold()].append(path)
-    names = {path: path.stem if len(by_stem[path.stem.casefold()]) == 1 else path.name for path in inputs}
+    """Input -> output name without suffix (`_output_name`); two inputs whose names would clash
+    (compared case-insensitively, as on macOS and Windows file systems) are refused."""
+    names = {path: _output_name(path) for path in inputs}
     by_name = defaultdict(list)
     for path, name in names.items():
         by_name[name.casefold()].append(path.name)

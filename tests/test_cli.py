@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,7 @@ def test_same_stem_inputs_get_their_own_outputs(model, tmp_path):
     out = tmp_path / "out"
     done = edgesd("img2img", model, "-i", inputs, "-p", "x", "--seed", 1, "-o", out)
     assert done.returncode == 0, done.stderr
-    assert _files(out) == ["A.png.png", "a.jpg.png", "a.webp.png", "b.png"]  # A and a clash on case-insensitive disks
+    assert _files(out) == ["A.png", "a.jpg.png", "a.webp.png", "b.png"]  # each named by its own name
     assert done.stderr.count("wrote ") == 4
     assert f"skipped {inputs / 'notes.txt'}: not an image input" in done.stderr and "clip.gif" in done.stderr
     again = edgesd("img2img", model, "-i", inputs, "-p", "x", "--seed", 1, "-o", out, "--num-images", 2, "--json")
@@ -223,6 +224,24 @@ def test_same_stem_inputs_get_their_own_outputs(model, tmp_path):
     skipped = {Path(s["image"]).name: s["reason"] for s in json.loads(third.stdout)["skipped"]}
     assert skipped["b.png"].startswith("1 of its 2 outputs exist") and "its output exists" in skipped["a.jpg"]
     assert {name: (out / name).read_bytes() for name in before} == before  # nothing overwritten
+
+
+def test_output_names_do_not_depend_on_other_inputs_and_earlier_names_are_found(model, tmp_path):
+    """b.webp's output is b.webp.png whatever else the folder holds; one an earlier edgesd named b.png
+    (by the stem) is found on resume, by the input it was made from, and not redone or orphaned."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    Image.open(ROOT / "tests/data/small.png").save(inputs / "b.webp")
+    run = partial(edgesd, "img2img", model, "-i", inputs, "-p", "x", "--steps", 2, "--seed", 1, "-o", out, "--json")
+    assert run().returncode == 0 and _files(out) == ["b.webp.png"]
+    (out / "b.webp.png").rename(out / "b.png")  # as edgesd 0.3 named it while its stem was the folder's only b
+    Image.open(ROOT / "tests/data/small.png").convert("L").convert("RGB").save(inputs / "b.jpg")  # another b
+    done = run()
+    assert done.returncode == 0, done.stderr
+    skipped = {Path(s["image"]).name: s["reason"] for s in json.loads(done.stdout)["skipped"]}
+    assert skipped == {"b.webp": "its output exists as b.png (named by an earlier edgesd; --overwrite to redo it under "
+                                 "its name now)"}
+    assert _files(out) == ["b.jpg.png", "b.png"]  # b.png, made from b.webp, is not taken for b.jpg's
 
 
 def test_json_is_printed_when_every_input_fails(model, tmp_path):

@@ -62,7 +62,7 @@ def make_inputs(folder: Path, count: int = 3) -> Path:
     folder.mkdir()
     photo = Image.open(INPUT).convert("RGB").resize((96, 72))
     photo.save(folder / "a.png")
-    photo.save(folder / "a.jpg")  # the same stem: a.png.png and a.jpg.png
+    photo.save(folder / "a.jpg")  # the same stem: a.png and a.jpg.png
     Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257)).save(folder / "gray16.png")  # 16-bit
     for k in range(count - 3):
         photo.rotate(90 * (k + 1), expand=True).save(folder / f"r{k}.webp")
@@ -89,7 +89,7 @@ def test_ray_writes_what_the_local_batch_writes(model, cluster, tmp_path):
     viaray = finished(edgesd(*common, "-o", tmp_path / "ray", "--ray", cluster, "--ray-workers", 2))
     assert viaray.returncode == 1, viaray.stderr
     same_files(tmp_path / "local", tmp_path / "ray")
-    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == ["a.jpg.png", "a.png.png", "gray16.png"]
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == ["a.jpg.png", "a.png", "gray16.png"]
     ours, theirs = json.loads(local.stdout), json.loads(viaray.stdout)
     for key in ("results", "failures"):
         assert [entry["image"] for entry in ours[key]] == [entry["image"] for entry in theirs[key]]
