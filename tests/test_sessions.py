@@ -131,3 +131,39 @@ def test_sessions_answer_by_name(exported, backend):
     with pytest.raises(ModelFolderError, match="no output 'text_embeds'"):
         output(outputs, "text_embeds")
     assert output({"anything": ids}, "sample") is ids
+
+
+@pytest.mark.parametrize("asked", ["auto", "fp32", "bf16", "fp16"])
+def test_outputs_record_the_precision_and_device_the_engine_uses(exported, asked):
+    """What a pipeline records is what OpenVINO's compiled model says it runs in on this CPU (bf16
+    and fp16 where the CPU has them), and the device "auto" resolved to."""
+    import openvino as ov
+
+    from edgesd import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="openvino", device="auto", inference_precision=asked)
+    core = ov.Core()
+    config = {} if asked == "auto" else {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[asked]}
+    compiled = core.compile_model(str(exported["tiny-sd1"] / "unet" / "openvino_model.xml"), "CPU", config)
+    used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    assert pipe.provenance["inference_precision"] == {"f32": "fp32", "f16": "fp16"}.get(used, used)
+    assert pipe.provenance["device"] == "cpu"
+    if asked in ("auto", "fp32"):  # onnxruntime computes in the export's precision (and refuses others)
+        onnx = Img2ImgPipeline.load(exported["tiny-sd1"], backend="onnxruntime", inference_precision=asked)
+        assert onnx.provenance["device"] == "cpu" and onnx.provenance["inference_precision"] == "fp32"
+
+
+def test_a_precision_the_cpu_lacks_is_recorded_as_the_fp32_it_runs_in(monkeypatch):
+    """The CPU plugin runs bf16 asked of a CPU without AVX512-BF16/AMX in fp32, without a word."""
+    from types import SimpleNamespace
+
+    from edgesd.sessions import openvino as sessions
+
+    class OldCpu:
+        available_devices = ["CPU"]
+
+        def get_property(self, device, name):
+            return {"OPTIMIZATION_CAPABILITIES": ["FP32", "INT8", "BIN", "EXPORT_IMPORT"]}[name]
+
+    monkeypatch.setattr(sessions, "_import", lambda: SimpleNamespace(Core=OldCpu))
+    assert [sessions.effective_precision("auto", asked, "fp32") for asked in ("fp32", "bf16", "fp16")] == ["fp32"] * 3

@@ -119,7 +119,7 @@ class Pipeline:
         stored = manifest["submodels"]["unet"]["formats"][self.format].get("precision", "fp32")
         # what outputs carry: names, hashes and versions, never a local path (images are shared)
         self.provenance = {"task": self.task, "model": folder.name, "manifest_sha256": folder.manifest_sha256, "edgesd_version": __version__,
-                           "backend": backend, "device": device, "weights_precision": stored,
+                           "backend": backend, "device": BACKENDS[backend].device_used(device), "weights_precision": stored,
                            "inference_precision": BACKENDS[backend].effective_precision(device, inference_precision, stored)}
         self.plan, self._vae_decode_only = LoadPlan(folder, vae, backend, tuple(controlnets)), vae_decode_only  # what the memory check sizes
         if vae is not None:

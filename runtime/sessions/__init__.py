@@ -44,8 +44,13 @@ class Backend:
                                    f"cannot read them ({said}); re-download or re-export the model") from e
 
     def effective_precision(self, device: str, requested: str, stored: str) -> str:
-        """What the engine computes in for `requested` ("auto" resolved) on weights stored as `stored`."""
+        """What the engine computes in for `requested` ("auto" resolved, one the device lacks its fallback)
+        on weights stored as `stored`."""
         return importlib.import_module(self.session.split(":")[0]).effective_precision(device, requested, stored)
+
+    def device_used(self, device: str) -> str:
+        """The device `device` ("auto" included) runs on, in edgesd's names (cpu, gpu, npu, cuda)."""
+        return importlib.import_module(self.session.split(":")[0]).resolve_device(device).lower()
 
 
 BACKENDS = {b.name: b for b in (

@@ -50,14 +50,17 @@ def resolve_device(device: str) -> str:
 
 
 def effective_precision(device: str, requested: str, stored: str) -> str:
-    """The plugin's precision hint: the one requested, else its default for the device (bf16 on CPUs
-    with AVX512-BF16/AMX, f16 on GPUs, f32 elsewhere); quantized layers run int8 either way."""
-    if requested != "auto":
-        return requested
+    """The precision the plugin computes in: the one requested where the device has it (its
+    OPTIMIZATION_CAPABILITIES; the CPU plugin runs bf16 asked of a CPU without AVX512-BF16/AMX in
+    fp32, silently), else its default for the device (bf16 on CPUs with them, f16 on GPUs, f32
+    elsewhere); quantized layers run int8 either way."""
     try:
-        hint = _import().Core().get_property(resolve_device(device), "INFERENCE_PRECISION_HINT").get_type_name()
+        core, name = _import().Core(), resolve_device(device)
+        if requested != "auto":
+            return requested if requested.upper() in core.get_property(name, "OPTIMIZATION_CAPABILITIES") else "fp32"
+        hint = core.get_property(name, "INFERENCE_PRECISION_HINT").get_type_name()
     except (BackendUnavailableError, RuntimeError):
-        return "auto"
+        return requested
     return {"f32": "fp32", "f16": "fp16"}.get(hint, hint)
 
 
