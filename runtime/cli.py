@@ -312,6 +312,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     load_plan = run_guarded(plan_load, model, backend, device, vae, revision, from_hub,
                             [Path(folder) for folder, _ in controlnets] or None)
     folder, backend = load_plan.folder, load_plan.backend
+    run_guarded(PIPELINES[task].check_folder, folder)
     refiner_plan = task_options.get("refiner") and run_guarded(plan_load, task_options["refiner"], backend, device)
     last_seed = (settings["seed"] or 0) + iterations - 1
     pipeline = PIPELINES[task]

@@ -218,3 +218,18 @@ def test_catches_an_unblended_last_step(pipes, reference_pipes, monkeypatch):
     with pytest.raises(AssertionError):
         assert_images_close(ours(pipes["tiny-sd2", "onnxruntime"], "EulerDiscreteScheduler", 1.0, 0.0, size=size),
                             reference(reference_pipes["tiny-sd2"], "EulerDiscreteScheduler", 1.0, 0.0, size=size))
+
+
+def test_img2img_on_an_inpainting_model_is_refused_before_loading(inpainting_model, tmp_path):
+    """One line naming what to use, before the weights are read: its damaged UNet is never reached."""
+    from test_cli import edgesd
+
+    folder = tmp_path / "inpaint"
+    shutil.copytree(inpainting_model[1], folder)
+    unet = folder / "unet" / "model.onnx"
+    unet.write_bytes(b"\0" * unet.stat().st_size)
+    picture(*SIZES["tiny-sd1-inpaint"]).save(tmp_path / "in.png")
+    done = edgesd("img2img", folder, "-i", tmp_path / "in.png", "-p", "x", "--backend", "onnxruntime", "-o", tmp_path / "o.png")
+    assert done.returncode == 2 and done.stderr.startswith("error: inpaint is an inpainting model (9-channel UNet): use "
+                                                           "InpaintPipeline (edgesd inpaint / outpaint)")
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "o.png").exists()

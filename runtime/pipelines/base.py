@@ -77,6 +77,10 @@ class Pipeline:
     task_defaults: dict[str, dict] = {}  # family -> this task's defaults over the folder's (inpainting's strength, as diffusers)
     control_scale = 1.0  # this task's default controlnet_conditioning_scale (diffusers' ControlNet pipeline's)
 
+    @classmethod
+    def check_folder(cls, folder: ModelFolder) -> None:
+        """Refuse a model folder this task cannot run, before anything loads (e.g. img2img on an inpainting UNet)."""
+
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str, LoraMerge | None], Session], backend: str,
                  low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=(),
                  vae: ModelFolder | None = None, vae_decode_only: bool = False, controlnets: Sequence[ModelFolder] = ()):
@@ -163,6 +167,7 @@ class Pipeline:
              loras: Sequence[tuple[str | Path, float] | str | Path] = (), vae_decode_only: bool = False):
         """`load`'s second half: hash the files the engine will read (once), then compile (see `plan_load`)."""
         folder, vae_folder, backend = plan.folder, plan.vae, plan.backend
+        cls.check_folder(folder)
         fmt = BACKENDS[backend].format
         for checked in filter(None, (folder, vae_folder, *plan.controlnets)):
             checked.verify_once([fmt])

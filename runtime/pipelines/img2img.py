@@ -20,6 +20,13 @@ class Img2ImgPipeline(Pipeline):
     task = "img2img"
     control_scale = 0.8  # StableDiffusionControlNetImg2ImgPipeline's
 
+    @classmethod
+    def check_folder(cls, folder) -> None:
+        channels = folder.unet_config.get("in_channels", 4)
+        if channels != folder.manifest["latent_channels"]:
+            raise InvalidInputError(f"{folder.name} is an inpainting model ({channels}-channel UNet): use InpaintPipeline "
+                                    "(edgesd inpaint / outpaint)")
+
     def __call__(
         self,
         image,
@@ -46,9 +53,6 @@ class Img2ImgPipeline(Pipeline):
         original_size, target_size, crops_coords_top_left, their negative_ forms, aesthetic_score,
         negative_aesthetic_score), and diffusers' ControlNet options: controlnet_conditioning_scale
         (0.8; a list: one per ControlNet), guess_mode, control_guidance_start, control_guidance_end."""
-        if self.unet.in_channels != self.latent_channels:
-            raise InvalidInputError(f"{self.folder.name} is an inpainting model ({self.unet.in_channels}-channel UNet): "
-                                    "use InpaintPipeline (edgesd inpaint / outpaint)")
         start = time.perf_counter()
         # 1. Check inputs; None means the model folder's recommended default.
         settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps, guidance_scale,
