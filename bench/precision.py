@@ -106,7 +106,7 @@ def bench_row(row, folder: Path, args, work: Path) -> dict:
     cmd = [str(Path(sys.executable).with_name("edgesd")), "bench", str(folder), "--backend", backend, "--device", "cpu",
            "--precision", inference, "--resolution", str(args.resolution), "--steps", str(args.steps),
            "--strength", str(args.strength), "--guidance", str(args.guidance), "--repeat", str(args.repeat),
-           "--warmup", str(args.warmup), "--json", str(out)]
+           "--warmup", str(args.warmup), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}

@@ -2,7 +2,7 @@
 
     python bench/report.py bench/results/*.json [-o bench/REPORT.md] [--chart bench/report.png]
 
-Reads what bench/compare.py writes (and, in a table of their own, `edgesd bench --json` files).
+Reads what bench/compare.py writes (and, in a table of their own, `edgesd bench -o` files).
 The chart needs matplotlib (`pip install 'edgesd[bench]'`); without it the report is written all
 the same and says the chart is missing.
 """
@@ -50,7 +50,7 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[di
             benches.append(data)
         else:
             skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py, ort_attention.py, serve.py, "
-                           "ray_batch.py or `edgesd bench --json` result")
+                           "ray_batch.py or `edgesd bench -o` result")
     order = {"sd15": 0, "sd-turbo": 1}
     compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
                                  order.get(d.get("name") or "", 9), d.get("name") or ""))
@@ -275,7 +275,7 @@ def bench_section(benches: list[dict]) -> list[str]:
         st = b.get("settings", {})
         cmd = (f"edgesd bench {shlex.quote(b['model'])} --backend {b['backend']} --precision {b['precision']} "
                f"--resolution {b['resolution']} --steps {st.get('num_inference_steps')} --strength {st.get('strength')} "
-               f"--guidance {st.get('guidance_scale')}{' --low-memory' if b.get('low_memory') else ''} --json FILE")
+               f"--guidance {st.get('guidance_scale')}{' --low-memory' if b.get('low_memory') else ''} -o FILE")
         rows.append([f"`{Path(b['model']).name}`", b["backend"], b["precision"], "low" if b.get("low_memory") else "normal",
                      b["resolution"],
                      _s(b["cold_start"]["load"], 1), _s(b["cold_start"]["first_run"]),
@@ -551,7 +551,7 @@ def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+", type=Path, help="JSON files from bench/compare.py (or edgesd bench --json)")
+    parser.add_argument("results", nargs="+", type=Path, help="JSON files from bench/compare.py (or edgesd bench -o)")
     parser.add_argument("-o", "--out", type=Path, default=Path(__file__).resolve().parent / "REPORT.md")
     parser.add_argument("--chart", type=Path, help="PNG to draw (default: report.png beside the report)")
     parser.add_argument("--no-chart", action="store_true")

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         format: Format = typer.Option(Format.onnx, "--format", "-f", help="onnx, openvino or both."),
         overwrite: bool = typer.Option(False, help="Replace OUTPUT if it is an edgesd model folder (only once the new export is complete); never the source, a folder holding it, or anything else."),
         precision: str | None = typer.Option(
-            None, "--precision", "-p",
+            None, "--precision",  # no -p: that is --prompt in the generating commands
             help="fp32, fp16, int8-weights (int8 weights, float compute: smaller) or int8 (UNet weights and activations, "
                  "calibrated: faster on CPU; text encoder and VAE get int8-weights), optionally per submodel "
                  "(text_encoder, text_encoder_2, unet, vae_encoder, vae_decoder), e.g. 'unet=int8,vae_decoder=fp16' or "

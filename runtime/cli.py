@@ -645,31 +645,34 @@ def bench(
     low_memory: bool = typer.Option(False, help="Measure the low-memory mode (one submodel loaded at a time, tiled VAE)."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="FILE[:WEIGHT]", help=_LORA_HELP, show_default=False),
     vae: Optional[Path] = typer.Option(None, "--vae", metavar="FOLDER", help=_VAE_HELP, show_default=False),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this file."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --json file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON on stdout (the summary goes to stderr)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the full result as JSON to this file.", show_default=False),
+    overwrite: bool = typer.Option(False, help="Replace an existing --output file."),
 ):
     """Measure cold start, per-stage warm latency (median, min, max), peak memory and model size."""
     from edgesd.bench import run_benchmark
 
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
-    if json_file:  # checked before the (long) run, as generating commands check their outputs
-        run_guarded(_check_report, json_file, overwrite, [model, vae, *(l.path for l in loras)])
+    if output:  # checked before the (long) run, as generating commands check their outputs
+        run_guarded(_check_report, output, overwrite, [model, vae, *(l.path for l in loras)])
     result = run_guarded(run_benchmark, model, backend=backend, device=device, precision=precision, resolution=resolution,
                          steps=steps, strength=strength, guidance=guidance, repeat=repeat, warmup=warmup, threads=threads,
                          low_memory=low_memory, loras=loras, vae=vae)
-    resolution = result["resolution"]
-    typer.echo(f"{result['model']} on {result['backend']}{' (low memory)' if low_memory else ''}, {resolution}x{resolution}, "
+    resolution, say = result["resolution"], partial(typer.echo, err=as_json)
+    say(f"{result['model']} on {result['backend']}{' (low memory)' if low_memory else ''}, {resolution}x{resolution}, "
                f"{result['unet_steps']} UNet steps, precision {precision}"
                + "".join(f", LoRA {entry['file']}:{entry['weight']:g}" for entry in result["loras"])
                + (f", VAE {vae.name}" if vae else ""))
-    typer.echo(f"cold start: load {result['cold_start']['load']:.2f}s, first run {result['cold_start']['first_run']:.2f}s")
+    say(f"cold start: load {result['cold_start']['load']:.2f}s, first run {result['cold_start']['first_run']:.2f}s")
     for stage, s in result["warm"].items():
-        typer.echo(f"  {stage:<7} median {s['median'] * 1000:9.1f} ms   [{s['min'] * 1000:.1f} .. {s['max'] * 1000:.1f}]  n={s['n']}")
-    typer.echo(f"peak memory {result['peak_rss_mib']:.0f} MiB, model folder {result['model_folder_mib']:.1f} MiB")
-    if json_file:
+        say(f"  {stage:<7} median {s['median'] * 1000:9.1f} ms   [{s['min'] * 1000:.1f} .. {s['max'] * 1000:.1f}]  n={s['n']}")
+    say(f"peak memory {result['peak_rss_mib']:.0f} MiB, model folder {result['model_folder_mib']:.1f} MiB")
+    if as_json:
+        typer.echo(json.dumps(result))
+    if output:
         from edgesd.outputs import write_text_atomic
 
-        write_text_atomic(json_file, json.dumps(result, indent=2))
+        write_text_atomic(output, json.dumps(result, indent=2))
 
 
 def _check_report(path: Path, overwrite: bool, sources: list) -> None:
@@ -678,10 +681,10 @@ def _check_report(path: Path, overwrite: bool, sources: list) -> None:
     from edgesd.outputs import check_writable
 
     if path.is_dir():
-        raise InvalidInputError(f"--json {path} is a folder; name the file to write")
+        raise InvalidInputError(f"--output {path} is a folder; name the file to write")
     for source in filter(None, map(Path, filter(None, sources))):
         if source.exists() and (path.resolve() == source.resolve() or source.resolve() in path.resolve().parents):
-            raise InvalidInputError(f"--json {path} is inside {source}, which the benchmark reads; write it elsewhere")
+            raise InvalidInputError(f"--output {path} is inside {source}, which the benchmark reads; write it elsewhere")
     if path.exists() and not overwrite:
         raise InvalidInputError(f"{path} already exists; pass --overwrite to replace it")
     check_writable(path.parent, path.name)

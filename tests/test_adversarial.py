@@ -475,12 +475,12 @@ def test_bench_report_is_checked_before_the_run(model, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(model, copy)
     manifest = (copy / MANIFEST).read_bytes()
-    inside = edgesd("bench", copy, "--json", copy / MANIFEST, "--overwrite")
+    inside = edgesd("bench", copy, "-o", copy / MANIFEST, "--overwrite")
     assert clean_failure(inside) and "inside" in inside.stderr and (copy / MANIFEST).read_bytes() == manifest
     (tmp_path / "old.json").write_text("keep")
-    existing = edgesd("bench", copy, "--json", tmp_path / "old.json")
+    existing = edgesd("bench", copy, "-o", tmp_path / "old.json")
     assert clean_failure(existing) and "--overwrite" in existing.stderr and (tmp_path / "old.json").read_text() == "keep"
-    folder = edgesd("bench", copy, "--json", tmp_path)
+    folder = edgesd("bench", copy, "-o", tmp_path)
     assert clean_failure(folder) and "is a folder" in folder.stderr
 
 

@@ -107,13 +107,13 @@ def test_export_says_which_extra_it_needs(runtime_venv, tmp_path):
 def test_bench_runs_without_torch(runtime_venv, exported, tmp_path):
     out = tmp_path / "bench.json"
     done = run(runtime_venv, "edgesd", "bench", str(exported["tiny-sd1"]), "--backend", "onnxruntime", "--resolution", "64",
-               "--steps", "4", "--strength", "0.5", "--repeat", "2", "--warmup", "0", "--json", str(out))
+               "--steps", "4", "--strength", "0.5", "--repeat", "2", "--warmup", "0", "-o", str(out), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result and "median" in done.stderr  # --json: stdout is the JSON, as img2img's
     assert result["backend"] == "onnxruntime" and result["unet_steps"] == 3  # PNDM: int(4 * 0.5) steps + 1 PLMS warm-up
     assert result["warm"]["step"]["n"] == 2 * 3 and result["warm"]["total"]["median"] > 0
     assert result["peak_rss_mib"] > 0 and result["model_folder_mib"] > 0
-    assert "median" in done.stdout
 
 
 def test_inpaint_runs_without_torch(runtime_venv, exported, tmp_path):
