@@ -235,6 +235,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
     from edgesd.jobs import plan_jobs
     from edgesd.batch import PIPELINES, Batch, Runner, Summary, job_size, run_here, run_on_ray
     from edgesd.outputs import read_parameters
+    from edgesd.replay import given_loras, places, recorded_loras, recorded_vae
     from edgesd.schema import hub_repo_id
     from edgesd.pipelines import check_memory, outpaint_canvas, plan_load, processing_size, resolve_settings
     from edgesd.variations import parse_list, variants
@@ -283,7 +284,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         if not stored.get("extension"):
             fail("outpaint needs pixels to add: --left, --right, --top and/or --bottom")
         task_options = {**task_options, **stored["extension"]}  # a replay: the stored extension
-    loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
+    loras = run_guarded(given_loras, [parse_weighted(spec) for spec in lora or ()], stored)
     if ray_workers is not None and ray is None:
         fail("--ray-workers is for --ray: add --ray (a cluster on this machine) or --ray ADDRESS")
     if vae_decode_only and vae is None:
@@ -307,6 +308,16 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
         model, revision = run_guarded(hub_repo_id, stored.get("model", "")), revision or stored["hub_revision"]
     if model is None:  # images carry no local paths: a local model is named again
         fail(f"MODEL is required: the model folder to run{' (the image was made with ' + repr(stored['model']) + ')' if stored.get('model') else ''}")
+    if replay:  # what the image names but cannot carry, found again by name and sha256 unless given
+        where, restored = places(replay, model), []
+        if not lora and stored.get("loras"):
+            loras = run_guarded(recorded_loras, stored, where)
+            restored += [entry.path for entry in loras]
+        if vae is None and (found := recorded_vae(stored, where)):
+            vae, vae_decode_only = found[0].path, found[1]
+            restored.append(vae)
+        for path in restored if not (quiet or as_json) else ():
+            typer.echo(f"replay: using {path} (named in {replay.name}, the same sha256)", err=True)
     # Everything that can be checked without the weights is, before the (slow) load: the pipeline's own
     # checks (plan_load: the folder, downloaded if a hub repo, its family, the VAE, the engine), then the call's.
     load_plan = run_guarded(plan_load, model, backend, device, vae, revision, from_hub,
@@ -416,6 +427,9 @@ def _requested_size(resize: str | None, width: int | None, height: int | None):
     return w, h
 
 
+_NOT_FOUND = "not found with the same sha256 here, beside the image or beside the model folder: give"
+
+
 def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: Path | None, replay: Path) -> None:
     """Say what differs from the run that made the replayed image (the output may then differ)."""
     from edgesd.image import image_sha256, load_image
@@ -434,7 +448,7 @@ def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: P
     identities = [v and (v["manifest_sha256"], v["replaces"]) for v in vaes]
     if identities[0] != identities[1]:
         named = [f"{v['folder']} for {'+'.join(r.removeprefix('vae_') for r in v['replaces'])}" if v else "the model's" for v in vaes]
-        differs.append(f"VAE ({named[0]} -> {named[1]}; give it with --vae)")
+        differs.append(f"VAE ({named[0]} -> {named[1]}; {_NOT_FOUND} it with --vae)")
     controlnets = [[(c["folder"], c["manifest_sha256"]) for c in source.get("controlnets", [])] for source in (stored, now)]
     if controlnets[0] != controlnets[1]:
         listed = [", ".join(folder for folder, _ in entries) or "none" for entries in controlnets]
@@ -442,7 +456,7 @@ def _warn_replay_differences(stored: dict, task: str, pipe, image: Path, mask: P
     loras = [[(lora["file"], lora["sha256"], lora["weight"]) for lora in source.get("loras", [])] for source in (stored, now)]
     if loras[0] != loras[1]:
         listed = [", ".join(f"{file}:{weight:g}" for file, _, weight in entries) or "none" for entries in loras]
-        differs.append(f"LoRAs ({listed[0]} -> {listed[1]}; give them with --lora FILE:WEIGHT)")
+        differs.append(f"LoRAs ({listed[0]} -> {listed[1]}; {_NOT_FOUND} them with --lora FILE[:WEIGHT])")
     if differs:
         log.warning("warning: %s was made with another %s; the image will differ", replay, "; ".join(differs))
 

@@ -6,6 +6,7 @@ image far past it (checked), and a wrong alpha/rank scale or a transposed weight
 import json
 import re
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
@@ -289,11 +290,21 @@ def test_cli_lora_is_recorded_and_replay_says_when_it_differs(exported, lora_fil
     assert read_parameters(out)["loras"] == [{"file": "sd1-both.safetensors", "sha256": read_lora(lora_files["sd1-both"]).sha256,
                                               "weight": 0.7}]
     assert json.loads(done.stdout)["results"][0]["settings"]["loras"][0]["weight"] == 0.7
-    again = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "-o", tmp_path / "again.png")
-    assert again.returncode == 0 and "LoRAs (sd1-both.safetensors:0.7 -> none" in again.stderr
-    same = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "--lora", f"{lora_files['sd1-both']}:0.7", "-o", tmp_path / "same.png")
+    replay = partial(edgesd, "img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "-o")
+    beside = tmp_path / "sd1-both.safetensors"
+    shutil.copy(lora_files["sd1-unet"], beside)  # the recorded name, another file: not taken
+    again = replay(tmp_path / "again.png")
+    assert again.returncode == 0 and "LoRAs (sd1-both.safetensors:0.7 -> none; not found with the same sha256 here, " \
+                                     "beside the image or beside the model folder: give them with --lora" in again.stderr
+    shutil.copy(lora_files["sd1-both"], beside)  # the recorded file beside the image: found, at its recorded weight
+    found = replay(tmp_path / "found.png")
+    assert found.returncode == 0 and f"replay: using {beside} (named in out.png, the same sha256)" in found.stderr
+    assert "LoRAs (" not in found.stderr
+    same = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "--lora", lora_files["sd1-both"],
+                  "-o", tmp_path / "same.png")  # given without a weight: the recorded one
     assert same.returncode == 0 and "LoRA" not in same.stderr
-    assert np.array_equal(np.asarray(read_image(out)), np.asarray(read_image(tmp_path / "same.png")))
+    for made in ("found.png", "same.png"):
+        assert np.array_equal(np.asarray(read_image(out)), np.asarray(read_image(tmp_path / made)))
     missing = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--lora", tmp_path / "nope.safetensors:0.5")
     assert missing.returncode == 2 and "nope.safetensors does not exist" in missing.stderr
 

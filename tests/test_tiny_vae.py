@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from edgesd import Img2ImgPipeline, ModelFolderError
 from edgesd.outputs import read_parameters
@@ -111,7 +112,12 @@ def test_cli_vae_is_recorded_and_replay_says_when_it_differs(exported, tiny_vae,
     assert done.returncode == 0, done.stderr
     assert read_parameters(out)["vae"]["folder"] == "taesd"
     again = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "-o", tmp_path / "again.png")
-    assert again.returncode == 0 and "VAE (taesd for encoder+decoder -> the model's; give it with --vae)" in again.stderr
+    assert again.returncode == 0 and "VAE (taesd for encoder+decoder -> the model's; not found with the same sha256 " \
+                                     "here, beside the image or beside the model folder: give it with --vae)" in again.stderr
+    shutil.copytree(tiny_vae["exported"], tmp_path / "taesd")  # beside the image: found by its name and manifest
+    found = edgesd("img2img", exported["tiny-sd1"], "-i", source, "--replay", out, "-o", tmp_path / "found.png")
+    assert found.returncode == 0 and f"replay: using {tmp_path / 'taesd'}" in found.stderr and "VAE (" not in found.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "found.png")))
     alone = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--vae-decode-only")
     assert alone.returncode == 2 and "--vae-decode-only needs --vae FOLDER" in alone.stderr
     wrong = edgesd("img2img", exported["tiny-sd1"], "-i", source, "-p", PROMPT, "--vae", exported["tiny-sd2"])
