@@ -145,7 +145,7 @@ class Runner:
             except Exception as e:  # a batch goes on past any input's failure; the summary reports every one
                 if reraise:
                     raise
-                return {"image": str(job.image), "failure": str(e) if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"}
+                return {"image": str(job.image), "failure": e.cli if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"}
         finally:
             release(job.outputs[0][0])
 
@@ -262,7 +262,7 @@ def _cause(error: BaseException) -> str:
     seen = error
     while seen is not None:
         if isinstance(seen, EdgesdError):
-            return str(seen)
+            return seen.cli
         seen = getattr(seen, "cause", None) or seen.__cause__
     text = str(error).strip()
     ours = re.findall(r"^edgesd\.errors\.\w+: (.+)$", text, re.MULTILINE)

@@ -98,7 +98,7 @@ def _raise_terminated(signum, frame):
 def exit_with(error: EdgesdError) -> None:
     if _debug:
         raise error
-    fail(str(error))
+    fail(error.cli)
 
 
 _LORA_HELP = ("A LoRA (.safetensors, kohya or diffusers format) merged into the model as it loads, with its weight "

@@ -9,7 +9,13 @@ EdgesdError                      base class; the CLI prints its message as one l
 
 
 class EdgesdError(Exception):
-    """Base class of every error edgesd raises on purpose."""
+    """Base class of every error edgesd raises on purpose. Its message uses the Python API's words
+    (size=, low_memory=True); `cli`, where given, says the same in the command line's (--resize,
+    --low-memory), which the CLI prints instead."""
+
+    def __init__(self, message: str = "", cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli or message
 
 
 class ModelFolderError(EdgesdError):

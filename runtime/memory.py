@@ -105,14 +105,28 @@ def check_call(folder: ModelFolder, width: int, height: int, num_images: int, gu
     available = available_bytes()
     if available is None or os.environ.get("EDGESD_MEMORY_CHECK") == "0" or needed <= available:
         return
-    remedies = ["make it smaller with --resize WxH (or --width/--height; API: size=(w, h))"
-                + (" or fewer --num-images" if num_images > 1 else "")]
+    remedies = ["smaller or fewer" if num_images > 1 else "smaller"]
     weights_dominate = loading > max(terms)
     if (weights_dominate or max(vae_attention, vae_layers) >= unet_attention) and not low_memory:
-        remedies.append("use --low-memory (tiles the VAE, one submodel loaded at a time)")
+        remedies.append("low_memory")
     if weights_dominate and not _int8_unet(folder):
-        remedies.append("export it in int8 (edgesd export SOURCE --target cpu: about a quarter of the weights)")
+        remedies.append("int8")
     if max(unet_attention, vae_attention) > vae_layers and backend == "onnxruntime":
-        remedies.append("use --backend openvino (its fused attention keeps no score matrices)")
-    raise InvalidInputError(f"{what} needs about {needed / GIB:.1f} GiB of memory and {available / GIB:.1f} GiB is "
-                            f"available: {'; '.join(remedies)}; EDGESD_MEMORY_CHECK=0 runs it anyway")
+        remedies.append("openvino")
+    said = f"{what} needs about {needed / GIB:.1f} GiB of memory and {available / GIB:.1f} GiB is available: "
+    worded = ["; ".join(words[remedy] for remedy in remedies) for words in _REMEDIES]
+    raise InvalidInputError(*(f"{said}{text}; EDGESD_MEMORY_CHECK=0 runs it anyway" for text in worded))
+
+
+# What helps a refused call, in the Python API's words and the command line's.
+_INT8 = "export it in int8 (edgesd export SOURCE --target cpu: about a quarter of the weights)"
+_REMEDIES = (
+    {"smaller": "make it smaller (size=(width, height))",
+     "smaller or fewer": "make it smaller (size=(width, height)) or fewer num_images",
+     "low_memory": "load it with low_memory=True (tiles the VAE, one submodel loaded at a time)", "int8": _INT8,
+     "openvino": "load it with backend='openvino' (its fused attention keeps no score matrices)"},
+    {"smaller": "make it smaller with --resize WxH (or --width/--height)",
+     "smaller or fewer": "make it smaller with --resize WxH (or --width/--height) or fewer --num-images",
+     "low_memory": "use --low-memory (tiles the VAE, one submodel loaded at a time)", "int8": _INT8,
+     "openvino": "use --backend openvino (its fused attention keeps no score matrices)"},
+)

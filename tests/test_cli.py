@@ -93,10 +93,10 @@ def test_batch_is_resumable_and_reports_failures(model, tmp_path):
     done = edgesd("img2img", model, "-i", inputs, "-p", "x", "--seed", 1, "-o", out, "--json")
     assert done.returncode == 1  # one input failed, the others were written
     result = json.loads(done.stdout)
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.jpg.png", "c.webp.png"]
     assert [Path(f["image"]).name for f in result["failures"]] == ["broken.png"]
     (inputs / "broken.png").unlink()
-    (out / "b.png").unlink()
+    (out / "b.jpg.png").unlink()
     done = edgesd("img2img", model, "-i", inputs, "-p", "x", "--seed", 1, "-o", out, "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

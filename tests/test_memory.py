@@ -66,9 +66,10 @@ def test_api_refuses_what_will_not_fit(exported, monkeypatch, caplog):
     pipe = Img2ImgPipeline.load(exported["tiny-sd1"], backend="onnxruntime", device="cpu", inference_precision="fp32")
     monkeypatch.setattr(memory, "available_bytes", lambda: 200 * 2**20)
     image = Image.fromarray(np.zeros((192, 256, 3), np.uint8))
-    with pytest.raises(InvalidInputError, match=r"needs about .* GiB of memory .* --resize") as refused:
+    with pytest.raises(InvalidInputError, match=r"needs about .* GiB of memory .* make it smaller \(size=\(width, height\)\)") as refused:
         pipe(image, "x", num_inference_steps=2, strength=1.0, guidance_scale=7)
-    assert "fewer --num-images" not in str(refused.value)  # only what applies is suggested
+    assert "fewer num_images" not in str(refused.value)  # only what applies is suggested
+    assert "--" not in str(refused.value).replace("EDGESD_MEMORY_CHECK", "") and "--resize WxH" in refused.value.cli  # API words
     assert "256x192 is 12x the pixels of this model's native 64x64" in caplog.text
     assert pipe(image, "x", num_inference_steps=2, strength=1.0, guidance_scale=7, size=(64, 48)).images[0].size == (64, 48)
 
@@ -95,10 +96,11 @@ def test_a_refusal_for_weights_that_do_not_fit_names_low_memory_and_int8(exporte
     monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
     with pytest.raises(InvalidInputError) as refused:
         memory.check_call(folder, 64, 64, 1, True, "openvino", False, 2**30, "x")
-    assert "--low-memory" in str(refused.value) and "edgesd export SOURCE --target cpu" in str(refused.value)
+    assert "--low-memory" in refused.value.cli and "edgesd export SOURCE --target cpu" in refused.value.cli
+    assert "load it with low_memory=True" in str(refused.value)
     with pytest.raises(InvalidInputError) as refused:
         memory.check_call(quantized_unet_folder, 64, 64, 1, True, "openvino", True, 2**30, "x")
-    assert "--low-memory" not in str(refused.value) and "int8" not in str(refused.value)
+    assert "--low-memory" not in refused.value.cli and "int8" not in refused.value.cli
     with pytest.raises(InvalidInputError) as refused:  # the image, not the weights: no int8 advice
         memory.check_call(folder, 256, 256, 1, True, "onnxruntime", False, 0, "x")
     assert "--target cpu" not in str(refused.value)
