@@ -461,7 +461,8 @@ def describe(error: ValidationError, option: bool = False) -> str:
         return message
     found = first.get("input")
     shown = "" if isinstance(found, (dict, list)) or first["type"] == "missing" else f", got {ascii(str(found)[:60])[1:-1]}"
-    where = ".".join(str(part) for part in first["loc"] if not isinstance(part, str) or part not in _UNION_BRANCHES)
+    where = ".".join(ascii(str(part)[:60])[1:-1] for part in first["loc"]  # a key from the file may hold a newline
+                     if not isinstance(part, str) or part not in _UNION_BRANCHES)
     return f"{'' if option else 'field '}{where}: {message[0].lower()}{message[1:]}{shown}"
 
 

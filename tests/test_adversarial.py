@@ -111,12 +111,14 @@ def test_fuzzed_manifests_and_configs_open_or_fail_cleanly(tmp_path_factory, dat
     ({"format_version": "1"}, "format_version"),
     ("NaN", "holds a JSON float"),  # written as is: Python's json reads NaN
     ('{"format_version": 1, "kind": "model", ', "unreadable"),
+    ({"format_version": 1, "submodels": {"\n": None}}, r"field submodels\.\\n\.\[key\]"),  # found by the fuzz test
 ])
 def test_named_bad_manifests(tmp_path, manifest, says):
     fake_model_folder(tmp_path)
     (tmp_path / MANIFEST).write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
-    with pytest.raises(ModelFolderError, match=says):
+    with pytest.raises(ModelFolderError, match=says) as refused:
         open_any_folder(tmp_path)
+    assert "\n" not in str(refused.value)  # one line, whatever the file's keys hold
 
 
 def test_a_manifest_cannot_name_files_outside_its_folder(tmp_path):
