@@ -26,6 +26,7 @@ ORT_ATTENTION_SCHEMA = "edgesd-bench-ort-attention/1"
 TINY_VAE_SCHEMA = "edgesd-bench-tiny-vae-quality/1"
 SERVE_SCHEMA = "edgesd-bench-serve/1"
 RAY_SCHEMA = "edgesd-bench-ray/1"
+FIRST_IMAGE_SCHEMA = "edgesd-bench-first-image/1"
 PROFILE_NAME = re.compile(r"profile-(.+)-(?:onnxruntime|openvino)-\d+\.txt")  # profile_unet.py's output, saved by folder name
 
 
@@ -44,13 +45,14 @@ def load(paths: list[Path]) -> tuple[list[dict], list[dict], list[dict], list[di
             compares.append(data)
         elif data.get("schema") == PRECISION_SCHEMA:
             precisions.append(data)
-        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA, ORT_ATTENTION_SCHEMA, SERVE_SCHEMA, RAY_SCHEMA):
+        elif data.get("schema") in (LORA_SCHEMA, TINY_VAE_SCHEMA, ORT_ATTENTION_SCHEMA, SERVE_SCHEMA, RAY_SCHEMA,
+                                    FIRST_IMAGE_SCHEMA):
             others.append(data)
         elif "cold_start" in data and "warm" in data:
             benches.append(data)
         else:
             skipped.append(f"{path}: not a bench/compare.py, precision.py, lora.py, tiny_vae.py, ort_attention.py, serve.py, "
-                           "ray_batch.py or `edgesd bench -o` result")
+                           "ray_batch.py, first_image.py or `edgesd bench -o` result")
     order = {"sd15": 0, "sd-turbo": 1}
     compares.sort(key=lambda d: (d["models"]["edgesd"].get("family") or "", d["settings"]["resolution"],
                                  order.get(d.get("name") or "", 9), d.get("name") or ""))
@@ -446,6 +448,27 @@ def ray_section(results: list[dict]) -> list[str]:
     return lines
 
 
+def first_image_section(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## A one-off run's first image per engine: what backend auto picks by (issue 25)", "",
+             "A whole `edgesd img2img MODEL -i IMAGE` command per engine (process start, import, load, OpenVINO's "
+             "compile for the input's shapes, the call, the save), turns alternating, by `bench/first_image.py`. "
+             "`backend auto` takes onnxruntime below 256 MiB of weights and OpenVINO above "
+             "(runtime/sessions/__init__.py).", ""]
+    for d in results:
+        rows = [[name, _s(m["weights_mib"], 0), *(f"{m['median'][b]['command']:.2f} ({m['median'][b]['load']:.2f} + "
+                                                   f"{m['median'][b]['call']:.2f})" for b in ("onnxruntime", "openvino")),
+                 f"{m['openvino_vs_onnxruntime']:.2f}x"] for name, m in d["models"].items()]
+        steps = d["steps"] or "the model's"
+        lines += [f"{d['resolution']}x{d['resolution']} input, {steps} steps, median of {d['rounds']} "
+                  f"rounds on {d['machine']['cpus']} CPUs:", ""]
+        lines += _table(["model", "weights MiB", "onnxruntime command s (load + call)", "openvino command s (load + call)",
+                         "openvino / onnxruntime"], rows)
+        lines += ["", "```bash", d["command"], "```", ""]
+    return lines
+
+
 def versions_section(compares: list[dict]) -> list[str]:
     if not compares:
         return []
@@ -539,6 +562,7 @@ def render(paths: list[Path], out: Path, chart_path: Path | None, argv: list[str
     lines += ort_attention_section([d for d in others if d["schema"] == ORT_ATTENTION_SCHEMA])
     lines += serve_section([d for d in others if d["schema"] == SERVE_SCHEMA])
     lines += ray_section([d for d in others if d["schema"] == RAY_SCHEMA])
+    lines += first_image_section([d for d in others if d["schema"] == FIRST_IMAGE_SCHEMA])
     lines += versions_section(compares)
     if skipped:
         lines += ["## Files not used", ""] + [f"- {s}" for s in skipped] + [""]

@@ -339,3 +339,20 @@ def test_serve_bench_measures_the_server_against_the_api_and_reports_it(exported
     _run(BENCH / "report.py", out, "-o", tmp_path / "REPORT.md", "--no-chart")
     text = (tmp_path / "REPORT.md").read_text()
     assert "## edgesd serve: the server's cost" in text and "| edgesd_api |" in text and result["command"] in text
+
+
+# ---------------------------------------------------------------------------------------------
+# first_image.py
+
+
+def test_first_image_bench_times_one_off_commands_per_engine_and_reports_them(exported, tmp_path):
+    out = tmp_path / "first.json"
+    _run(BENCH / "first_image.py", exported["tiny-sd1"], "--resolution", 64, "--steps", 2, "--rounds", 1, "--out", out)
+    result = json.loads(out.read_text())
+    model = result["models"]["tiny-sd1"]
+    assert result["schema"] == report.FIRST_IMAGE_SCHEMA and 0 < model["weights_mib"] < 256
+    for backend in ("onnxruntime", "openvino"):
+        run = model["runs"][backend][0]
+        assert run["command"] > run["load"] + run["call"] > 0
+    text = report.render([out], tmp_path / "REPORT.md", None, [str(out)])[0]
+    assert "## A one-off run's first image per engine" in text and "| tiny-sd1 | 13 |" in text and result["command"] in text

@@ -167,3 +167,21 @@ def test_a_precision_the_cpu_lacks_is_recorded_as_the_fp32_it_runs_in(monkeypatc
 
     monkeypatch.setattr(sessions, "_import", lambda: SimpleNamespace(Core=OldCpu))
     assert [sessions.effective_precision("auto", asked, "fp32") for asked in ("fp32", "bf16", "fp16")] == ["fp32"] * 3
+
+
+def test_auto_picks_the_engine_with_the_sooner_first_image(caplog, monkeypatch):
+    """OpenVINO for SD-size models (a one-off command 0.47-0.49x onnxruntime's), onnxruntime for small
+    ones (OpenVINO 1.2-1.8x; bench/first_image.py), each choice said with its reason."""
+    from edgesd import sessions
+
+    monkeypatch.setattr(sessions, "installed_backends", lambda: ["onnxruntime", "openvino"])
+    both = ["onnx", "openvino"]
+    with caplog.at_level("INFO", logger="edgesd"):
+        assert sessions.choose_backend("auto", "auto", both, 13 * 2**20) == "onnxruntime"
+        assert "using onnxruntime (a 13 MiB model, where OpenVINO's compile costs more than it saves)" in caplog.text
+        assert sessions.choose_backend("auto", "cpu", both, 5 * 2**30) == "openvino"
+        assert "using openvino (the faster engine for SD-size models on CPUs, first image included)" in caplog.text
+    assert sessions.choose_backend("auto", "gpu", both, 13 * 2**20) == "openvino"  # only OpenVINO runs iGPUs
+    assert sessions.choose_backend("auto", "auto", ["openvino"], 13 * 2**20) == "openvino"  # what the folder has
+    assert sessions.choose_backend("auto", "auto", both) == "openvino"  # size unknown (a hub repo before its download)
+    assert sessions.choose_backend("openvino", "cpu", both, 13 * 2**20) == "openvino"  # asked for

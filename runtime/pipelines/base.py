@@ -391,7 +391,8 @@ def plan_load(path: str | Path, backend: str = "auto", device: str = "auto", vae
         raise ModelFolderError(f"{folder.name} has {', '.join(folder.common_formats)} and "
                                + ", ".join(f"{name} {', '.join(c.common_formats)}" for name, c in components.items())
                                + ": no format in common; export them with --format both")
-    return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats), controlnets)
+    weights = memory.weights_bytes(folder, formats[0], False)
+    return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats, weights), controlnets)
 
 
 def processing_size(folder: ModelFolder, size: tuple[int, int], requested=None,

@@ -60,13 +60,32 @@ BACKENDS = {b.name: b for b in (
 BACKEND_OF_FORMAT = {b.format: b for b in BACKENDS.values()}
 
 
+def _why(chosen: str, preference: list[str], device: str, small: bool, weights: int | None) -> str:
+    if device == "cuda":
+        return "CUDA"
+    if chosen != preference[0]:
+        return "the one engine here for this folder"
+    if small:
+        return f"a {weights / 2**20:.0f} MiB model, where OpenVINO's compile costs more than it saves"
+    return "the faster engine for SD-size models on CPUs, first image included"
+
+
 def installed_backends() -> list[str]:
     return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
 
 
-def choose_backend(backend: str, device: str, formats: list[str]) -> str:
+# Below this much weight, onnxruntime gives a one-off's first image sooner than OpenVINO, whose compile
+# for the input's shapes then costs more than its faster calls save (bench/first_image.py, REPORT.md:
+# whole one-off commands, 13 MiB test models 1.2-1.8x onnxruntime's time; SD-turbo 0.47-0.49x at 256
+# and 512 px, where onnxruntime's load, 6.5-7.8 s, is the slow part).
+SMALL_MODEL_BYTES = 256 * 2**20
+
+
+def choose_backend(backend: str, device: str, formats: list[str], weights: int | None = None) -> str:
     """Resolve backend='auto': CUDA needs onnxruntime; otherwise OpenVINO where it and its IR exist
-    (the faster engine on Intel CPUs and the only one for iGPU/NPU), else onnxruntime."""
+    (the faster engine on Intel CPUs, first image included, and the only one for iGPU/NPU), else
+    onnxruntime; on the CPU, a model of fewer `weights` bytes than SMALL_MODEL_BYTES runs on
+    onnxruntime where it can."""
     if backend not in ("auto", *BACKENDS):
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
     if device not in DEVICES:
@@ -79,10 +98,11 @@ def choose_backend(backend: str, device: str, formats: list[str]) -> str:
                 f"{', '.join(installed_backends()) or 'none'}); re-export with --format, or install the engine"
             )
         return backend
-    preference = ["onnxruntime"] if device == "cuda" else ["openvino", "onnxruntime"]
+    small = device in ("auto", "cpu") and weights is not None and weights < SMALL_MODEL_BYTES
+    preference = ["onnxruntime"] if device == "cuda" else ["onnxruntime", "openvino"] if small else ["openvino", "onnxruntime"]
     for candidate in preference:
         if candidate in usable:
-            log.info("backend auto: using %s", candidate)
+            log.info("backend auto: using %s (%s)", candidate, _why(candidate, preference, device, small, weights))
             return candidate
     raise BackendUnavailableError(
         f"no installed engine can run this model folder on {device} (it has: {', '.join(formats)}); "
