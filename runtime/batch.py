@@ -56,6 +56,7 @@ class Batch:
     depth_model: Path | None = None
     max_pixels: int = MAX_PIXELS
     replay_index: int | None = None  # a replay regenerates the stored batch and keeps this image of it
+    cli: bool = False  # failures in the command line's words (--resize) rather than the Python API's (size=)
     overwrite: bool = False
     grid: bool = False
 
@@ -145,7 +146,7 @@ class Runner:
             except Exception as e:  # a batch goes on past any input's failure; the summary reports every one
                 if reraise:
                     raise
-                return {"image": str(job.image), "failure": e.cli if isinstance(e, EdgesdError) else f"{type(e).__name__}: {e}"}
+                return {"image": str(job.image), "failure": _said(e, self.batch.cli)}
         finally:
             release(job.outputs[0][0])
 
@@ -154,8 +155,9 @@ def job_size(batch: Batch, size: tuple[int, int], native: int) -> tuple[int, int
     """The size a job asks its pipeline for, given its input's `size`: the batch's, if asked; else an
     input over the model's native area at that area, aspect kept (as edgesd serve and other tools do:
     time and memory grow with the pixels, and SD models repeat content far above their native size),
-    unless `keep_size`. inpaint keeps the input's size (the API, as diffusers, would use the native square)."""
-    fitted = None if batch.keep_size else within_area(size, native**2)
+    unless `keep_size` or outpainting (its margins are in the input's pixels). inpaint otherwise keeps
+    the input's size (the API, as diffusers, would use the native square)."""
+    fitted = None if batch.keep_size or batch.task == "outpaint" else within_area(size, native**2)
     return batch.size or fitted or (size if batch.task == "inpaint" else None)
 
 
@@ -246,7 +248,7 @@ def run_on_ray(batch: Batch, jobs: list[Job], summary: Summary, address: str = "
             for row in outcomes.iter_rows():
                 _record(summary, json.loads(row["outcome"]), say, warn)
         except ray.exceptions.RayError as e:  # a worker could not start (its model, its memory) or died
-            raise EdgesdError(f"the Ray run stopped: {_cause(e)}") from e
+            raise EdgesdError(f"the Ray run stopped: {_cause(e, batch.cli)}") from e
         order = {str(job.image): n for n, job in enumerate(jobs)}  # the local run's order, whatever finished first
         for entries in (summary.done, summary.failures):
             entries.sort(key=lambda entry: order.get(entry["image"], -1))
@@ -256,13 +258,19 @@ def run_on_ray(batch: Batch, jobs: list[Job], summary: Summary, address: str = "
         remove_stale(jobs[0].outputs[0][0].parent)  # what workers stopped midway left (their processes are gone)
 
 
-def _cause(error: BaseException) -> str:
+def _said(error: Exception, cli: bool) -> str:
+    if isinstance(error, EdgesdError):
+        return error.cli if cli else str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _cause(error: BaseException, cli: bool) -> str:
     """The edgesd error behind Ray's wrappers (chained, or only in the text of a worker's traceback, as
     for an actor that failed to start), else Ray's first line."""
     seen = error
     while seen is not None:
         if isinstance(seen, EdgesdError):
-            return seen.cli
+            return _said(seen, cli)
         seen = getattr(seen, "cause", None) or seen.__cause__
     text = str(error).strip()
     ours = re.findall(r"^edgesd\.errors\.\w+: (.+)$", text, re.MULTILINE)
@@ -302,7 +310,7 @@ def actor_bytes(batch: Batch) -> int:
     fmt = BACKENDS[load.backend].format
     folders = [load.folder, *load.controlnets, *([batch.refiner.folder] if batch.refiner else [])]
     weights = sum(memory.weights_bytes(folder, fmt, low_memory) for folder in folders)
-    width, height = batch.size or (load.folder.native_size,) * 2  # what job_size gives large inputs
+    width, height = batch.size or (load.folder.native_size,) * 2  # what job_size gives large inputs (keep_size: checked as each runs)
     guidance = batch.settings.get("guidance_scale")
     guided = (load.folder.defaults["guidance_scale"] if guidance is None else guidance) > 1
     vae = None if batch.open_options.get("vae_decode_only") else load.vae

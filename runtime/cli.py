@@ -362,7 +362,7 @@ def generate(task: str, model, image, prompt, output, negative_prompt, prompt_2,
                                     loras=loras, vae_decode_only=vae_decode_only),
                   refiner=refiner_plan or None, high_noise_frac=task_options.get("high_noise_frac", 0.8),
                   control_images=[made or name for made, name in zip(maps, control_image or ())], depth_model=depth_model,
-                  replay_index=stored.get("index", 0) if replay else None, overwrite=overwrite, grid=grid)
+                  replay_index=stored.get("index", 0) if replay else None, overwrite=overwrite, grid=grid, cli=True)
     if not image.is_dir():  # sized as the call will size it, by the batch's and the pipeline's own functions
         first = run_guarded(load_image, image, max_pixels).size
         asked = job_size(batch, first, folder.native_size)
@@ -665,6 +665,9 @@ def bench(
 ):
     """Measure cold start, per-stage warm latency (median, min, max), peak memory and model size."""
     from edgesd.bench import run_benchmark
+
+    global _json_errors
+    _json_errors = as_json
 
     loras = [run_guarded(parse_lora, spec) for spec in lora or ()]
     if output:  # checked before the (long) run, as generating commands check their outputs

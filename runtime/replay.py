@@ -1,7 +1,8 @@
 """What a replayed image names but cannot carry: its LoRA files and its VAE folder. Images store names
 and hashes, never paths (they are shared), so `--replay` looks for them by name where people keep
 them: the current folder, the replayed image's folder and the folder holding the model folder
-(models/ beside models/sd-turbo); a candidate counts only if its sha256 is the recorded one."""
+(models/ beside models/sd-turbo); a candidate counts only if its sha256 is the recorded one. A name
+that is not a plain file name (a path, "..": a shared image is untrusted) is never looked up."""
 
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def given_loras(specs: list[tuple[str, float | None]], stored: dict) -> list[Lor
 def recorded_loras(stored: dict, where: list[Path]) -> list[Lora]:
     """The recorded LoRAs found (by file name and sha256), with their recorded weights."""
     found = []
-    for entry in stored.get("loras", []):
+    for entry in filter(lambda entry: _plain(entry["file"]), stored.get("loras", [])):
         path = next((place / entry["file"] for place in where if _same_file(place / entry["file"], entry["sha256"])), None)
         if path is not None:
             found.append(read_lora(path, entry["weight"]))
@@ -44,7 +45,7 @@ def recorded_loras(stored: dict, where: list[Path]) -> list[Lora]:
 def recorded_vae(stored: dict, where: list[Path]) -> tuple[ModelFolder, bool] | None:
     """The recorded VAE folder (by name and manifest sha256) and whether it decoded only, if found."""
     vae = stored.get("vae")
-    for place in where if vae else ():
+    for place in where if vae and _plain(vae["folder"]) else ():
         try:
             folder = open_vae_folder(place / vae["folder"])
         except EdgesdError:
@@ -52,6 +53,10 @@ def recorded_vae(stored: dict, where: list[Path]) -> tuple[ModelFolder, bool] | 
         if folder.manifest_sha256 == vae["manifest_sha256"]:
             return folder, vae["replaces"] == ["vae_decoder"]
     return None
+
+
+def _plain(name: str) -> bool:
+    return name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def _same_file(path: Path, digest: str) -> bool:

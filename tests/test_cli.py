@@ -474,6 +474,12 @@ def test_outpaint_writes_the_grown_canvas_and_replays(model, tmp_path):
     again = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "--replay", out, "-o", tmp_path / "again.png")
     assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
     assert np.array_equal(_pixels(out), _pixels(tmp_path / "again.png"))
+    small = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "-p", "sky", "--left", 16, "--width", 48,
+                   "--seed", 3, "-o", tmp_path / "small.png")  # the input resized first: its hash is of the file's pixels
+    again = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "--replay", tmp_path / "small.png", "-o",
+                   tmp_path / "small-again.png")
+    assert small.returncode == 0 and again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert np.array_equal(_pixels(tmp_path / "small.png"), _pixels(tmp_path / "small-again.png"))
     nothing = edgesd("outpaint", model, "-i", ROOT / "tests/data/small.png", "-p", "sky", "-o", tmp_path / "none.png")
     assert nothing.returncode == 2 and "outpaint needs pixels to add" in nothing.stderr
 

@@ -165,6 +165,12 @@ def test_the_api_and_bench_take_repo_ids(hub, tmp_path):
     assert bench.returncode == 0 and "model folder" in bench.stdout, bench.stderr
 
 
+def test_backend_auto_takes_a_repo_as_it_is(hub, tmp_path):
+    """Its size unknown before the download, auto takes OpenVINO's files; the folder then runs on them."""
+    done = run_img2img(hub, tmp_path, "edgesd/tiny-sd1", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["backend"] == "openvino", done.stderr
+
+
 def test_optimum_layout_repos(hub, tmp_path):
     done = run_img2img(hub, tmp_path, "optimum/tiny-sd1-openvino")
     assert done.returncode == 0, done.stderr

@@ -233,3 +233,9 @@ def test_img2img_on_an_inpainting_model_is_refused_before_loading(inpainting_mod
     assert done.returncode == 2 and done.stderr.startswith("error: inpaint is an inpainting model (9-channel UNet): use "
                                                            "InpaintPipeline (edgesd inpaint / outpaint)")
     assert done.stderr.count("\n") == 1 and not (tmp_path / "o.png").exists()
+    from edgesd import Img2ImgPipeline  # as edgesd serve loads every model, then inpaints with from_pipe
+
+    pipe = Img2ImgPipeline.load(inpainting_model[1], backend="onnxruntime")
+    image, mask = picture(*SIZES["tiny-sd1-inpaint"]), mask_of(*SIZES["tiny-sd1-inpaint"])
+    made = InpaintPipeline.from_pipe(pipe)(image, mask, "x", num_inference_steps=2, seed=1, size=image.size)
+    assert made.images[0].size == image.size

@@ -323,6 +323,19 @@ def test_bench_with_a_lora(exported, lora_files):
     assert "LoRA sd1-unet.safetensors:0.5" in done.stdout
 
 
+def test_replay_looks_up_recorded_names_only_as_plain_file_names(lora_files, tmp_path):
+    """A shared image is untrusted: a recorded LoRA named by a path ("../x", "/x") is never hashed or read."""
+    from edgesd.replay import recorded_loras
+
+    shutil.copy(lora_files["sd1-both"], tmp_path / "x.safetensors")
+    (tmp_path / "here").mkdir()
+    digest = read_lora(tmp_path / "x.safetensors").sha256
+    for name in ("../x.safetensors", str(tmp_path / "x.safetensors")):
+        assert recorded_loras({"loras": [{"file": name, "sha256": digest, "weight": 0.5}]}, [tmp_path / "here"]) == []
+    found = recorded_loras({"loras": [{"file": "x.safetensors", "sha256": digest, "weight": 0.5}]}, [tmp_path / "here", tmp_path])
+    assert [(lora.path, lora.weight) for lora in found] == [(tmp_path / "x.safetensors", 0.5)]
+
+
 def test_original_unet_names_map_as_diffusers_maps_them():
     """Against diffusers' own mapping for SD 1.5's UNet (layers_per_block 2): block renames
     (_maybe_map_sgm_blocks_to_diffusers), then inner names (_convert_unet_lora_key). Block indices up

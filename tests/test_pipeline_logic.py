@@ -122,16 +122,17 @@ def test_inpaint_draws_in_diffusers_order(tmp_path, monkeypatch, channels, stren
     assert len(sessions["vae_encoder"].calls) == expected.count(ONE)
 
 
-def test_an_inpainting_model_is_refused_by_img2img_before_anything_loads(tmp_path):
-    """The refusal comes from the folder alone: `open` says it before hashing or compiling (the fake
-    folder has no weights to load), and the CLI before its load (tests/test_inpaint_parity.py)."""
+def test_an_inpainting_model_is_refused_by_img2img_with_what_to_use(tmp_path):
+    """From the folder alone (the CLI says it before loading: tests/test_inpaint_parity.py), and by a call."""
     from edgesd.errors import InvalidInputError
-    from edgesd.pipelines.base import LoadPlan
 
-    folder = fake_model_folder(tmp_path, unet_in_channels=9)
+    pipe, sessions = fake(Img2ImgPipeline, tmp_path, unet_in_channels=9)
     with pytest.raises(InvalidInputError, match="inpainting model .* use InpaintPipeline"):
-        Img2ImgPipeline.open(LoadPlan(folder, None, "onnxruntime"))
-    InpaintPipeline.check_folder(folder)
+        Img2ImgPipeline.check_folder(pipe.folder)
+    with pytest.raises(InvalidInputError, match="inpainting model .* use InpaintPipeline"):
+        pipe(IMAGE, "x", strength=0.5, num_inference_steps=4, seed=0)
+    assert "unet" not in sessions or not sessions["unet"].calls
+    InpaintPipeline.check_folder(pipe.folder)
 
 
 def test_a_family_is_data_its_named_inputs_reach_the_unet_batched(tmp_path, monkeypatch):

@@ -163,7 +163,8 @@ def test_a_precision_the_cpu_lacks_is_recorded_as_the_fp32_it_runs_in(monkeypatc
         available_devices = ["CPU"]
 
         def get_property(self, device, name):
-            return {"OPTIMIZATION_CAPABILITIES": ["FP32", "INT8", "BIN", "EXPORT_IMPORT"]}[name]
+            return {"OPTIMIZATION_CAPABILITIES": ["FP32", "INT8", "BIN", "EXPORT_IMPORT"],
+                    "INFERENCE_PRECISION_HINT": SimpleNamespace(get_type_name=lambda: "f32")}[name]
 
     monkeypatch.setattr(sessions, "_import", lambda: SimpleNamespace(Core=OldCpu))
     assert [sessions.effective_precision("auto", asked, "fp32") for asked in ("fp32", "bf16", "fp16")] == ["fp32"] * 3

@@ -79,7 +79,9 @@ class Pipeline:
 
     @classmethod
     def check_folder(cls, folder: ModelFolder) -> None:
-        """Refuse a model folder this task cannot run, before anything loads (e.g. img2img on an inpainting UNet)."""
+        """Refuse a model folder this task cannot run (img2img on an inpainting UNet): from the folder alone,
+        so the CLI says it before loading; a call says it too (a pipeline made for another task, as edgesd
+        serve loads an inpainting model, can still be turned into one that fits with from_pipe)."""
 
     def __init__(self, folder: ModelFolder, open_submodel: Callable[[str, LoraMerge | None], Session], backend: str,
                  low_memory: bool = False, inference_precision: str = "auto", device: str = "auto", loras=(),
@@ -167,7 +169,6 @@ class Pipeline:
              loras: Sequence[tuple[str | Path, float] | str | Path] = (), vae_decode_only: bool = False):
         """`load`'s second half: hash the files the engine will read (once), then compile (see `plan_load`)."""
         folder, vae_folder, backend = plan.folder, plan.vae, plan.backend
-        cls.check_folder(folder)
         fmt = BACKENDS[backend].format
         for checked in filter(None, (folder, vae_folder, *plan.controlnets)):
             checked.verify_once([fmt])

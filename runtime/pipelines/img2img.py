@@ -53,6 +53,7 @@ class Img2ImgPipeline(Pipeline):
         original_size, target_size, crops_coords_top_left, their negative_ forms, aesthetic_score,
         negative_aesthetic_score), and diffusers' ControlNet options: controlnet_conditioning_scale
         (0.8; a list: one per ControlNet), guess_mode, control_guidance_start, control_guidance_end."""
+        self.check_folder(self.folder)
         start = time.perf_counter()
         # 1. Check inputs; None means the model folder's recommended default.
         settings, plan = resolve_settings(self.folder, prompt, negative_prompt, strength, num_inference_steps, guidance_scale,

@@ -148,7 +148,7 @@ class InpaintPipeline(Pipeline):
         """Extend `image` by the given pixels on each side and paint the new area (see edgesd.outpaint);
         `size` resizes the input first; `overlap` (default: two latent cells) is how far the repainted
         band reaches into the image. Other options as for __call__."""
-        image = load_image(image, self.max_pixels)
+        image = given = load_image(image, self.max_pixels)
         resized, _ = outpaint_canvas(self.folder, image.size, left, right, top, bottom, size, self.max_pixels)
         if size is not None:
             image = image.resize(resized, resample=Image.Resampling.LANCZOS)
@@ -159,6 +159,6 @@ class InpaintPipeline(Pipeline):
         result = self(canvas, mask, prompt, size=canvas.size, **options)
         result.settings.update(extension=dict(left=left, right=right, top=top, bottom=bottom, overlap=overlap),
                                size=list(image.size))  # the input's size: the canvas follows from it
-        result.provenance.update(task="outpaint", input_sha256=image_sha256(image))  # the mask follows from these
+        result.provenance.update(task="outpaint", input_sha256=image_sha256(given))  # the mask follows from these
         del result.provenance["mask_sha256"]
         return result

@@ -61,12 +61,12 @@ BACKEND_OF_FORMAT = {b.format: b for b in BACKENDS.values()}
 
 
 def _why(chosen: str, preference: list[str], device: str, small: bool, weights: int | None) -> str:
-    if device == "cuda":
-        return "CUDA"
+    if device in ("cuda", "gpu", "npu"):
+        return f"the engine for {device}"
     if chosen != preference[0]:
         return "the one engine here for this folder"
     if small:
-        return f"a {weights / 2**20:.0f} MiB model, where OpenVINO's compile costs more than it saves"
+        return f"a {weights / 2**20:.3g} MiB model, where OpenVINO's compile costs more than it saves"
     return "the faster engine for SD-size models on CPUs, first image included"
 
 

@@ -51,13 +51,13 @@ def resolve_device(device: str) -> str:
 
 def effective_precision(device: str, requested: str, stored: str) -> str:
     """The precision the plugin computes in: the one requested where the device has it (its
-    OPTIMIZATION_CAPABILITIES; the CPU plugin runs bf16 asked of a CPU without AVX512-BF16/AMX in
-    fp32, silently), else its default for the device (bf16 on CPUs with them, f16 on GPUs, f32
-    elsewhere); quantized layers run int8 either way."""
+    OPTIMIZATION_CAPABILITIES), else its default for the device (bf16 on CPUs with AVX512-BF16/AMX,
+    f16 on GPUs, f32 elsewhere: the CPU plugin runs bf16 asked of a CPU without them in fp32,
+    silently); quantized layers run int8 either way."""
     try:
         core, name = _import().Core(), resolve_device(device)
-        if requested != "auto":
-            return requested if requested.upper() in core.get_property(name, "OPTIMIZATION_CAPABILITIES") else "fp32"
+        if requested != "auto" and requested.upper() in core.get_property(name, "OPTIMIZATION_CAPABILITIES"):
+            return requested
         hint = core.get_property(name, "INFERENCE_PRECISION_HINT").get_type_name()
     except (BackendUnavailableError, RuntimeError):
         return requested
