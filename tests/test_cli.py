@@ -404,13 +404,6 @@ def test_bench_defaults_to_the_models_native_size(exported):
     assert ", 64x64, " in done.stdout
 
 
-def test_export_hides_tracer_warnings_unless_debugging(tmp_path):
-    pytest.importorskip("torch")
-    done = edgesd("export", "random:tiny-sd1", "-o", tmp_path / "m")
-    assert done.returncode == 0, done.stderr
-    assert "Warning" not in done.stderr and "model folder written" in done.stderr
-
-
 def test_a_half_sdxl_folder_is_one_line(optimum_exported, tmp_path):
     """An optimum folder whose UNet is SDXL's (text_time) but lacks SDXL's second text encoder is
     refused, naming what is missing, before any engine sees it."""

@@ -206,6 +206,7 @@ def test_an_export_prints_its_own_lines_not_its_libraries_noise(int8_cli_export)
     for noise in ("Multiple distributions", "fusion:", "Removed ", "failed to infer", "pre-processing", "Warning"):
         assert noise not in said, noise
     assert "fused 8 attention blocks of unet" in said and "unet int8 on onnxruntime: max deviation" in said
+    assert "model folder written" in said  # torch's tracer warnings hidden too ("Warning" above)
 
 
 @pytest.fixture(scope="module")
