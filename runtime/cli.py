@@ -145,7 +145,7 @@ def _shared_options(
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps before strength (int(steps*strength) run). Default: the model's.", show_default=False),
     guidance: Optional[str] = typer.Option(None, metavar="G[,G...]", help="Classifier-free guidance scale, <= 1 turns it off; a list runs each. Default: the model's.", show_default=False),
     seed: Optional[str] = typer.Option(None, metavar="N[,N...]", help="Same seed, same images (diffusers' torch CPU noise); a list runs each. Default: random, printed.", show_default=False),
-    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name (EulerDiscreteScheduler) or an A1111 sampler name (\"DPM++ 2M Karras\", \"Euler a\"; NAME Karras for Karras sigmas). Default: the model's.", show_default=False),
+    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler class name (EulerDiscreteScheduler) or an A1111 sampler name (\"DPM++ 2M Karras\", \"Euler a\"); \"NAME Karras\" (a sampler or a class) uses Karras sigmas, as diffusers' use_karras_sigmas=True. Default: the model's.", show_default=False),
     num_images: Optional[int] = typer.Option(None, "--num-images", min=1, help="Images per run from one prompt and seed, in one batch (OUT-0.png ...). Default 1.", show_default=False),
     seed_per_image: bool = typer.Option(False, "--seed-per-image", help="With --num-images N: one call per image with seed + i (AUTOMATIC1111's rule), so each is reproducible alone (OUT-seedS.png ...), as --seed S,S+1,... does; slower than one batch."),
     resize: Optional[str] = typer.Option(None, metavar="WxH", help="Resize the input to WxH first, e.g. 768x512.", show_default=False),

@@ -318,7 +318,8 @@ def test_alphas_cumprod_bit_exact_for_sd15():
     np.testing.assert_array_equal(ours, scheduler.alphas_cumprod.numpy())
 
 
-@pytest.mark.parametrize("name", [*schedulers.SAMPLERS, "euler karras", "dpmpp_2m", "k_lms_ka", "Heun Karras"])
+@pytest.mark.parametrize("name", [*schedulers.SAMPLERS, "euler karras", "dpmpp_2m", "k_lms_ka", "Heun Karras",
+                                  "EulerDiscreteScheduler Karras", "DPMSolverMultistepScheduler karras"])
 def test_sampler_names_are_diffusers_documented_equivalents(name):
     """A1111/ComfyUI sampler names give the diffusers scheduler and options diffusers' docs map them to
     (DPM++ 2M Karras: DPMSolverMultistepScheduler(use_karras_sigmas=True), ...): the same timesteps and sigmas."""
@@ -334,5 +335,6 @@ def test_sampler_names_are_diffusers_documented_equivalents(name):
 
 def test_unknown_sampler_names_and_karras_where_it_does_not_apply_are_refused():
     assert schedulers.sampler("Euler a Karras") is None and schedulers.sampler("DDIM Karras") is None
+    assert schedulers.sampler("DDIMScheduler Karras") is None and schedulers.sampler("NoScheduler Karras") is None
     with pytest.raises(UnsupportedSchedulerError, match="or a sampler name: Euler a, Euler, LMS"):
         schedulers.from_config(SD15, "DPM++ 3M")

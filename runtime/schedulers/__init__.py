@@ -60,16 +60,20 @@ _BY_NAME = {key.lower(): name for name, (_, _, aliases) in SAMPLERS.items() for 
 
 def sampler(name: str) -> tuple[str, dict] | None:
     """(diffusers class, config overrides) of an A1111/ComfyUI sampler name (any case), or None. " Karras"
-    after a name whose scheduler takes Karras sigmas (A1111's schedule type since 1.9) asks for them."""
+    after a sampler name or a diffusers class name whose scheduler takes Karras sigmas (A1111's schedule
+    type since 1.9) asks for them: "EulerDiscreteScheduler Karras" is diffusers' use_karras_sigmas=True."""
     if not isinstance(name, str):
         return None
     key = name.strip().lower()
     if key in _BY_NAME:
         return SAMPLERS[_BY_NAME[key]][:2]
-    base = _BY_NAME.get(key.removesuffix(" karras")) if key.endswith(" karras") else None
-    if base is None or "use_karras_sigmas" not in _CLASSES[SAMPLERS[base][0]].defaults:
+    if not key.endswith(" karras"):
         return None
-    class_name, overrides, _ = SAMPLERS[base]
+    base = key.removesuffix(" karras").strip()
+    class_name, overrides = SAMPLERS[_BY_NAME[base]][:2] if base in _BY_NAME else \
+        (next((c for c in _CLASSES if c.lower() == base), None), {})
+    if class_name is None or "use_karras_sigmas" not in _CLASSES[class_name].defaults:
+        return None
     return class_name, {**overrides, "use_karras_sigmas": True}
 
 
