@@ -4,12 +4,14 @@ Temporary files and claims (an output another edgesd process is making) carry th
 those a killed process left are recognised and removed by the next run."""
 
 import errno
+import hashlib
 import io
 import json
 import os
 import re
 import secrets
 import signal
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,17 +103,24 @@ def check_writable(folder: Path, name: str) -> None:
         raise InvalidInputError(f"cannot write outputs in {folder}: {e.strerror or e}; choose another --output") from None
 
 
+# Claims and temporaries name their process and machine: on storage several machines share, a process
+# of another machine cannot be asked whether it runs, so its files are taken as live.
+_HOST = socket.gethostname()
+_HOST_TAG = hashlib.sha256(_HOST.encode()).hexdigest()[:8]
+
+
 def claim(path: Path) -> bool:
-    """Mark `path` as being made by this process (a `.NAME.claim` file beside it holding our pid);
-    False if another live process has claimed it. A claim whose process is gone is taken over."""
+    """Mark `path` as being made by this process (a `.NAME.claim` file beside it holding our pid and
+    host); False if another live process has claimed it. A claim whose process is gone is taken over
+    (one of another machine is never: delete it by hand if that machine stopped)."""
     marker = _claim_file(path)
     for _ in range(2):
         try:  # written whole or not at all, so a claim always names its process
-            _write_atomic(marker, lambda f: f.write(str(os.getpid()).encode()), overwrite=False)
+            _write_atomic(marker, lambda f: f.write(f"{os.getpid()} {_HOST}".encode()), overwrite=False)
             return True
         except InvalidInputError:  # claimed already: by a live process other than this one, or left by a dead one
-            owner = _pid_in(marker)
-            if owner != os.getpid() and _alive(owner):
+            pid, host = _owner_in(marker)
+            if host != _HOST or (pid != os.getpid() and _alive(pid)):
                 return False
             marker.unlink(missing_ok=True)
     return False
@@ -120,7 +129,7 @@ def claim(path: Path) -> bool:
 def release(path: Path) -> None:
     marker = _claim_file(path)
     with _uninterrupted():
-        if _pid_in(marker) == os.getpid():
+        if _owner_in(marker) == (os.getpid(), _HOST):
             marker.unlink(missing_ok=True)
 
 
@@ -144,31 +153,34 @@ def remove_stale(folder: Path, ours: bool = False) -> None:
         return
     for file in folder.glob(".*"):
         if match := _TEMPORARY.fullmatch(file.name):
-            pid = int(match[1])
+            pid, here = int(match[1]), match[2] in (None, _HOST_TAG)
         elif file.name.endswith(".claim"):
-            pid = _pid_in(file)
+            pid, host = _owner_in(file)
+            here = host == _HOST
         else:
             continue
-        if not _alive(pid) or (ours and pid == os.getpid()):
+        if here and (not _alive(pid) or (ours and pid == os.getpid())):
             file.unlink(missing_ok=True)
 
 
-_TEMPORARY = re.compile(r"\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp")  # _write_atomic's: .NAME.PID.RANDOM.tmp
+_TEMPORARY = re.compile(r"\..+\.(\d+)(?:_([0-9a-f]{8}))?\.[A-Za-z0-9_]+\.tmp")  # _write_atomic's: .NAME.PID_HOST.RANDOM.tmp
 
 
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # the pattern of _TEMPORARY
+    return path.with_name(f".{path.name}.{os.getpid()}_{_HOST_TAG}.{secrets.token_hex(4)}.tmp")  # the pattern of _TEMPORARY
 
 
 def _claim_file(path: Path) -> Path:
     return path.with_name(f".{path.name}.claim")
 
 
-def _pid_in(marker: Path) -> int | None:
+def _owner_in(marker: Path) -> tuple[int | None, str]:
+    """(pid, host) of a claim; one an earlier edgesd wrote (a pid alone) is this machine's."""
     try:
-        return int(marker.read_text().strip())
+        pid, _, host = marker.read_text().strip().partition(" ")
+        return int(pid), host or _HOST
     except (OSError, ValueError):
-        return None
+        return None, _HOST
 
 
 def _alive(pid: int | None) -> bool:

@@ -268,6 +268,27 @@ def test_stale_temporaries_are_removed_and_claims_respected(model, tmp_path):
     assert [Path(r["image"]).name for r in json.loads(done.stdout)["results"]] == ["b.png"]
 
 
+def test_claims_and_temporaries_of_another_machine_are_left_alone(model, tmp_path):
+    """On storage several machines share, a pid that runs nowhere here may run there: another host's
+    claim is respected and its temporary kept, whatever its pid; this host's are named so too."""
+    from edgesd.outputs import _HOST, claim, release
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    Image.open(SMALL).save(inputs / "a.png")
+    dead = 2**22 + 1
+    (out / ".a.png.claim").write_text(f"{dead} another-host")
+    (out / f".a.png.{dead}_0badc0de.x1y2z3.tmp").write_bytes(b"being written there")
+    done = edgesd("img2img", model, "-i", inputs, "-o", out, "-p", "x", "--steps", 1, "--strength", 1, "--json")
+    assert json.loads(done.stdout)["skipped"] == [{"image": str(inputs / "a.png"),
+                                                   "reason": "another edgesd process is making its outputs"}]
+    assert (out / ".a.png.claim").exists() and (out / f".a.png.{dead}_0badc0de.x1y2z3.tmp").exists()
+    assert claim(tmp_path / "b.png") and (tmp_path / ".b.png.claim").read_text() == f"{os.getpid()} {_HOST}"
+    release(tmp_path / "b.png")
+    assert not (tmp_path / ".b.png.claim").exists()
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_during_a_batch_leaves_no_partial_file_and_says_how_to_resume(model, tmp_path, sig, code):
     inputs, out = tmp_path / "in", tmp_path / "out"
