@@ -101,9 +101,10 @@ class Runner:
     def run(self, job: Job, label: str = "denoising", progress=lambda label: nullcontext()) -> list[dict]:
         """One input: each run (a variation or an iteration) written, then its contact sheet. Returns
         per run its outputs, seed, settings and timings. `progress(label)`: a context giving a step callback."""
-        batch, cells, done, source = self.batch, [], [], job.image
+        batch, cells, done = self.batch, [], []
+        source = load_image(job.image, batch.max_pixels)  # decoded once: sized here, run below
         schedule = batch.runs if batch.iterations == 1 else [batch.runs[0]] * batch.iterations
-        given = load_image(job.image, batch.max_pixels).size
+        given = source.size
         size = job_size(batch, given, self.pipe.folder.native_size)
         if batch.size is None and size not in (None, given):
             self.pipe.say_once("fit", "%s (%dx%d) is resized to %dx%d, about this model's native area (%d px square, "

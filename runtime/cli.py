@@ -126,10 +126,9 @@ def parse_weighted(spec: str) -> tuple[str, float | None]:
 def parse_lora(spec: str):
     """FILE[:WEIGHT] -> the LoRA read (errors before the model loads); a colon not followed by a
     number belongs to the path."""
-    from edgesd.lora import read_lora
+    from edgesd.replay import given_loras
 
-    path, weight = parse_weighted(spec)
-    return read_lora(path) if weight is None else read_lora(path, weight)
+    return given_loras([parse_weighted(spec)], {})[0]
 
 
 def _shared_options(

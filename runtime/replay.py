@@ -20,8 +20,8 @@ def places(replayed: Path, model: str | Path | None) -> list[Path]:
 
 
 def given_loras(specs: list[tuple[str, float | None]], stored: dict) -> list[Lora]:
-    """LoRAs given on a replay: one given without a weight gets the weight recorded for its file (by
-    sha256), else 1."""
+    """LoRAs given as (path, weight or None): one without a weight gets the weight `stored` (a replayed
+    image's parameters) records for its file, by sha256, else 1."""
     recorded = {entry["sha256"]: entry["weight"] for entry in stored.get("loras", [])}
     loras = []
     for path, weight in specs:

@@ -392,7 +392,7 @@ def plan_load(path: str | Path, backend: str = "auto", device: str = "auto", vae
         raise ModelFolderError(f"{folder.name} has {', '.join(folder.common_formats)} and "
                                + ", ".join(f"{name} {', '.join(c.common_formats)}" for name, c in components.items())
                                + ": no format in common; export them with --format both")
-    weights = memory.weights_bytes(folder, formats[0], False)
+    weights = memory.weights_bytes(folder, formats[0], False) if backend == "auto" else None  # auto picks by it
     return LoadPlan(folder, vae_folder, choose_backend(backend, device, formats, weights), controlnets)
 
 
