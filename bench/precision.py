@@ -2,8 +2,8 @@
 
     # the precisions, from the fp32 export: a hard-linked copy converted by edgesd's own code
     python bench/precision.py build models/sd15 -o models/sd15-int8 --precision int8 [--calibration-samples 16]
-    # the lever for a missed OpenVINO int8 target: the linear layers int8 too, not weight-only
-    python bench/precision.py build models/sd15 -o models/sd15-int8-linear --precision unet=int8 --formats openvino --linear-int8
+    # OpenVINO int8 in optimum-intel's hybrid scheme (linear layers weight-only), for comparison
+    python bench/precision.py build models/sd15 -o models/sd15-int8-hybrid --precision unet=int8 --formats openvino --hybrid
     # the table
     python bench/precision.py run models/sd15 fp16=models/sd15-fp16 int8-weights=models/sd15-int8-weights \\
         int8=models/sd15-int8 --resolution 256 --steps 4 --strength 0.5 --fidelity --out bench/results/precision-sd15-256.json
@@ -48,15 +48,17 @@ def build(args) -> None:
     """Hard-link the fp32 folder (the converters replace files, never write into them), then convert."""
     from edgesd.export.precision import parse_precision
     from edgesd.export.quantize import quantize_folder
-    from edgesd.export.quantize_openvino import to_int8_hybrid
+    from edgesd.export.quantize_openvino import to_int8
 
     src, dst = Path(args.fp32), Path(args.output)
     if dst.exists():
         sys.exit(f"{dst} exists; remove it first")
     manifest = json.loads((src / MANIFEST).read_text())
     formats = [f for f in args.formats if f in manifest["submodels"]["unet"]["formats"]]
-    # Not a precision `edgesd export` offers: optimum-intel's hybrid scheme keeps them weight-only.
-    converters = {("openvino", "int8"): partial(to_int8_hybrid, linear_int8=True)} if args.linear_int8 else None
+    # Not precisions `edgesd export` offers: optimum-intel's scheme, or SmoothQuant off (a speed proxy where it
+    # does not fit in memory: SDXL here), for comparison.
+    scheme = {"hybrid": args.hybrid, "smooth_quant": not args.no_smooth_quant}
+    converters = {("openvino", "int8"): partial(to_int8, **scheme)} if args.hybrid or args.no_smooth_quant else None
     scratch = dst.with_name(f".{dst.name}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(src, scratch, copy_function=_link_or_copy)
@@ -230,8 +232,10 @@ def main(argv=None):
     b.add_argument("--calibration-samples", type=int, default=32)
     b.add_argument("--calibration-size", type=int, help="square image side to calibrate at (default: the model's, at most 256)")
     b.add_argument("--formats", type=lambda s: s.split(","), default=["onnx", "openvino"])
-    b.add_argument("--linear-int8", action="store_true",
-                   help="OpenVINO int8: quantize the linear layers fully (weights and activations), not weight-only")
+    b.add_argument("--hybrid", action="store_true",
+                   help="OpenVINO int8 in optimum-intel's hybrid scheme: linear layers weight-only, SmoothQuant off")
+    b.add_argument("--no-smooth-quant", action="store_true",
+                   help="OpenVINO int8 with the linear layers int8 but SmoothQuant off (the same kernels; fits where it does not)")
     r = sub.add_parser("run", help="benchmark the precisions side by side")
     r.add_argument("fp32", help="fp32 edgesd model folder (the reference)")
     r.add_argument("variants", nargs="*", help="NAME=FOLDER for each other precision, NAME as in --precision")

@@ -28,7 +28,7 @@ _CONVERTERS = {
     ("onnx", "int8"): quantize_onnx.to_int8_static,
     ("openvino", "fp16"): quantize_openvino.to_fp16,
     ("openvino", "int8-weights"): quantize_openvino.to_int8_weights,
-    ("openvino", "int8"): quantize_openvino.to_int8_hybrid,
+    ("openvino", "int8"): quantize_openvino.to_int8,
 }
 
 

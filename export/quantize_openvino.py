@@ -12,26 +12,48 @@ so it decompresses the Convolutions' weights at compile into heap copies (SD 1.5
 3.7 GB held after compile against 1.9 GB from the fp32 IR, 14 s against 5 s; compressing only the
 linear layers holds 1.6 GB but leaves the UNet at 0.75x its fp32 size on disk). bench/README.md.
 
-int8 (UNet) — hybrid quantization as optimum-intel 1.27 does it for diffusion models
-(`_get_hybrid_mixed_quantization_config` + `_mixed_quantization` in
-optimum/intel/openvino/quantization.py), without needing optimum-intel's pipeline classes:
-  1. nncf.compress_weights (INT8_ASYM) on the MatMul and embedding weights, Convolutions ignored;
-  2. nncf.quantize on the result with the calibration dataset, ignoring the ops whose weights
-     step 1 compressed: Convolutions (weights and activations) and every activation-by-activation
-     op get FakeQuantize; model_type TRANSFORMER, preset MIXED (asymmetric activations), fast bias
-     correction, SmoothQuant off (alpha -1), overflow fix off.
-One deliberate difference, the same in the ONNX int8: step 2 also leaves out the Convolutions
-whose input mixes ranges that one per-tensor activation scale cannot serve: conv_in, reading the
+int8 (UNet) — weights and activations int8 in the Convolutions and the linear layers, with NNCF:
+  1. nncf.compress_weights (INT8_ASYM) on the embedding weights and on the range-sensitive
+     Convolutions below (weight-only);
+  2. nncf.quantize on the result with the calibration dataset: every other Convolution and every
+     linear layer (weights and activations) and every activation-by-activation op get FakeQuantize;
+     model_type TRANSFORMER, preset MIXED (asymmetric activations), fast bias correction, overflow
+     fix off, and SmoothQuant (alpha 0.95, NNCF's transformer default) on the linear layers: it
+     moves per-channel activation outliers into the weights before one per-tensor scale is chosen.
+This departs from optimum-intel 1.27's hybrid scheme for diffusion models (its
+`_get_hybrid_mixed_quantization_config`: linear layers weight-only, SmoothQuant off), which is
+kept as `hybrid=True` (bench/precision.py build --hybrid). Why, measured (bench/README.md):
+- speed: on the CPU plugin hybrid leaves the linear layers computing in bf16 from int8 weights. An
+  SDXL UNet is 71% linear-layer FLOPs, so hybrid int8 saved it 8% of a bf16 call.
+- outliers: trained transformers carry a few activation channels tens to hundreds of times larger
+  than the rest, which random test weights lack. Injected into the tiny UNet without changing its
+  function (one LayerNorm channel times 100, the weights reading it divided by 100;
+  tests/test_quantize.py), the noise prediction's cosine to fp32 fell from 0.999 to 0.98 with
+  linear layers int8 without SmoothQuant and to 0.99 with hybrid's weight-only ones (the divided
+  weights lose their precision), and stayed at 0.999 with SmoothQuant.
+Memory: NNCF's statistics runs hold the whole model compiled in fp32 while SmoothQuant's rewritten
+weights (fp32, every linear layer's) are held beside it: SD-turbo's UNet (3.4 GB) peaked at 6.3 GB,
+SDXL's (10 GB) went past this project's 24 GB, twice (its hybrid int8 fits). NNCF's SmoothQuant
+takes no ignored scope, so the graph cannot be quantized in parts. Where 2x the weights do not fit
+in the available memory the UNet gets the hybrid scheme, with a warning, and its manifest says so.
+One deliberate difference from both, the same in the ONNX int8: the Convolutions whose input mixes
+ranges that one per-tensor activation scale cannot serve stay weight-only: conv_in, reading the
 latents (from pure noise to a clean image's latents, over 4 channels), and the 1x1 shortcut
 Convolutions reading the up blocks' skip-connection Concats (shallow and deep features side by
-side: the "shortcut splitting" problem of Q-Diffusion, Li et al. 2023). Their weights are still
-compressed in step 1. On the tiny test UNet this took the noise prediction's cosine similarity at
-the lowest timesteps from 0.87 to 0.998; on SD 1.5 these Convolutions hold under 3% of the weights.
+side: the "shortcut splitting" problem of Q-Diffusion, Li et al. 2023). On the tiny test UNet this
+took the noise prediction's cosine similarity at the lowest timesteps from 0.87 to 0.998; on SD 1.5
+these Convolutions hold under 3% of the weights.
 """
 
 import logging
+import math
 from collections import deque
 from pathlib import Path
+
+log = logging.getLogger("edgesd")
+SMOOTH_QUANT_ALPHA = 0.95  # NNCF's default for MatMuls in transformer models
+SMOOTH_QUANT_PEAK = 2  # peak memory / fp32 weight bytes quantizing with SmoothQuant (module docstring)
+PASS_MEMORY_SHARE = 0.8  # of the available memory (the rest: page cache, calibration data, Python)
 
 
 def to_fp16(src: Path, dst: Path) -> str:
@@ -51,25 +73,32 @@ def to_int8_weights(src: Path, dst: Path) -> str:
     return f"nncf {nncf.__version__} compress_weights INT8_ASYM (per-channel)"
 
 
-def to_int8_hybrid(src: Path, dst: Path, calibration: list[dict], linear_int8: bool = False) -> str:
-    """Hybrid quantization (see the module docstring); `calibration` is a list of feed dicts.
-
-    `linear_int8` quantizes the linear layers like the Convolutions (weights and activations)
-    instead of weight-only: not optimum-intel's choice; bench/precision.py build --linear-int8."""
+def to_int8(src: Path, dst: Path, calibration: list[dict], hybrid: bool = False, smooth_quant: bool = True) -> str:
+    """int8 as the module docstring says; `calibration` is a list of feed dicts. `hybrid`: optimum-intel's
+    scheme instead (linear layers weight-only, SmoothQuant off), also taken when SmoothQuant's pass would
+    not fit in memory (`fits_smooth_quant`). `smooth_quant=False`: linear layers int8 without it
+    (bench/precision.py build --no-smooth-quant, a speed proxy where it does not fit)."""
     import nncf
     import openvino as ov
 
     if not calibration:
-        raise ValueError("hybrid int8 quantization needs calibration samples")
+        raise ValueError("int8 quantization needs calibration samples")
+    why_hybrid = ""
+    if not hybrid and smooth_quant and not fits_smooth_quant(Path(src).with_suffix(".bin").stat().st_size):
+        hybrid, why_hybrid = True, f" (SmoothQuant's pass needs about {SMOOTH_QUANT_PEAK}x the fp32 weights in memory)"
+        log.warning("int8: not enough memory to quantize this UNet's linear layers with SmoothQuant (about %sx its "
+                    "%.1f GB); they stay weight-only, as optimum-intel does: int8 without their speed-up",
+                    SMOOTH_QUANT_PEAK, Path(src).with_suffix(".bin").stat().st_size / 2**30)
     model = ov.Core().read_model(str(src))
-    # Collected before compression, as optimum-intel does. Weight-only: step 1 compresses them and
-    # step 2 leaves them out. Every other op with weights is step 2's alone: with weights compressed
-    # in step 1, the CPU plugin would keep its kernel in floating point.
-    weighted = ops_with_weights(model, matmuls=not linear_int8)
+    # Collected before compression. Weight-only: step 1 compresses them and step 2 leaves them out.
+    # Every other op with weights is step 2's alone: with weights compressed in step 1, the CPU
+    # plugin would keep its kernel in floating point.
+    weighted = ops_with_weights(model, matmuls=hybrid)
     sensitive = range_sensitive_convolutions(model)
     weight_only = weighted + sensitive
     all_with_weights = ops_with_weights(model) + [op.get_friendly_name() for op in model.get_ops()
                                                   if op.get_type_name() == "Convolution"]
+    alpha = SMOOTH_QUANT_ALPHA if smooth_quant and not hybrid else -1
     with _quiet_nncf():
         model = nncf.compress_weights(
             model,
@@ -86,14 +115,25 @@ def to_int8_hybrid(src: Path, dst: Path, calibration: list[dict], linear_int8: b
             ignored_scope=nncf.IgnoredScope(names=weight_only, validate=False),
             advanced_parameters=nncf.AdvancedQuantizationParameters(
                 overflow_fix=nncf.OverflowFix.DISABLE,
-                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1),
+                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha),
             ),
         )
     ov.save_model(model, str(dst), compress_to_fp16=False)
-    linear = "linear layers int8; " if linear_int8 else ""
-    return (f"nncf {nncf.__version__} hybrid ({linear}compress_weights INT8_ASYM on {len(weighted)} MatMul/embedding ops + "
-            f"quantize TRANSFORMER, SmoothQuant off; {len(sensitive)} range-sensitive Convolutions weight-only), "
+    scheme = (f"hybrid{why_hybrid}: compress_weights INT8_ASYM on {len(weighted)} MatMul/embedding ops + quantize "
+              "TRANSFORMER, SmoothQuant off" if hybrid else
+              f"quantize TRANSFORMER, linear layers int8, SmoothQuant {alpha if alpha > 0 else 'off'}; "
+              f"compress_weights INT8_ASYM on {len(weighted)} embedding ops")
+    return (f"nncf {nncf.__version__} ({scheme}; {len(sensitive)} range-sensitive Convolutions weight-only), "
             f"{len(calibration)} calibration samples")
+
+
+def fits_smooth_quant(weight_bytes: int, available: int | None = None) -> bool:
+    """Whether quantizing a model of `weight_bytes` (fp32) with SmoothQuant fits in the available memory
+    (module docstring: SMOOTH_QUANT_PEAK times its weights, within PASS_MEMORY_SHARE of what is available)."""
+    from edgesd.memory import available_bytes
+
+    available = available or available_bytes()
+    return available is None or weight_bytes * SMOOTH_QUANT_PEAK <= PASS_MEMORY_SHARE * available
 
 
 def ops_with_weights(model, matmuls: bool = True) -> list[str]:
