@@ -1,4 +1,4 @@
-"""One OpenVINO IR submodel -> fp16, int8-weights or int8 (hybrid), with OpenVINO and NNCF.
+"""One OpenVINO IR submodel -> fp16, int8-weights or int8, with OpenVINO and NNCF.
 
 fp16 — the IR saved with `compress_to_fp16=True`: fp16 weights, decompressed on load; the plugin
 then computes in whatever `inference_precision` asks for (bf16 on AMX/AVX512-BF16 CPUs, fp16 on
@@ -24,18 +24,21 @@ This departs from optimum-intel 1.27's hybrid scheme for diffusion models (its
 `_get_hybrid_mixed_quantization_config`: linear layers weight-only, SmoothQuant off), which is
 kept as `hybrid=True` (bench/precision.py build --hybrid). Why, measured (bench/README.md):
 - speed: on the CPU plugin hybrid leaves the linear layers computing in bf16 from int8 weights. An
-  SDXL UNet is 71% linear-layer FLOPs, so hybrid int8 saved it 8% of a bf16 call.
+  SDXL UNet is 71% linear-layer FLOPs, so hybrid int8 saved it 8% of a bf16 call; with its linear
+  layers int8 (no SmoothQuant) a call at 512x512 took 0.72-0.86 s against hybrid's 1.10-1.20 s.
 - outliers: trained transformers carry a few activation channels tens to hundreds of times larger
   than the rest, which random test weights lack. Injected into the tiny UNet without changing its
   function (one LayerNorm channel times 100, the weights reading it divided by 100;
   tests/test_quantize.py), the noise prediction's cosine to fp32 fell from 0.999 to 0.98 with
   linear layers int8 without SmoothQuant and to 0.99 with hybrid's weight-only ones (the divided
   weights lose their precision), and stayed at 0.999 with SmoothQuant.
-Memory: NNCF's statistics runs hold the whole model compiled in fp32 while SmoothQuant's rewritten
-weights (fp32, every linear layer's) are held beside it: SD-turbo's UNet (3.4 GB) peaked at 6.3 GB,
-SDXL's (10 GB) went past this project's 24 GB, twice (its hybrid int8 fits). NNCF's SmoothQuant
-takes no ignored scope, so the graph cannot be quantized in parts. Where 2x the weights do not fit
-in the available memory the UNet gets the hybrid scheme, with a warning, and its manifest says so.
+Memory: NNCF's SmoothQuant holds every rescaled linear weight twice in fp32 (as numpy arrays in its
+transformation layout and as the new constants) on top of its statistics run: SD-turbo's UNet (3.4 GB)
+peaked at 6.3 GB, SDXL's (10 GB) went past this project's 24 GB four times, once with nncf's pipeline
+run step by step and the smoothed model read back memory-mapped (hybrid fits, and int8 without
+SmoothQuant at 14 GB). It takes no ignored scope, so the graph cannot be smoothed in parts. Where 2x
+the weights do not fit in the available memory the UNet gets the hybrid scheme, with a warning, and
+its manifest says so.
 One deliberate difference from both, the same in the ONNX int8: the Convolutions whose input mixes
 ranges that one per-tensor activation scale cannot serve stay weight-only: conv_in, reading the
 latents (from pure noise to a clean image's latents, over 4 channels), and the 1x1 shortcut
