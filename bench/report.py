@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 STAGES = ("text", "encode", "unet", "controlnet", "decode", "other")
-STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (all calls)", "decode": "VAE decode",
-                "other": "other (scheduler, pre/post, overhead)"}
+STAGE_LABELS = {"text": "text encoder", "encode": "VAE encode", "unet": "UNet (all calls)", "controlnet": "ControlNet (all calls)",
+                "decode": "VAE decode", "other": "other (scheduler, pre/post, overhead)"}
 COMPARE_SCHEMA = "edgesd-bench-compare/1"
 PRECISION_SCHEMA = "edgesd-bench-precision/1"
 LORA_SCHEMA = "edgesd-bench-lora/1"
@@ -497,7 +497,7 @@ def chart(compares: list[dict], path: Path) -> str | None:
     panels = [d for d in compares if any(e["status"] == "ok" and e.get("summary") for e in d["systems"].values())]
     if not panels:
         return "no system ran"
-    colors = {"text": "#8da0cb", "encode": "#66c2a5", "unet": "#fc8d62", "decode": "#e78ac3", "other": "#b3b3b3"}
+    colors = {"text": "#8da0cb", "encode": "#66c2a5", "unet": "#fc8d62", "controlnet": "#ffd92f", "decode": "#e78ac3", "other": "#b3b3b3"}
     heights = [max(1, sum(1 for e in d["systems"].values() if e["status"] == "ok")) for d in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.2 + 0.42 * sum(heights) + 0.7 * len(panels)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
@@ -508,7 +508,7 @@ def chart(compares: list[dict], path: Path) -> str | None:
             left = 0.0
             sm = d["systems"][key]["summary"]
             for st in STAGES:
-                width = max(0.0, sm["stages"][st])
+                width = max(0.0, sm["stages"].get(st, 0.0))  # (no "controlnet" in results before ControlNets)
                 ax.barh(i, width, left=left, color=colors[st], label=STAGE_LABELS[st] if i == 0 else None,
                         edgecolor="white", linewidth=0.5)
                 left += width

@@ -26,7 +26,7 @@ from edgesd.model_folder import SUBMODELS
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
 CALIBRATED = "int8"  # the one precision that needs calibration data (activation ranges)
 TARGET_PRECISION = {  # the device an export is meant for -> its default precision
-    "cpu": "int8",  # SD 1.5 UNet call 0.39x fp32 on onnxruntime, 0.78x bf16 on OpenVINO; a quarter of the disk
+    "cpu": "int8",  # SD 1.5 UNet call 0.39x fp32 on onnxruntime, 0.62-0.75x bf16 on OpenVINO; a quarter of the disk
     "gpu": "fp16",  # OpenVINO iGPU computes in fp16 anyway: half the disk, no loss
     "cuda": "fp16",  # tensor cores; onnxruntime-gpu's fp16 kernels
 }

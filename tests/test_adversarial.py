@@ -296,7 +296,9 @@ def test_a_signal_during_a_batch_leaves_no_partial_file_and_says_how_to_resume(m
     for i in range(12):
         Image.open(SMALL).save(inputs / f"{i:02}.png")
     process = subprocess.Popen([sys.executable, "-c", "from edgesd.cli import main; main()", "img2img", str(model), "-i",
-                                str(inputs), "-o", str(out), "-p", "x", "--steps", "2"], stderr=subprocess.PIPE, text=True)
+                                str(inputs), "-o", str(out), "-p", "x", "--steps", "2"], stderr=subprocess.PIPE, text=True,
+                               # as from a terminal: a suite started in the background would pass SIGINT on ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stderr:  # stop it just after the first output, while the next is being made
         if line.startswith("wrote"):
             break
