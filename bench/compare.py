@@ -19,7 +19,9 @@ Systems (`--systems`, default: all but the *-fp32 variants of the others' defaul
     openvino-genai       openvino_genai.Image2ImagePipeline on EDGESD_FOLDER's IR, its defaults
     optimum-intel-fp32   (opt-in) the same with INFERENCE_PRECISION_HINT f32
     openvino-genai-fp32  (opt-in) the same with INFERENCE_PRECISION_HINT f32
-    edgesd-ov-tiny-vae   (opt-in) edgesd-ov-auto with a tiny VAE (--tiny-vae FOLDER) in place of the model's
+    edgesd-ov-tiny-vae   (opt-in) edgesd-ov-auto with a tiny VAE (--tiny-vae FOLDER) in place of the model's,
+                         on EDGESD_FOLDER or on --tiny-vae-model (e.g. its `--target cpu` export, the
+                         others staying on EDGESD_FOLDER's IR)
 
 How it is measured. One invocation runs `--repeat` rounds; in each round every system runs once,
 in an order rotated by one place per round, so slow drift on a shared machine hits all systems
@@ -318,7 +320,8 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
     if system.get("tiny_vae"):
         vae = spec.get("tiny_vae") or _raise("needs a tiny VAE folder: --tiny-vae FOLDER (edgesd export madebyollin/taesd)")
     controlnet = spec.get("controlnet") and spec["controlnet"]["edgesd"]
-    pipe = pipeline.load(spec["edgesd"], backend=backend, device="cpu", inference_precision=precision, vae=vae,
+    folder = (system.get("tiny_vae") and spec.get("tiny_vae_model")) or spec["edgesd"]
+    pipe = pipeline.load(folder, backend=backend, device="cpu", inference_precision=precision, vae=vae,
                          controlnet=controlnet)
     pipe.reuse_encodings = False  # every call pays for its own encodings, as the other systems do
 
@@ -351,7 +354,7 @@ def load_edgesd(key: str, spec: dict, timer: StageTimer):
         return np.asarray(result.images[0])
 
     def info():
-        return {"backend": pipe.backend, "effective_precision": pipe.provenance["inference_precision"]}
+        return {"backend": pipe.backend, "effective_precision": pipe.provenance["inference_precision"], "model": folder}
 
     return run, info
 
@@ -851,12 +854,16 @@ def count_flops(spec: dict, work: Path, timeout: float, in_process: bool = False
     return data, None
 
 
-def _latent_and_batch(args, edgesd: Path) -> tuple[list[int], int, dict]:
-    manifest = {}
+def _manifest(folder: Path) -> dict:
+    """edgesd.json of `folder`; {} for a folder without one (optimum's)."""
     try:
-        manifest = json.loads((edgesd / "edgesd.json").read_text())
+        return json.loads((folder / "edgesd.json").read_text())
     except (OSError, ValueError):
-        pass
+        return {}
+
+
+def _latent_and_batch(args, edgesd: Path) -> tuple[list[int], int, dict]:
+    manifest = _manifest(edgesd)
     scale = manifest.get("vae_scale_factor", 8)
     try:
         levels = len(json.loads((edgesd / "unet" / "config.json").read_text())["block_out_channels"])
@@ -923,6 +930,7 @@ def parent_main(args, argv):
             "strength": args.strength, "guidance": args.guidance, "prompt": args.prompt,
             "negative_prompt": args.negative_prompt, "seed": args.seed, "latent": latent, "unet_batch": unet_batch,
             "task": args.task, "family": _family(manifest, edgesd), "tiny_vae": args.tiny_vae and str(Path(args.tiny_vae).resolve()),
+            "tiny_vae_model": args.tiny_vae_model and str(Path(args.tiny_vae_model).resolve()),
             "controlnet": args.controlnet and dict(zip(("diffusers", "edgesd"), (str(Path(f).resolve()) for f in args.controlnet)))}
     systems = {}
     for key in selected:
@@ -1016,7 +1024,9 @@ def parent_main(args, argv):
                      "seed": args.seed, "repeat": args.repeat, "runs_per_turn": args.runs, "warmup": args.warmup,
                      "isolation": args.isolation, "order": "rotated by one each round",
                      "latent": latent, "unet_batch": unet_batch, "systems": selected},
-        "models": {"diffusers": str(diffusers), "edgesd": _model_summary(manifest, edgesd)},
+        "models": {"diffusers": str(diffusers), "edgesd": _model_summary(manifest, edgesd),
+                   **({"tiny_vae_model": _model_summary(_manifest(Path(spec["tiny_vae_model"])), Path(spec["tiny_vae_model"]))}
+                      if spec["tiny_vae_model"] else {})},
         "machine": info,
         "versions": versions(),
         "openvino_cpu_default_precision": _ov_default_precision(),
@@ -1185,6 +1195,8 @@ def main(argv=None):
     parser.add_argument("--task", choices=("img2img", "inpaint"), default="img2img",
                         help="inpaint: every system repaints the same centred mask (bench_mask); use an inpainting model")
     parser.add_argument("--tiny-vae", help="VAE folder (edgesd export of a tiny VAE) for the edgesd-ov-tiny-vae system")
+    parser.add_argument("--tiny-vae-model", help="model folder the edgesd-ov-tiny-vae system runs (default EDGESD_FOLDER), "
+                                                 "e.g. EDGESD_FOLDER's `--target cpu` export")
     parser.add_argument("--controlnet", nargs=2, metavar=("DIFFUSERS", "EDGESD"),
                         help="a ControlNet (its diffusers folder, its edgesd export) steering every edgesd and diffusers "
                              "system by the Canny edges of the input; the other systems have no ControlNet")

@@ -31,6 +31,8 @@ def feeds(inputs: dict, batch: int, latent: int, rng) -> dict:
             out[name] = np.array(500, dtype).reshape([1] * len(shape))
         elif name == "sample":
             out[name] = rng.standard_normal((batch, shape[1], latent, latent)).astype(dtype)
+        elif len(shape) == 2:  # SDXL's text_embeds [batch, dim] and time_ids [batch, 6]
+            out[name] = rng.standard_normal((batch, shape[1])).astype(dtype)
         elif len(shape) == 4:  # a ControlNet residual: the broadcast zero edgesd feeds without a ControlNet
             out[name] = np.zeros((1, 1, 1, 1), dtype)
         else:  # encoder_hidden_states: [batch, tokens, dim]

@@ -181,6 +181,13 @@ def headline_section(compares: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _folder(model: dict) -> str:
+    """A model folder as the report names it: its path, UNet precision and size."""
+    unet_precision = ", ".join(f"{k} {v}" for k, v in model.get("unet_precision", {}).items())
+    size = f", {model['files_mib']:,.0f} MiB of files" if model.get("files_mib") else ""
+    return f"`{model.get('path')}` (UNet {unet_precision}{size})"
+
+
 def run_section(d: dict, chart_name: str | None) -> list[str]:
     s = d["settings"]
     model = d["models"]["edgesd"]
@@ -188,11 +195,11 @@ def run_section(d: dict, chart_name: str | None) -> list[str]:
     systems = d["systems"]
     unet_calls = next((e["summary"].get("unet_calls_per_run") for e in systems.values() if e.get("summary")), None)
     lines = [f"## {_title(d)}", ""]
-    unet_precision = ", ".join(f"{k} {v}" for k, v in model.get("unet_precision", {}).items())
-    size = f", {model['files_mib']:,.0f} MiB of files" if model.get("files_mib") else ""
     calls = _s(unet_calls, 0) if unet_calls is not None else "?"
+    own = d["models"].get("tiny_vae_model")
     lines.append(
-        f"{model.get('family')} model `{model.get('path')}` (UNet {unet_precision}{size}); "
+        f"{model.get('family')} model {_folder(model)}"
+        f"{f', `edgesd-ov-tiny-vae` on {_folder(own)}' if own else ''}; "
         f"{s['resolution']}x{s['resolution']} px, {s['steps']} steps, strength {s['strength']}, guidance {s['guidance']} "
         f"(UNet batch {s['unet_batch']}, latent {s['latent'][0]}x{s['latent'][1]}, "
         f"{calls} UNet calls per image), seed {s['seed']}. "

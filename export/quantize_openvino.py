@@ -25,20 +25,23 @@ This departs from optimum-intel 1.27's hybrid scheme for diffusion models (its
 kept as `hybrid=True` (bench/precision.py build --hybrid). Why, measured (bench/README.md):
 - speed: on the CPU plugin hybrid leaves the linear layers computing in bf16 from int8 weights. An
   SDXL UNet is 71% linear-layer FLOPs, so hybrid int8 saved it 8% of a bf16 call; with its linear
-  layers int8 (no SmoothQuant) a call at 512x512 took 0.72-0.86 s against hybrid's 1.10-1.20 s.
+  layers int8 (SmoothQuant, in 2 parts) a call at 512x512 takes 0.70-0.82 s against hybrid's 1.10-1.20 s.
 - outliers: trained transformers carry a few activation channels tens to hundreds of times larger
   than the rest, which random test weights lack. Injected into the tiny UNet without changing its
   function (one LayerNorm channel times 100, the weights reading it divided by 100;
   tests/test_quantize.py), the noise prediction's cosine to fp32 fell from 0.999 to 0.98 with
   linear layers int8 without SmoothQuant and to 0.99 with hybrid's weight-only ones (the divided
   weights lose their precision), and stayed at 0.999 with SmoothQuant.
-Memory: NNCF's SmoothQuant holds every rescaled linear weight twice in fp32 (as numpy arrays in its
-transformation layout and as the new constants) on top of its statistics run: SD-turbo's UNet (3.4 GB)
-peaked at 6.3 GB, SDXL's (10 GB) went past this project's 24 GB four times, once with nncf's pipeline
-run step by step and the smoothed model read back memory-mapped (hybrid fits, and int8 without
-SmoothQuant at 14 GB). It takes no ignored scope, so the graph cannot be smoothed in parts. Where 2x
-the weights do not fit in the available memory the UNet gets the hybrid scheme, with a warning, and
-its manifest says so.
+Memory: NNCF's SmoothQuant holds every rescaled linear weight twice (as numpy arrays in its
+transformation layout and as the new constants) on top of its statistics run: SD-turbo's UNet (3.4 GB
+fp32) peaked at 6.3 GB, and SDXL's (10 GB) went past this project's 24 GB five times, once from fp16
+weights and once with nncf's pipeline run step by step. So a UNet whose pass would not fit is
+quantized in consecutive parts (graph_parts: split where the weights divide evenly, each part
+calibrated on what the float parts before it compute, the quantized parts stitched back into one
+graph), as many as SMOOTH_QUANT_PEAK times its weights need (SDXL on 24 GB: 2 parts, 11 min at a
+17.6 GB peak; the int8 UNet's noise prediction as near fp32 as quantized whole, tests/test_quantize.py);
+past MAX_PARTS it gets optimum-intel's
+hybrid scheme instead, with a warning, and its manifest says so.
 One deliberate difference from both, the same in the ONNX int8: the Convolutions whose input mixes
 ranges that one per-tensor activation scale cannot serve stay weight-only: conv_in, reading the
 latents (from pure noise to a clean image's latents, over 4 channels), and the 1x1 shortcut
@@ -57,6 +60,7 @@ log = logging.getLogger("edgesd")
 SMOOTH_QUANT_ALPHA = 0.95  # NNCF's default for MatMuls in transformer models
 SMOOTH_QUANT_PEAK = 2  # peak memory / fp32 weight bytes quantizing with SmoothQuant (module docstring)
 PASS_MEMORY_SHARE = 0.8  # of the available memory (the rest: page cache, calibration data, Python)
+MAX_PARTS = 4  # more, and the parts' cuts (every skip connection crossing) outweigh their parts
 
 
 def to_fp16(src: Path, dst: Path) -> str:
@@ -79,20 +83,26 @@ def to_int8_weights(src: Path, dst: Path) -> str:
 def to_int8(src: Path, dst: Path, calibration: list[dict], hybrid: bool = False, smooth_quant: bool = True) -> str:
     """int8 as the module docstring says; `calibration` is a list of feed dicts. `hybrid`: optimum-intel's
     scheme instead (linear layers weight-only, SmoothQuant off), also taken when SmoothQuant's pass would
-    not fit in memory (`fits_smooth_quant`). `smooth_quant=False`: linear layers int8 without it
-    (bench/precision.py build --no-smooth-quant, a speed proxy where it does not fit)."""
+    not fit in memory in MAX_PARTS parts (`smooth_quant_parts`). `smooth_quant=False`: linear layers int8
+    without it (bench/precision.py build --no-smooth-quant)."""
     import nncf
     import openvino as ov
 
+    from edgesd.export import graph_parts
+
     if not calibration:
         raise ValueError("int8 quantization needs calibration samples")
+    weight_bytes = Path(src).with_suffix(".bin").stat().st_size
+    parts = smooth_quant_parts(weight_bytes) if smooth_quant and not hybrid else 1
     why_hybrid = ""
-    if not hybrid and smooth_quant and not fits_smooth_quant(Path(src).with_suffix(".bin").stat().st_size):
-        hybrid, why_hybrid = True, f" (SmoothQuant's pass needs about {SMOOTH_QUANT_PEAK}x the fp32 weights in memory)"
+    if parts > MAX_PARTS:
+        hybrid, parts = True, 1
+        why_hybrid = f" (SmoothQuant's pass needs about {SMOOTH_QUANT_PEAK}x the fp32 weights in memory)"
         log.warning("int8: not enough memory to quantize this UNet's linear layers with SmoothQuant (about %sx its "
-                    "%.1f GB); they stay weight-only, as optimum-intel does: int8 without their speed-up",
-                    SMOOTH_QUANT_PEAK, Path(src).with_suffix(".bin").stat().st_size / 2**30)
+                    "%.1f GB, in up to %d parts); they stay weight-only, as optimum-intel does: int8 without their "
+                    "speed-up", SMOOTH_QUANT_PEAK, weight_bytes / 2**30, MAX_PARTS)
     model = ov.Core().read_model(str(src))
+    inputs = [parameter.get_friendly_name() for parameter in model.get_parameters()]
     # Collected before compression. Weight-only: step 1 compresses them and step 2 leaves them out.
     # Every other op with weights is step 2's alone: with weights compressed in step 1, the CPU
     # plugin would keep its kernel in floating point.
@@ -108,35 +118,57 @@ def to_int8(src: Path, dst: Path, calibration: list[dict], hybrid: bool = False,
             mode=nncf.CompressWeightsMode.INT8_ASYM,
             ignored_scope=nncf.IgnoredScope(names=[n for n in all_with_weights if n not in weight_only], validate=False),
         )
-        model = nncf.quantize(
-            model,
-            nncf.Dataset(calibration),
-            preset=nncf.QuantizationPreset.MIXED,
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(calibration),
-            fast_bias_correction=True,
-            ignored_scope=nncf.IgnoredScope(names=weight_only, validate=False),
-            advanced_parameters=nncf.AdvancedQuantizationParameters(
-                overflow_fix=nncf.OverflowFix.DISABLE,
-                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha),
-            ),
-        )
+
+        def quantize(piece, feeds):
+            return nncf.quantize(
+                piece,
+                nncf.Dataset(feeds),
+                preset=nncf.QuantizationPreset.MIXED,
+                model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(feeds),
+                fast_bias_correction=True,
+                ignored_scope=nncf.IgnoredScope(names=weight_only, validate=False),
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    overflow_fix=nncf.OverflowFix.DISABLE,
+                    smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha),
+                ),
+            )
+
+        if parts == 1:
+            model = quantize(model, calibration)
+        else:  # each quantized part saved and read back memory-mapped before the next is quantized
+            pieces = graph_parts.split(model, parts)
+            feeds = graph_parts.part_feeds(pieces, calibration)
+            del model
+            saved = []
+            for index, (piece, piece_feeds) in enumerate(zip(pieces, feeds)):
+                saved.append(Path(dst).with_name(f"{Path(dst).stem}.part{index}.xml"))
+                ov.save_model(quantize(piece, piece_feeds), str(saved[-1]), compress_to_fp16=False)
+                pieces[index] = feeds[index] = None
+            model = graph_parts.stitch([ov.Core().read_model(str(path)) for path in saved], inputs)
     ov.save_model(model, str(dst), compress_to_fp16=False)
+    if parts > 1:
+        for path in saved:
+            path.unlink()
+            path.with_suffix(".bin").unlink()
     scheme = (f"hybrid{why_hybrid}: compress_weights INT8_ASYM on {len(weighted)} MatMul/embedding ops + quantize "
               "TRANSFORMER, SmoothQuant off" if hybrid else
-              f"quantize TRANSFORMER, linear layers int8, SmoothQuant {alpha if alpha > 0 else 'off'}; "
-              f"compress_weights INT8_ASYM on {len(weighted)} embedding ops")
+              f"quantize TRANSFORMER, linear layers int8, SmoothQuant {alpha if alpha > 0 else 'off'}"
+              f"{f' in {parts} parts' if parts > 1 else ''}; compress_weights INT8_ASYM on {len(weighted)} embedding ops")
     return (f"nncf {nncf.__version__} ({scheme}; {len(sensitive)} range-sensitive Convolutions weight-only), "
             f"{len(calibration)} calibration samples")
 
 
-def fits_smooth_quant(weight_bytes: int, available: int | None = None) -> bool:
-    """Whether quantizing a model of `weight_bytes` (fp32) with SmoothQuant fits in the available memory
-    (module docstring: SMOOTH_QUANT_PEAK times its weights, within PASS_MEMORY_SHARE of what is available)."""
+def smooth_quant_parts(weight_bytes: int, available: int | None = None) -> int:
+    """How many parts SmoothQuant's pass over a model of `weight_bytes` (fp32) takes to fit in the
+    available memory (module docstring: SMOOTH_QUANT_PEAK times its weights, within PASS_MEMORY_SHARE
+    of what is available); 1 where it fits whole or the available memory is unknown."""
     from edgesd.memory import available_bytes
 
     available = available or available_bytes()
-    return available is None or weight_bytes * SMOOTH_QUANT_PEAK <= PASS_MEMORY_SHARE * available
+    if available is None:
+        return 1
+    return max(1, math.ceil(weight_bytes * SMOOTH_QUANT_PEAK / (PASS_MEMORY_SHARE * available)))
 
 
 def ops_with_weights(model, matmuls: bool = True) -> list[str]:

@@ -7,6 +7,7 @@ compare.py; the test accepts that and checks everything that did run.
 import copy
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -304,13 +305,18 @@ def test_lora_bench_measures_both_cases_and_reports_them(exported, lora_files, t
 
 
 def test_compare_runs_edgesd_with_a_tiny_vae(diffusers_folders, exported, tiny_vae, tmp_path):
-    out = tmp_path / "tiny-vae.json"
+    """On a folder of its own (--tiny-vae-model: the `--target cpu` export), the others on EDGESD_FOLDER."""
+    out, own = tmp_path / "tiny-vae.json", shutil.copytree(exported["tiny-sd1"], tmp_path / "own-folder").resolve()
     _run(BENCH / "compare.py", diffusers_folders["tiny-sd1"], exported["tiny-sd1"], "--resolution", "64", "--steps", "2",
          "--strength", "0.5", "--guidance", "0", "--repeat", "1", "--warmup", "0", "--isolation", "inline", "--no-flops",
-         "--systems", "edgesd-ov-auto,edgesd-ov-tiny-vae", "--tiny-vae", tiny_vae["exported"], "--out", out, timeout=600)
-    systems = json.loads(out.read_text())["systems"]
+         "--systems", "edgesd-ov-auto,edgesd-ov-tiny-vae", "--tiny-vae", tiny_vae["exported"],
+         "--tiny-vae-model", own, "--out", out, timeout=600)
+    result = json.loads(out.read_text())
+    systems = result["systems"]
     assert systems["edgesd-ov-tiny-vae"]["status"] == "ok", systems["edgesd-ov-tiny-vae"].get("reason")
     assert systems["edgesd-ov-tiny-vae"]["summary"]["total"]["median"] > 0
+    assert systems["edgesd-ov-tiny-vae"]["info"]["model"] == result["models"]["tiny_vae_model"]["path"] == str(own)
+    assert systems["edgesd-ov-auto"]["info"]["model"] == str(exported["tiny-sd1"].resolve())
 
 
 def test_tiny_vae_quality_cost(exported, tiny_vae, tmp_path):

@@ -20,7 +20,8 @@ SMALL = ROOT / "tests/data/small.png"
 
 class FakeHub(ThreadingHTTPServer):
     """repos: repo id -> local folder served as its main revision. Records every file GET; files
-    named in `failing` answer 500 (huggingface_hub retries, then gives up)."""
+    named in `failing` answer 501, a server error that huggingface_hub does not retry (it backs off
+    for ~23 s on 500)."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -69,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
         name = unquote(self.path).split("/resolve/", 1)[-1].split("/", 1)[-1]
         if status == 200 and "/resolve/" in self.path:
             if name in self.server.failing:
-                return self._answer(500, {}, b"server error")
+                return self._answer(501, {}, b"server error")
             self.server.fetched.append(name)
         self._answer(status, headers, body)
 

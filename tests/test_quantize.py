@@ -329,21 +329,60 @@ def test_openvino_int8_runs_the_linear_layers_in_int8(folders):
     assert default.get("Convolution", 0) > 5 and default.get("FullyConnected", 0) > 5
 
 
-def test_openvino_int8_falls_back_to_hybrid_where_smooth_quant_does_not_fit(fp32_folder, tmp_path, monkeypatch, caplog):
+def test_graph_parts_compute_what_the_whole_model_does(fp32_folder):
+    """The tiny UNet cut in 3 (skip connections and shape tensors crossing the cuts): run part by part
+    (part_feeds) and stitched back, it computes what the whole does, with its inputs and outputs."""
+    import openvino as ov
+
+    from edgesd.export import graph_parts
+    from edgesd.export.calibration import collect_unet_calibration
+
+    model = ov.Core().read_model(str(fp32_folder / "unet" / "openvino_model.xml"))
+    inputs = [p.get_friendly_name() for p in model.get_parameters()]
+    samples = collect_unet_calibration(fp32_folder, num_samples=2, backend="openvino")
+
+    def run(m, feeds):
+        compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return [np.array(compiled(f)[0], copy=True) for f in feeds]
+
+    whole = run(model, samples)
+    pieces = graph_parts.split(model, 3)
+    assert len(pieces) == 3 and all(any(p.get_friendly_name().startswith("cut:") for p in piece.get_parameters())
+                                    for piece in pieces[1:])
+    feeds = graph_parts.part_feeds(pieces, samples)
+    for got, want in zip(run(pieces[-1], feeds[-1]), whole):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    stitched = graph_parts.stitch(pieces, inputs)
+    assert [p.get_friendly_name() for p in stitched.get_parameters()] == inputs
+    assert [o.get_any_name() for o in stitched.outputs] == [o.get_any_name() for o in model.outputs]
+    assert len(stitched.get_ops()) == len(model.get_ops())
+    for got, want in zip(run(stitched, samples), whole):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_openvino_int8_smooth_quant_in_parts_or_hybrid_where_memory_is_short(fp32_folder, tmp_path, monkeypatch, caplog):
     from edgesd.export import quantize_openvino
     from edgesd.export.calibration import collect_unet_calibration
 
     gb = 10**9
-    assert quantize_openvino.fits_smooth_quant(3.4 * gb, available=23 * gb)  # SD 1.x/2.x UNets
-    assert not quantize_openvino.fits_smooth_quant(10.3 * gb, available=23 * gb)  # SDXL's went past 24 GB
-    assert quantize_openvino.fits_smooth_quant(10.3 * gb, available=64 * gb)
-    monkeypatch.setattr(quantize_openvino, "fits_smooth_quant", lambda weight_bytes: False)
+    assert quantize_openvino.smooth_quant_parts(3.4 * gb, available=23 * gb) == 1  # SD 1.x/2.x UNets
+    assert quantize_openvino.smooth_quant_parts(10.3 * gb, available=23 * gb) == 2  # SDXL's went past 24 GB whole
+    assert quantize_openvino.smooth_quant_parts(10.3 * gb, available=64 * gb) == 1
+    assert quantize_openvino.smooth_quant_parts(10.3 * gb, available=4 * gb) > quantize_openvino.MAX_PARTS
     calibration = collect_unet_calibration(fp32_folder, num_samples=2, backend="openvino")
-    method = quantize_openvino.to_int8(fp32_folder / "unet" / "openvino_model.xml", tmp_path / "unet.xml", calibration)
+    source = fp32_folder / "unet" / "openvino_model.xml"
+    monkeypatch.setattr(quantize_openvino, "smooth_quant_parts", lambda weight_bytes: quantize_openvino.MAX_PARTS + 1)
+    method = quantize_openvino.to_int8(source, tmp_path / "hybrid.xml", calibration)
     assert method.startswith("nncf") and "hybrid (SmoothQuant's pass needs about 2x the fp32 weights in memory)" in method
     assert "not enough memory to quantize this UNet's linear layers with SmoothQuant" in caplog.text
-    hybrid = int8_kernels(tmp_path / "unet.xml")
+    hybrid = int8_kernels(tmp_path / "hybrid.xml")
     assert hybrid.get("Convolution", 0) > 5 and hybrid.get("FullyConnected", 0) == 0
+    monkeypatch.setattr(quantize_openvino, "smooth_quant_parts", lambda weight_bytes: 2)
+    method = quantize_openvino.to_int8(source, tmp_path / "parts.xml", calibration)
+    assert "linear layers int8, SmoothQuant 0.95 in 2 parts" in method
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hybrid.bin", "hybrid.xml", "parts.bin", "parts.xml"]
+    parts = int8_kernels(tmp_path / "parts.xml")
+    assert parts.get("Convolution", 0) > 5 and parts.get("FullyConnected", 0) > 5
 
 
 def with_activation_outliers(diffusers_folder: Path, destination: Path, factor: float = 100.0) -> Path:
@@ -378,7 +417,7 @@ def with_activation_outliers(diffusers_folder: Path, destination: Path, factor: 
     return destination
 
 
-def test_openvino_int8_holds_up_under_activation_outliers(diffusers_folders, tmp_path):
+def test_openvino_int8_holds_up_under_activation_outliers(diffusers_folders, tmp_path, monkeypatch):
     """Why edgesd's int8 departs from optimum-intel's hybrid scheme (quantize_openvino's docstring): with
     outliers, SmoothQuant keeps the int8 UNet's noise prediction as near fp32 as without them, where the
     hybrid scheme's weight-only linear layers lose the divided weights' precision."""
@@ -386,8 +425,8 @@ def test_openvino_int8_holds_up_under_activation_outliers(diffusers_folders, tmp
 
     from edgesd.export import export_model
     from edgesd.export.calibration import collect_unet_calibration
+    from edgesd.export import quantize_openvino
     from edgesd.export.fidelity import cosine
-    from edgesd.export.quantize_openvino import to_int8
 
     source = with_activation_outliers(diffusers_folders["tiny-sd1"], tmp_path / "diffusers")
     folder = tmp_path / "fp32"
@@ -401,12 +440,15 @@ def test_openvino_int8_holds_up_under_activation_outliers(diffusers_folders, tmp
 
     reference = noise_predictions(fp32)
     worst = {}
-    for hybrid in (False, True):
-        method = to_int8(fp32, tmp_path / f"{hybrid}.xml", calibration, hybrid=hybrid)
-        assert ("hybrid" in method and "SmoothQuant off" in method) == hybrid
-        worst[hybrid] = min(cosine(a, b) for a, b in zip(noise_predictions(tmp_path / f"{hybrid}.xml"), reference))
-    print(f"worst noise-prediction cosine: int8 {worst[False]:.5f}, hybrid {worst[True]:.5f}")
-    assert worst[False] > 0.998 and worst[True] < 0.995  # without outliers both are ~0.999
+    for scheme, parts in (("int8", 1), ("int8 in 2 parts", 2), ("hybrid", 1)):
+        monkeypatch.setattr(quantize_openvino, "smooth_quant_parts", lambda weight_bytes: parts)
+        xml = tmp_path / f"{scheme.replace(' ', '-')}.xml"
+        method = quantize_openvino.to_int8(fp32, xml, calibration, hybrid=scheme == "hybrid")
+        assert ("hybrid" in method and "SmoothQuant off" in method) == (scheme == "hybrid")
+        assert (" in 2 parts" in method) == (parts == 2)
+        worst[scheme] = min(cosine(a, b) for a, b in zip(noise_predictions(xml), reference))
+    print("worst noise-prediction cosine: " + ", ".join(f"{k} {v:.5f}" for k, v in worst.items()))
+    assert worst["int8"] > 0.998 and worst["int8 in 2 parts"] > 0.998 and worst["hybrid"] < 0.995  # without outliers all ~0.999
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
