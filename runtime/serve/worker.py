@@ -129,14 +129,18 @@ class Worker:
                 job.future.set_exception(Cancelled("cancelled before it started"))
                 continue
             self.current, job.started = job, time.time()
+            result = error = None
             try:
                 result = job.work(job)
                 if job.cancelled:
                     raise Cancelled("cancelled")
-                job.future.set_result(result)
             except BaseException as e:  # one job's failure is its own: the worker goes on
-                job.future.set_exception(e)
-            finally:
-                self._jobs.pop(job.id, None)
-                self._durations = [*self._durations[-9:], time.time() - job.started]
-                self.current = None
+                error = e
+            # forgotten before its answer goes out: a client holding the answer finds the job finished
+            self._jobs.pop(job.id, None)
+            self._durations = [*self._durations[-9:], time.time() - job.started]
+            self.current = None
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
