@@ -360,7 +360,7 @@ def test_graph_parts_compute_what_the_whole_model_does(fp32_folder):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
-def test_openvino_int8_smooth_quant_in_parts_or_hybrid_where_memory_is_short(fp32_folder, tmp_path, monkeypatch, caplog):
+def test_openvino_int8_in_parts_or_hybrid_where_memory_is_short(fp32_folder, tmp_path, monkeypatch, caplog):
     from edgesd.export import quantize_openvino
     from edgesd.export.calibration import collect_unet_calibration
 
@@ -370,19 +370,12 @@ def test_openvino_int8_smooth_quant_in_parts_or_hybrid_where_memory_is_short(fp3
     assert quantize_openvino.smooth_quant_parts(10.3 * gb, available=64 * gb) == 1
     assert quantize_openvino.smooth_quant_parts(10.3 * gb, available=4 * gb) > quantize_openvino.MAX_PARTS
     calibration = collect_unet_calibration(fp32_folder, num_samples=2, backend="openvino")
-    source = fp32_folder / "unet" / "openvino_model.xml"
     monkeypatch.setattr(quantize_openvino, "smooth_quant_parts", lambda weight_bytes: quantize_openvino.MAX_PARTS + 1)
-    method = quantize_openvino.to_int8(source, tmp_path / "hybrid.xml", calibration)
+    method = quantize_openvino.to_int8(fp32_folder / "unet" / "openvino_model.xml", tmp_path / "hybrid.xml", calibration)
     assert method.startswith("nncf") and "hybrid (SmoothQuant's pass needs about 2x the fp32 weights in memory)" in method
     assert "not enough memory to quantize this UNet's linear layers with SmoothQuant" in caplog.text
     hybrid = int8_kernels(tmp_path / "hybrid.xml")
     assert hybrid.get("Convolution", 0) > 5 and hybrid.get("FullyConnected", 0) == 0
-    monkeypatch.setattr(quantize_openvino, "smooth_quant_parts", lambda weight_bytes: 2)
-    method = quantize_openvino.to_int8(source, tmp_path / "parts.xml", calibration)
-    assert "linear layers int8, SmoothQuant 0.95 in 2 parts" in method
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hybrid.bin", "hybrid.xml", "parts.bin", "parts.xml"]
-    parts = int8_kernels(tmp_path / "parts.xml")
-    assert parts.get("Convolution", 0) > 5 and parts.get("FullyConnected", 0) > 5
 
 
 def with_activation_outliers(diffusers_folder: Path, destination: Path, factor: float = 100.0) -> Path:
@@ -419,8 +412,9 @@ def with_activation_outliers(diffusers_folder: Path, destination: Path, factor: 
 
 def test_openvino_int8_holds_up_under_activation_outliers(diffusers_folders, tmp_path, monkeypatch):
     """Why edgesd's int8 departs from optimum-intel's hybrid scheme (quantize_openvino's docstring): with
-    outliers, SmoothQuant keeps the int8 UNet's noise prediction as near fp32 as without them, where the
-    hybrid scheme's weight-only linear layers lose the divided weights' precision."""
+    outliers, SmoothQuant keeps the int8 UNet's noise prediction as near fp32 as without them, quantized
+    whole or in 2 parts (as SDXL's is on 24 GB), where the hybrid scheme's weight-only linear layers lose
+    the divided weights' precision."""
     import openvino as ov
 
     from edgesd.export import export_model
@@ -448,6 +442,8 @@ def test_openvino_int8_holds_up_under_activation_outliers(diffusers_folders, tmp
         assert (" in 2 parts" in method) == (parts == 2)
         worst[scheme] = min(cosine(a, b) for a, b in zip(noise_predictions(xml), reference))
     print("worst noise-prediction cosine: " + ", ".join(f"{k} {v:.5f}" for k, v in worst.items()))
+    assert int8_kernels(tmp_path / "int8-in-2-parts.xml").get("FullyConnected", 0) > 5  # (in parts, in int8 too)
+    assert not list(tmp_path.glob("*.part*"))  # the parts are gone once stitched
     assert worst["int8"] > 0.998 and worst["int8 in 2 parts"] > 0.998 and worst["hybrid"] < 0.995  # without outliers all ~0.999
 
 
