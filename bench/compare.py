@@ -921,6 +921,12 @@ def parent_main(args, argv):
     if not (edgesd / "model_index.json").is_file() and not (edgesd / "edgesd.json").is_file():
         raise SystemExit(f"{edgesd} is not a model folder")
     latent, unet_batch, manifest = _latent_and_batch(args, edgesd)
+    if args.tiny_vae_model:
+        own = Path(args.tiny_vae_model)
+        if "edgesd-ov-tiny-vae" not in selected or not (own / "model_index.json").is_file() \
+                or _family(_manifest(own), own) != _family(manifest, edgesd):
+            raise SystemExit(f"--tiny-vae-model: the edgesd-ov-tiny-vae system runs it, on a model folder of "
+                             f"{edgesd.name}'s family ({own} is not one, or the system is not selected)")
     keep = args.work_dir is not None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="edgesd-compare-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

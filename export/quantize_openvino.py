@@ -53,6 +53,7 @@ these Convolutions hold under 3% of the weights.
 
 import logging
 import math
+import tempfile
 from collections import deque
 from pathlib import Path
 
@@ -136,21 +137,22 @@ def to_int8(src: Path, dst: Path, calibration: list[dict], hybrid: bool = False,
 
         if parts == 1:
             model = quantize(model, calibration)
-        else:  # each quantized part saved and read back memory-mapped before the next is quantized
+            ov.save_model(model, str(dst), compress_to_fp16=False)
+        else:
             pieces = graph_parts.split(model, parts)
             feeds = graph_parts.part_feeds(pieces, calibration)
+            outputs = [result.get_friendly_name() for result in model.get_results()]
             del model
-            saved = []
-            for index, (piece, piece_feeds) in enumerate(zip(pieces, feeds)):
-                saved.append(Path(dst).with_name(f"{Path(dst).stem}.part{index}.xml"))
-                ov.save_model(quantize(piece, piece_feeds), str(saved[-1]), compress_to_fp16=False)
-                pieces[index] = feeds[index] = None
-            model = graph_parts.stitch([ov.Core().read_model(str(path)) for path in saved], inputs)
-    ov.save_model(model, str(dst), compress_to_fp16=False)
-    if parts > 1:
-        for path in saved:
-            path.unlink()
-            path.with_suffix(".bin").unlink()
+            # each quantized part saved (and let go) before the next is quantized, then read back
+            # memory-mapped to be stitched
+            with tempfile.TemporaryDirectory(dir=Path(dst).parent) as scratch:
+                saved = [Path(scratch) / f"part{index}.xml" for index in range(parts)]
+                for index, path in enumerate(saved):
+                    ov.save_model(quantize(pieces[index], feeds[index]), str(path), compress_to_fp16=False)
+                    pieces[index] = feeds[index] = None
+                model = graph_parts.stitch([ov.Core().read_model(str(path)) for path in saved], inputs, outputs)
+                ov.save_model(model, str(dst), compress_to_fp16=False)
+                del model
     scheme = (f"hybrid{why_hybrid}: compress_weights INT8_ASYM on {len(weighted)} MatMul/embedding ops + quantize "
               "TRANSFORMER, SmoothQuant off" if hybrid else
               f"quantize TRANSFORMER, linear layers int8, SmoothQuant {alpha if alpha > 0 else 'off'}"
@@ -162,7 +164,8 @@ def to_int8(src: Path, dst: Path, calibration: list[dict], hybrid: bool = False,
 def smooth_quant_parts(weight_bytes: int, available: int | None = None) -> int:
     """How many parts SmoothQuant's pass over a model of `weight_bytes` (fp32) takes to fit in the
     available memory (module docstring: SMOOTH_QUANT_PEAK times its weights, within PASS_MEMORY_SHARE
-    of what is available); 1 where it fits whole or the available memory is unknown."""
+    of what is available); 1 where it fits whole or the available memory is unknown. Parts are cut
+    within graph_parts.WINDOW of even, which the rounding up usually covers."""
     from edgesd.memory import available_bytes
 
     available = available or available_bytes()

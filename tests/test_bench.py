@@ -317,6 +317,10 @@ def test_compare_runs_edgesd_with_a_tiny_vae(diffusers_folders, exported, tiny_v
     assert systems["edgesd-ov-tiny-vae"]["summary"]["total"]["median"] > 0
     assert systems["edgesd-ov-tiny-vae"]["info"]["model"] == result["models"]["tiny_vae_model"]["path"] == str(own)
     assert systems["edgesd-ov-auto"]["info"]["model"] == str(exported["tiny-sd1"].resolve())
+    for chosen, folder in (("edgesd-ov-auto", own), ("edgesd-ov-tiny-vae", exported["tiny-sd2"] / "unet")):
+        refused = subprocess.run([sys.executable, BENCH / "compare.py", diffusers_folders["tiny-sd1"], exported["tiny-sd1"],
+                                  "--systems", chosen, "--tiny-vae-model", folder], capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "--tiny-vae-model: the edgesd-ov-tiny-vae system runs it" in refused.stderr
 
 
 def test_tiny_vae_quality_cost(exported, tiny_vae, tmp_path):

@@ -352,12 +352,60 @@ def test_graph_parts_compute_what_the_whole_model_does(fp32_folder):
     feeds = graph_parts.part_feeds(pieces, samples)
     for got, want in zip(run(pieces[-1], feeds[-1]), whole):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-    stitched = graph_parts.stitch(pieces, inputs)
+    stitched = graph_parts.stitch(pieces, inputs, [r.get_friendly_name() for r in model.get_results()])
     assert [p.get_friendly_name() for p in stitched.get_parameters()] == inputs
     assert [o.get_any_name() for o in stitched.outputs] == [o.get_any_name() for o in model.outputs]
     assert len(stitched.get_ops()) == len(model.get_ops())
     for got, want in zip(run(stitched, samples), whole):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_graph_parts_keep_early_outputs_and_unread_inputs_and_quantize():
+    """A toy graph with what a UNet lacks: an output computed before the last cut, an input nothing reads;
+    a skip connection crosses every cut. Stitched, the parts are the model; quantized by NNCF part by part,
+    they compute what it quantized at once does."""
+    import nncf
+    import openvino as ov
+    from openvino import opset13 as op
+
+    from edgesd.export import graph_parts
+    from edgesd.export.fidelity import cosine
+
+    def toy():
+        rng = np.random.default_rng(0)
+        x, unread = op.parameter([4, 16], np.float32, name="x"), op.parameter([1, 4], np.float32, name="unread")
+        hidden = [x]
+        for i in range(6):
+            weight = op.constant(rng.standard_normal((16, 16)).astype(np.float32) / 4, name=f"w{i}")
+            hidden.append(op.relu(op.matmul(hidden[-1], weight, False, False, name=f"matmul{i}"), name=f"relu{i}"))
+        results = [op.result(hidden[2], name="early"), op.result(op.add(hidden[-1], hidden[1], name="skip"), name="out")]
+        return ov.Model(results, [x, unread], "toy")
+
+    model, inputs, outputs = toy(), ["x", "unread"], ["early", "out"]
+    samples = [{"x": np.random.default_rng(i).standard_normal((4, 16)).astype(np.float32), "unread": np.zeros((1, 4), np.float32)}
+               for i in range(4)]
+
+    def run(m, feeds):
+        compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return [[np.array(v, copy=True) for v in compiled(f).values()] for f in feeds]
+
+    whole = run(model, samples)
+    pieces = graph_parts.split(model, 3)
+    assert len(pieces) == 3 and "early" not in [r.get_friendly_name() for r in pieces[-1].get_results()]
+    stitched = graph_parts.stitch(pieces, inputs, outputs)
+    assert [p.get_friendly_name() for p in stitched.get_parameters()] == inputs
+    for got, want in zip(run(stitched, samples), whole):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    pieces = graph_parts.split(toy(), 3)
+    feeds = graph_parts.part_feeds(pieces, samples)
+    quantized = [nncf.quantize(piece, nncf.Dataset(f), subset_size=len(f)) for piece, f in zip(pieces, feeds)]
+    in_parts = run(graph_parts.stitch(quantized, inputs, outputs), samples)
+    at_once = run(nncf.quantize(toy(), nncf.Dataset(samples), subset_size=len(samples)), samples)
+    for got, want in zip(in_parts, at_once):  # (unrelated outputs of this toy are at cosine 0.3-0.5)
+        assert all(cosine(a, b) > 0.9999 for a, b in zip(got, want))
+    with pytest.raises(ValueError, match="cannot be cut into 40 parts"):
+        graph_parts.split(toy(), 40)
 
 
 def test_openvino_int8_in_parts_or_hybrid_where_memory_is_short(fp32_folder, tmp_path, monkeypatch, caplog):
