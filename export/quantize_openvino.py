@@ -40,8 +40,7 @@ quantized in consecutive parts (graph_parts: split where the weights divide even
 calibrated on what the float parts before it compute, the quantized parts stitched back into one
 graph), as many as SMOOTH_QUANT_PEAK times its weights need (SDXL on 24 GB: 2 parts, 11 min at a
 17.6 GB peak; the int8 UNet's noise prediction as near fp32 as quantized whole, tests/test_quantize.py);
-past MAX_PARTS it gets optimum-intel's
-hybrid scheme instead, with a warning, and its manifest says so.
+past MAX_PARTS it gets optimum-intel's hybrid scheme instead, with a warning, and its manifest says so.
 One deliberate difference from both, the same in the ONNX int8: the Convolutions whose input mixes
 ranges that one per-tensor activation scale cannot serve stay weight-only: conv_in, reading the
 latents (from pure noise to a clean image's latents, over 4 channels), and the 1x1 shortcut
@@ -61,7 +60,7 @@ log = logging.getLogger("edgesd")
 SMOOTH_QUANT_ALPHA = 0.95  # NNCF's default for MatMuls in transformer models
 SMOOTH_QUANT_PEAK = 2  # peak memory / fp32 weight bytes quantizing with SmoothQuant (module docstring)
 PASS_MEMORY_SHARE = 0.8  # of the available memory (the rest: page cache, calibration data, Python)
-MAX_PARTS = 4  # more, and the parts' cuts (every skip connection crossing) outweigh their parts
+MAX_PARTS = 4  # untried past this (SDXL: 2 with 23 GB available, 3 with 12 GB): the hybrid scheme instead
 
 
 def to_fp16(src: Path, dst: Path) -> str:
